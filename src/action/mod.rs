@@ -1,0 +1,382 @@
+//! Actions: the things Firebreak does to the world, each with a read-only plan.
+//!
+//! Every action is one `impl Action` in its family file plus one line in [`ACTIONS`]. The engine
+//! calls [`Action::plan`] (reads only), renders the [`Plan`] (CLI, PR body and audit all render the
+//! same value), and only then [`Action::apply`], which re-reads live state and refuses with
+//! [`ActionError::Drift`] if it changed since planning. A second apply of the same plan is a no-op.
+
+mod notify;
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::finding::Finding;
+
+pub use notify::NotifyWebhook;
+
+/// Every action, in a stable order. `actions list`, the generated permission files and the
+/// docs read this.
+pub static ACTIONS: &[&dyn Action] = &[&NotifyWebhook];
+
+/// Looks up an action by kind.
+pub fn action(kind: &str) -> Option<&'static dyn Action> {
+    ACTIONS.iter().copied().find(|a| a.kind() == kind)
+}
+
+/// A boxed future, so actions stay object-safe in the static registry.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One permission an action needs, in the terms of the system that grants it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permission {
+    /// `aws`, `kubernetes`, `github` or `network`.
+    pub system: Cow<'static, str>,
+    /// The grant, e.g. `iam:UpdateAccessKey`, `apps/deployments/scale:patch`, `POST <url>`.
+    pub grant: Cow<'static, str>,
+}
+
+impl Permission {
+    /// A permission for the static registry.
+    #[must_use]
+    pub const fn new(system: &'static str, grant: &'static str) -> Self {
+        Self {
+            system: Cow::Borrowed(system),
+            grant: Cow::Borrowed(grant),
+        }
+    }
+}
+
+/// A problem with a step's `with:` parameters, found when the playbook is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamProblem {
+    /// Dotted path below `with`, e.g. `url`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+    /// What to do.
+    pub hint: Option<String>,
+}
+
+/// One change a plan would make.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// `create`, `update`, `delete` or `send`.
+    pub op: String,
+    /// What changes: an object path, a field, a URL.
+    pub path: String,
+    /// The value before, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Value>,
+    /// The value after, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Value>,
+}
+
+/// What an action would do, computed without changing anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The action kind.
+    pub action: String,
+    /// The target, as a stable key (also the lock key).
+    pub target: String,
+    /// One sentence a reviewer reads first.
+    pub summary: String,
+    /// The live state read while planning (what `apply` re-checks for drift).
+    pub observed: Value,
+    /// The relevant state before.
+    pub before: Value,
+    /// The relevant state after.
+    pub after: Value,
+    /// Each change, in order.
+    pub changes: Vec<Change>,
+    /// Whether `rollback` can undo it.
+    pub reversible: bool,
+    /// The permissions `apply` uses.
+    pub permissions: Vec<Permission>,
+    /// True when the target is already in the desired state: apply does nothing.
+    pub noop: bool,
+    /// SHA-256 of everything above (stable across runs for the same inputs and state).
+    pub hash: String,
+}
+
+/// The parts of a plan an action fills in; [`PlanDraft::finish`] adds metadata and the hash.
+#[derive(Debug, Clone, Default)]
+pub struct PlanDraft {
+    /// See [`Plan::target`].
+    pub target: String,
+    /// See [`Plan::summary`].
+    pub summary: String,
+    /// See [`Plan::observed`].
+    pub observed: Value,
+    /// See [`Plan::before`].
+    pub before: Value,
+    /// See [`Plan::after`].
+    pub after: Value,
+    /// See [`Plan::changes`].
+    pub changes: Vec<Change>,
+    /// See [`Plan::noop`].
+    pub noop: bool,
+}
+
+impl PlanDraft {
+    /// Completes the plan for `action`, scrubbing secrets and computing the hash.
+    #[must_use]
+    pub fn finish(self, action: &dyn Action) -> Plan {
+        let mut plan = Plan {
+            action: action.kind().to_owned(),
+            target: crate::redact::scrub(&self.target).into_owned(),
+            summary: crate::redact::scrub(&self.summary).into_owned(),
+            observed: self.observed,
+            before: self.before,
+            after: self.after,
+            changes: self.changes,
+            reversible: action.reversible(),
+            permissions: action.permissions().to_vec(),
+            noop: self.noop,
+            hash: String::new(),
+        };
+        for v in [&mut plan.observed, &mut plan.before, &mut plan.after] {
+            crate::redact::scrub_json(v);
+        }
+        for c in &mut plan.changes {
+            c.path = crate::redact::scrub(&c.path).into_owned();
+            for v in [c.from.as_mut(), c.to.as_mut()].into_iter().flatten() {
+                crate::redact::scrub_json(v);
+            }
+        }
+        plan.hash = plan.compute_hash();
+        plan
+    }
+}
+
+impl Plan {
+    /// SHA-256 over the canonical JSON of every field except `hash`.
+    #[must_use]
+    pub fn compute_hash(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut v {
+            map.remove("hash");
+        }
+        let canonical = canonical_json(&v);
+        format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        )
+    }
+}
+
+/// JSON with object keys sorted at every level, so equal values hash equally.
+#[must_use]
+pub fn canonical_json(v: &Value) -> String {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let inner: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        serde_json::to_string(k).unwrap_or_default(),
+                        canonical_json(&map[k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(canonical_json).collect();
+            format!("[{}]", inner.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// What applying a plan did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The action kind.
+    pub action: String,
+    /// The target key.
+    pub target: String,
+    /// `applied`, or `unchanged` when the target was already in the desired state.
+    pub result: String,
+    /// Details worth keeping (ids created, HTTP status…), secrets scrubbed.
+    pub detail: Value,
+    /// What `rollback` needs, when the action is reversible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<Value>,
+}
+
+/// Why an action failed. The engine decides retry vs give up from the variant alone.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// Worth retrying with backoff (throttling, timeouts, 5xx, conflicts).
+    #[error("{0} (retryable)")]
+    Retryable(String),
+    /// Retrying will not help (validation, permission denied, 4xx).
+    #[error("{0}")]
+    Permanent(String),
+    /// The target changed since the plan was made; plan again.
+    #[error("target changed since it was planned: {0}")]
+    Drift(String),
+    /// The action cannot act on this finding (no suitable target, missing resource type).
+    #[error("not applicable: {0}")]
+    NotApplicable(String),
+}
+
+impl ActionError {
+    /// Whether the engine may retry.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ActionError::Retryable(_))
+    }
+}
+
+/// Everything an action may use: injected clients, settings and time. No globals.
+#[derive(Clone)]
+pub struct ActionCtx {
+    /// HTTP client for webhooks (timeouts set).
+    pub http: reqwest::Client,
+    /// Named webhook endpoints from configuration (`notify.webhooks`).
+    pub webhooks: Arc<std::collections::BTreeMap<String, crate::config::WebhookEndpoint>>,
+    /// Per-request timeout for outbound HTTP.
+    pub http_timeout: Duration,
+}
+
+impl ActionCtx {
+    /// A context from configuration.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built (TLS backend unavailable).
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, reqwest::Error> {
+        let timeout = Duration::from_secs(cfg.notify.timeout_seconds.max(1));
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("firebreak/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            webhooks: Arc::new(cfg.notify.webhooks.clone()),
+            http_timeout: timeout,
+        })
+    }
+}
+
+/// The input of one step: the finding, the playbook and the step's parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    /// The finding being remediated.
+    pub finding: &'a Finding,
+    /// Playbook name.
+    pub playbook: &'a str,
+    /// 0-based index of the step in the playbook.
+    pub step: usize,
+    /// The step's `with:` parameters (validated at load).
+    pub params: &'a Value,
+}
+
+impl StepInput<'_> {
+    /// A key that is the same for every retry of this step for this finding, for idempotency.
+    #[must_use]
+    pub fn idempotency_key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.finding.fingerprint.0.as_bytes());
+        h.update([0]);
+        h.update(self.finding.id.to_string().as_bytes());
+        h.update([0]);
+        h.update(self.playbook.as_bytes());
+        h.update([0]);
+        h.update(self.step.to_le_bytes());
+        hex::encode(&h.finalize()[..16])
+    }
+}
+
+/// One kind of remediation.
+pub trait Action: Send + Sync {
+    /// Stable kind, as playbooks name it (`notify.webhook`).
+    fn kind(&self) -> &'static str;
+    /// One line for `actions list`.
+    fn summary(&self) -> &'static str;
+    /// Whether `rollback` can undo `apply`.
+    fn reversible(&self) -> bool;
+    /// The permissions `apply` needs (least privilege files are generated from these).
+    fn permissions(&self) -> &'static [Permission];
+    /// An example `with:` block in YAML (docs and the registry test use it).
+    fn example(&self) -> &'static str;
+    /// Checks `with:` parameters at load time; every problem is returned.
+    fn validate(&self, params: &Value) -> Vec<ParamProblem>;
+    /// Works out what `apply` would do. Reads only; never writes.
+    fn plan<'a>(
+        &'a self,
+        ctx: &'a ActionCtx,
+        input: StepInput<'a>,
+    ) -> BoxFuture<'a, Result<Plan, ActionError>>;
+    /// Carries out `plan`. Idempotent: applying an already-applied plan changes nothing.
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a ActionCtx,
+        input: StepInput<'a>,
+        plan: &'a Plan,
+    ) -> BoxFuture<'a, Result<Outcome, ActionError>>;
+    /// Undoes `outcome`, when reversible.
+    fn rollback<'a>(
+        &'a self,
+        ctx: &'a ActionCtx,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<(), ActionError>>;
+}
+
+/// Deserialises typed parameters from a `with:` value, turning serde errors into problems with
+/// the field path. Used by actions' `validate` and at the start of `plan`.
+///
+/// # Errors
+/// Every problem found (serde stops at the first).
+pub fn typed_params<T: serde::de::DeserializeOwned>(
+    params: &Value,
+) -> Result<T, Vec<ParamProblem>> {
+    let params = if params.is_null() {
+        Value::Object(serde_json::Map::new())
+    } else {
+        params.clone()
+    };
+    serde_path_to_error::deserialize::<_, T>(params).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        vec![ParamProblem {
+            path,
+            message: e.into_inner().to_string(),
+            hint: None,
+        }]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let a = serde_json::json!({"b": 1, "a": {"d": [1, {"z": 0, "y": 1}], "c": null}});
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"c":null,"d":[1,{"y":1,"z":0}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn registry_kinds_are_unique_and_namespaced() {
+        let mut kinds: Vec<&str> = ACTIONS.iter().map(|a| a.kind()).collect();
+        assert!(kinds.iter().all(|k| k.contains('.')), "{kinds:?}");
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), ACTIONS.len());
+    }
+}

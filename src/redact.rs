@@ -1,0 +1,226 @@
+//! Keeping secrets out of everything Firebreak writes.
+//!
+//! [`Redacted<T>`] wraps a secret value so its `Debug`, `Display` and `Serialize` print a mask.
+//! [`scrub`] removes secret-looking material from free text (scanner evidence, command lines,
+//! error bodies) before it reaches a log, an error, a plan, a notification or the audit trail.
+//! An AWS access key *id* (`AKIA…`) is not a secret and is kept: playbooks need it to find the key.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+/// The mask written instead of a secret.
+pub const MASK: &str = "[REDACTED]";
+
+/// A secret value. Only [`Redacted::expose`] reveals it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Redacted<T>(T);
+
+impl<T> Redacted<T> {
+    /// Wraps a secret.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself: call only where it is sent to the system that needs it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+impl<T> fmt::Display for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+impl<T> Serialize for Redacted<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(MASK)
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Redacted<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Redacted)
+    }
+}
+
+impl<T> schemars::JsonSchema for Redacted<T>
+where
+    T: schemars::JsonSchema,
+{
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}
+
+/// One kind of secret that free text may carry, with the pattern that finds it.
+struct SecretPattern {
+    regex: Regex,
+}
+
+#[allow(clippy::expect_used)] // the patterns are constants checked by the unit tests below
+static PATTERNS: LazyLock<Vec<SecretPattern>> = LazyLock::new(|| {
+    [
+        // PEM private keys, whole block.
+        r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END[A-Z ]*PRIVATE KEY-----|$)",
+        // AWS secret access key next to a name that says what it is.
+        r#"(?i)(aws_?secret_?access_?key|secret_?access_?key|aws_?secret|SecretAccessKey)(["']?\s*[:=]\s*["']?)[A-Za-z0-9/+=]{40}"#,
+        // AWS session tokens.
+        r#"(?i)(aws_?session_?token|SessionToken)(["']?\s*[:=]\s*["']?)[A-Za-z0-9/+=]{100,}"#,
+        // GitHub tokens (classic, fine-grained, app, OAuth, refresh).
+        r"\b(gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
+        // Slack tokens and webhook paths.
+        r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",
+        r"hooks\.slack\.com/services/[A-Za-z0-9/]+",
+        // Bearer / basic credentials in headers.
+        r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{16,}",
+        // user:password@ in URLs.
+        r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@",
+        // Generic `password=…`, `token: …`, `secret=…` assignments.
+        r#"(?i)\b(password|passwd|pwd|token|secret|api_?key|apikey|private_?key)(["']?\s*[:=]\s*["']?)[^\s"',;&]{6,}"#,
+    ]
+    .iter()
+    .map(|p| SecretPattern {
+        regex: Regex::new(p).expect("secret pattern compiles"),
+    })
+    .collect()
+});
+
+/// Replaces secret-looking material in `text` with [`MASK`], keeping the names around it so the
+/// text still reads (`password=[REDACTED]`). Returns the input unchanged (borrowed) when clean.
+pub fn scrub(text: &str) -> Cow<'_, str> {
+    let mut out = Cow::Borrowed(text);
+    for (i, pattern) in PATTERNS.iter().enumerate() {
+        if !pattern.regex.is_match(&out) {
+            continue;
+        }
+        let replaced = pattern
+            .regex
+            .replace_all(&out, |caps: &regex::Captures<'_>| match i {
+                // name + separator kept, value masked
+                1 | 2 | 8 => format!(
+                    "{}{}{MASK}",
+                    caps.get(1).map_or("", |m| m.as_str()),
+                    caps.get(2).map_or("", |m| m.as_str())
+                ),
+                6 => format!("{} {MASK}", caps.get(1).map_or("", |m| m.as_str())),
+                7 => format!("{}{MASK}@", caps.get(1).map_or("", |m| m.as_str())),
+                _ => MASK.to_owned(),
+            })
+            .into_owned();
+        out = Cow::Owned(replaced);
+    }
+    out
+}
+
+/// Scrubs every string inside a JSON value, in place.
+pub fn scrub_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) => {
+            if let Cow::Owned(clean) = scrub(s) {
+                *s = clean;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(scrub_json),
+        serde_json::Value::Object(map) => map.values_mut().for_each(scrub_json),
+        _ => {}
+    }
+}
+
+/// A stable, non-reversible reference to a secret: `sha256:` and the first 16 hex digits of its
+/// SHA-256. Lets two findings about the same leaked secret be linked without storing it.
+pub fn secret_hash(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    format!("sha256:{}", &hex::encode(digest)[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_never_prints_its_value() {
+        let r = Redacted::new("hunter2-secret".to_owned());
+        assert_eq!(format!("{r:?} {r}"), "[REDACTED] [REDACTED]");
+        assert_eq!(
+            serde_json::to_string(&r).ok().as_deref(),
+            Some("\"[REDACTED]\"")
+        );
+        assert_eq!(r.expose(), "hunter2-secret");
+    }
+
+    #[test]
+    fn scrub_masks_aws_secret_but_keeps_key_id() {
+        // AWS's documented example key pair.
+        let text = "aws_access_key_id=AKIAIOSFODNN7EXAMPLE aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let clean = scrub(text);
+        assert!(clean.contains("AKIAIOSFODNN7EXAMPLE"), "{clean}");
+        assert!(!clean.contains("wJalrXUtnFEMI"), "{clean}");
+        assert!(
+            clean.contains("aws_secret_access_key=[REDACTED]"),
+            "{clean}"
+        );
+    }
+
+    #[test]
+    fn scrub_masks_tokens_keys_and_url_passwords() {
+        let cases = [
+            "curl -H 'Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123' x",
+            "git clone https://bob:s3cr3tpass@example.com/r.git",
+            "token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+            "mysql --password=correcthorse",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+        ];
+        for case in cases {
+            let clean = scrub(case);
+            for secret in [
+                "abcdefghijklmnop",
+                "s3cr3tpass",
+                "ghp_aBcDe",
+                "correcthorse",
+                "MIIEow",
+            ] {
+                assert!(!clean.contains(secret), "{case} -> {clean}");
+            }
+        }
+    }
+
+    #[test]
+    fn scrub_leaves_clean_text_borrowed() {
+        assert!(matches!(
+            scrub("sh -c clear; (bash || ash || sh)"),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn scrub_json_reaches_nested_strings() {
+        let mut v = serde_json::json!({"a": ["password=swordfish1"], "b": {"c": "ok"}});
+        scrub_json(&mut v);
+        assert_eq!(v["a"][0], "password=[REDACTED]");
+        assert_eq!(v["b"]["c"], "ok");
+    }
+
+    #[test]
+    fn secret_hash_is_stable_and_short() {
+        assert_eq!(secret_hash("x"), secret_hash("x"));
+        assert_ne!(secret_hash("x"), secret_hash("y"));
+        assert_eq!(secret_hash("x").len(), "sha256:".len() + 16);
+    }
+}
