@@ -260,6 +260,8 @@ impl ActionCtx {
         let timeout = Duration::from_secs(cfg.notify.timeout_seconds.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            // Never follow redirects: a webhook body must not be re-sent to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("firebreak/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {

@@ -1,1 +1,234 @@
-//! (Being written.)
+//! The command line: argument definitions and dispatch. One file per subcommand; only
+//! [`output`] prints. stdout carries data, stderr carries messages for people.
+
+mod catalog;
+mod findings;
+pub mod input;
+pub mod output;
+mod playbooks;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::error::Exit;
+
+/// Firebreak acts on what cloud and Kubernetes scanners see: it matches findings against
+/// playbooks and plans, approves and applies the remediation, with an audit trail.
+#[derive(Debug, Parser)]
+#[command(name = "firebreak", version, about, long_about = None, propagate_version = true)]
+#[command(
+    after_help = "Examples:\n  firebreak run --playbooks playbooks --finding alert.json --dry-run\n  firebreak playbooks check playbooks\n  firebreak findings parse guardduty-export.json --format json"
+)]
+pub struct Cli {
+    /// Configuration file (YAML). Layered over the embedded defaults; `FIREBREAK_*` variables
+    /// (e.g. FIREBREAK_ENGINE__DRY_RUN=true) and flags override it.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "FIREBREAK_CONFIG_FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// More log output on stderr (-v: info, -vv: debug, -vvv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output: only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable.
+    Pretty,
+    /// JSON lines.
+    Json,
+}
+
+/// Output formats of data commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A table for people.
+    #[default]
+    Table,
+    /// One JSON document for programs.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Match findings against playbooks and plan (and, without --dry-run, apply) their steps.
+    Run(RunArgs),
+    /// Work with scanner findings.
+    #[command(subcommand)]
+    Findings(FindingsCmd),
+    /// Check, test and describe playbooks.
+    #[command(subcommand)]
+    Playbooks(PlaybooksCmd),
+    /// List the scanner formats Firebreak parses.
+    #[command(subcommand)]
+    Parsers(ListCmd),
+    /// List the actions playbooks can use.
+    #[command(subcommand)]
+    Actions(ListCmd),
+}
+
+/// `firebreak run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of playbook files.
+    #[arg(long, value_name = "DIR", default_value = "playbooks")]
+    pub playbooks: PathBuf,
+    /// Findings to process: a file, or `-` for stdin (JSON, JSON lines, or a scanner report).
+    #[arg(long, value_name = "FILE|-")]
+    pub finding: String,
+    /// Parser for the input, or `auto` to detect it per record.
+    #[arg(long, value_name = "ID", default_value = "auto")]
+    pub parser: String,
+    /// Plan only: show what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// `firebreak findings …`.
+#[derive(Debug, Subcommand)]
+pub enum FindingsCmd {
+    /// Parse scanner output into canonical findings and show them (and any rejected records).
+    Parse(ParseArgs),
+}
+
+/// `firebreak findings parse`.
+#[derive(Debug, Args)]
+pub struct ParseArgs {
+    /// The input: a file, or `-` for stdin.
+    #[arg(value_name = "FILE|-")]
+    pub input: String,
+    /// Parser, or `auto` to detect it per record.
+    #[arg(long, value_name = "ID", default_value = "auto")]
+    pub parser: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// `firebreak playbooks …`.
+#[derive(Debug, Subcommand)]
+pub enum PlaybooksCmd {
+    /// Load every playbook in DIR and report every problem with its location.
+    Check {
+        /// Directory of playbook files.
+        #[arg(value_name = "DIR", default_value = "playbooks")]
+        dir: PathBuf,
+        /// Output format (`json` lists diagnostics as objects).
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print the JSON Schema of a playbook file (for editors and CI).
+    Schema,
+    /// Show which playbooks match the findings in FILE, and their dry-run plans.
+    Test {
+        /// Directory of playbook files.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Findings: a file, or `-` for stdin.
+        #[arg(value_name = "FINDING_FILE|-")]
+        finding: String,
+        /// Parser, or `auto`.
+        #[arg(long, value_name = "ID", default_value = "auto")]
+        parser: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// `… list`.
+#[derive(Debug, Subcommand)]
+pub enum ListCmd {
+    /// List them.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    if let Some(f) = cli.log_format {
+        overrides.push((
+            "log.format",
+            match f {
+                LogFormatArg::Pretty => "pretty".into(),
+                LogFormatArg::Json => "json".into(),
+            },
+        ));
+    }
+    if let Command::Run(args) = &cli.command
+        && args.dry_run
+    {
+        overrides.push(("engine.dry_run", "true".into()));
+    }
+    let config = match crate::config::load(cli.config.as_deref(), &env, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            output::config_error(&e);
+            return exit(Exit::Usage);
+        }
+    };
+    crate::telemetry::init(
+        &config.log,
+        crate::telemetry::Mode::Command,
+        cli.verbose,
+        cli.quiet,
+    );
+    let code = dispatch(cli.command, &config);
+    exit(code)
+}
+
+fn exit(code: Exit) -> ExitCode {
+    ExitCode::from(code as u8)
+}
+
+fn dispatch(command: Command, config: &Config) -> Exit {
+    match command {
+        Command::Run(args) => run::run(&args, config),
+        Command::Findings(FindingsCmd::Parse(args)) => findings::parse(&args),
+        Command::Playbooks(PlaybooksCmd::Check { dir, format }) => playbooks::check(&dir, format),
+        Command::Playbooks(PlaybooksCmd::Schema) => playbooks::schema(),
+        Command::Playbooks(PlaybooksCmd::Test {
+            dir,
+            finding,
+            parser,
+            format,
+        }) => {
+            let args = RunArgs {
+                playbooks: dir,
+                finding,
+                parser,
+                dry_run: true,
+                format,
+            };
+            run::run(&args, config)
+        }
+        Command::Parsers(ListCmd::List { format }) => catalog::parsers(format),
+        Command::Actions(ListCmd::List { format }) => catalog::actions(format),
+    }
+}

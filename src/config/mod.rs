@@ -1,22 +1,160 @@
-//! Typed configuration. (Being written.)
-use serde::{Deserialize, Serialize};
+//! Typed configuration and where it comes from.
+//!
+//! Owns the [`Config`] type and [`load`], which layers, lowest first:
+//!
+//! 1. the embedded defaults ([`DEFAULT_YAML`], `config/default.yaml` in the repository),
+//! 2. the `--config FILE`,
+//! 3. `FIREBREAK_*` environment variables, with `__` between levels
+//!    (`FIREBREAK_ENGINE__DRY_RUN=true`, `FIREBREAK_NOTIFY__TIMEOUT_SECONDS=3`); values are
+//!    scalars (`true`/`false`, numbers, otherwise strings); names are lowercased, so
+//!    `FIREBREAK_NOTIFY__WEBHOOKS__SECOPS__URL` sets `notify.webhooks.secops.url`,
+//! 4. flags, passed in as `(key.path, value)` overrides.
+//!
+//! Every YAML document is first deserialised strictly on its own, so an unknown key or a wrong
+//! type is reported as `file:line:col: key.path: message` with a `hint:`; every environment
+//! variable and flag is checked the same way and named in the error. All problems are collected
+//! before [`load`] fails. Environment variables without `__` (such as `FIREBREAK_CONFIG`) belong
+//! to the CLI and are not configuration keys.
+//!
+//! This module reads only the file it is given and the environment it is passed; it never
+//! touches the process environment itself, and never prints.
+
+mod yaml;
+
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Diagnostic;
+use crate::redact::Redacted;
+
+pub use yaml::YamlFormat;
+
+/// The defaults, as a commented YAML file embedded in the binary (`firebreak config default`
+/// can print it). A unit test keeps it equal to [`Config::default`].
+pub const DEFAULT_YAML: &str = include_str!("../../config/default.yaml");
+
+/// The prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "FIREBREAK_";
+
+/// The separator between levels in environment variable names.
+pub const ENV_SEPARATOR: &str = "__";
 
 /// Firebreak's configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Where executions, plans and the audit trail are stored.
+    pub store: StoreConfig,
+    /// How playbooks are run.
+    pub engine: EngineConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The HTTP service (`firebreak serve`).
+    pub server: ServerConfig,
     /// Notification settings.
     pub notify: NotifyConfig,
+    /// Where playbooks are loaded from.
+    pub playbooks: PlaybooksConfig,
+}
+
+/// `store:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://firebreak.db".to_owned(),
+        }
+    }
+}
+
+/// `engine:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Plan only; never apply.
+    pub dry_run: bool,
+    /// How many findings are processed at once.
+    pub concurrency: u32,
+    /// Refuse every apply (plans still run) until switched off.
+    pub kill_switch: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            concurrency: 8,
+            kill_switch: false,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `log:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `firebreak=debug,info`, ….
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// `server:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port`.
+    pub listen: String,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            max_body_bytes: 1_048_576,
+        }
+    }
 }
 
 /// `notify:` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
-    /// Outbound HTTP timeout.
+    /// Outbound HTTP timeout, in seconds.
     pub timeout_seconds: u64,
-    /// Named webhook endpoints.
+    /// Named webhook endpoints, for `notify.webhook` steps with `endpoint: NAME`.
     pub webhooks: BTreeMap<String, WebhookEndpoint>,
 }
 
@@ -30,9 +168,348 @@ impl Default for NotifyConfig {
 }
 
 /// A named webhook endpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookEndpoint {
-    /// The URL (a secret: Slack-style URLs carry credentials).
-    pub url: crate::redact::Redacted<String>,
+    /// The URL (a secret: Slack-style URLs carry credentials). Never printed.
+    pub url: Redacted<String>,
+}
+
+/// `playbooks:` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybooksConfig {
+    /// Directory of playbook YAML files.
+    pub dir: String,
+}
+
+impl Default for PlaybooksConfig {
+    fn default() -> Self {
+        Self {
+            dir: "playbooks".to_owned(),
+        }
+    }
+}
+
+/// Why configuration could not be loaded: every problem found, each with where it came from
+/// (the file, `<env>` or `<flag>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems, in the order found.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<Diagnostic> for ConfigError {
+    fn from(d: Diagnostic) -> Self {
+        Self {
+            diagnostics: vec![d],
+        }
+    }
+}
+
+/// The name diagnostics use for the embedded defaults.
+const EMBEDDED: &str = "<embedded default.yaml>";
+/// The name diagnostics use for environment variables.
+const ENV: &str = "<env>";
+/// The name diagnostics use for flags.
+const FLAG: &str = "<flag>";
+
+/// Loads configuration: embedded defaults < `file` < `FIREBREAK_*` variables in `env` <
+/// `overrides` (flags, as `("engine.dry_run", "true")`).
+///
+/// `env` is the environment to read (the CLI passes `std::env::vars().collect()`); variables
+/// without the `FIREBREAK_` prefix, or without `__`, are ignored.
+///
+/// # Errors
+/// Every problem found: an unreadable file, YAML syntax, unknown keys and wrong types in the
+/// file, the environment or the flags.
+pub fn load(
+    file: Option<&Path>,
+    env: &[(String, String)],
+    overrides: &[(&str, String)],
+) -> Result<Config, ConfigError> {
+    let mut diagnostics = Vec::new();
+    let mut builder = config::Config::builder();
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+
+    // 1. Embedded defaults (checked too, so a broken build fails loudly rather than silently).
+    if let Err(d) = yaml::check_file::<Config>(Path::new(EMBEDDED), DEFAULT_YAML) {
+        diagnostics.push(with_type_hint(*d, &defaults));
+    }
+    builder = builder.add_source(config::File::from_str(DEFAULT_YAML, YamlFormat));
+
+    // 2. The file.
+    if let Some(path) = file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                if let Err(d) = yaml::check_file::<Config>(path, &text) {
+                    diagnostics.push(with_type_hint(*d, &defaults));
+                }
+                builder = builder.add_source(config::File::from_str(&text, YamlFormat));
+            }
+            Err(e) => diagnostics.push(
+                Diagnostic::file(path, format!("cannot read the configuration file: {e}"))
+                    .hint("check the path given to --config"),
+            ),
+        }
+    }
+
+    // 3. The environment.
+    let mut env_map = config::Map::new();
+    for (name, value) in env {
+        match env_key(name, &defaults) {
+            EnvKey::NotOurs => {}
+            EnvKey::MissingSeparator(section) => diagnostics.push(
+                Diagnostic::file(
+                    ENV,
+                    format!("{name}: not a configuration key (levels are separated by `__`)"),
+                )
+                .hint(format!(
+                    "write {ENV_PREFIX}{}{ENV_SEPARATOR}{}",
+                    section.to_ascii_uppercase(),
+                    name.get(ENV_PREFIX.len() + section.len() + 1..)
+                        .unwrap_or_default()
+                        .to_ascii_uppercase()
+                )),
+            ),
+            EnvKey::Key(key) => {
+                match check_key(&key, scalar(value)) {
+                    Ok(()) => {
+                        env_map.insert(key.join(ENV_SEPARATOR), value.clone());
+                    }
+                    // The value is not repeated: it may be a secret (a webhook URL).
+                    Err((path, message, hint)) => diagnostics.push(with_type_hint(
+                        Diagnostic::file(ENV, format!("{name}: {message}"))
+                            .path(path)
+                            .maybe_hint(hint),
+                        &defaults,
+                    )),
+                }
+            }
+        }
+    }
+    if !env_map.is_empty() {
+        builder = builder.add_source(
+            config::Environment::default()
+                .separator(ENV_SEPARATOR)
+                .try_parsing(true)
+                .source(Some(env_map)),
+        );
+    }
+
+    // 4. Flags.
+    for (key, value) in overrides {
+        let segments: Vec<String> = key.split('.').map(str::to_owned).collect();
+        if let Err((path, message, hint)) = check_key(&segments, scalar(value)) {
+            diagnostics.push(with_type_hint(
+                Diagnostic::file(FLAG, message).path(path).maybe_hint(hint),
+                &defaults,
+            ));
+            continue;
+        }
+        match builder.set_override(*key, value.clone()) {
+            Ok(b) => builder = b,
+            Err(e) => {
+                diagnostics.push(Diagnostic::file(FLAG, format!("{key}: {e}")).path(*key));
+                return Err(ConfigError { diagnostics });
+            }
+        }
+    }
+
+    if !diagnostics.is_empty() {
+        return Err(ConfigError { diagnostics });
+    }
+
+    let built = builder
+        .build()
+        .map_err(|e| Diagnostic::file("<config>", e.to_string()))?;
+    serde_path_to_error::deserialize::<_, Config>(built).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::from(Diagnostic::file("<config>", e.into_inner().to_string()).path(path))
+    })
+}
+
+/// Adds a hint naming the expected kind of value when a diagnostic has none and its path is a
+/// known setting, e.g. "expected a whole number >= 0 (default 8)".
+fn with_type_hint(d: Diagnostic, defaults: &serde_json::Value) -> Diagnostic {
+    if d.hint.is_some() || d.path.is_empty() {
+        return d;
+    }
+    let hint = match d.path.as_str() {
+        "log.format" => Some("expected `pretty` or `json`".to_owned()),
+        path => path
+            .split('.')
+            .try_fold(defaults, |v, k| v.get(k))
+            .and_then(|v| match v {
+                serde_json::Value::Bool(b) => Some(format!("expected true or false (default {b})")),
+                serde_json::Value::Number(n) => {
+                    Some(format!("expected a whole number >= 0 (default {n})"))
+                }
+                serde_json::Value::String(s) => Some(format!("expected a string (default `{s}`)")),
+                _ => None,
+            }),
+    };
+    d.maybe_hint(hint)
+}
+
+/// What an environment variable name means to configuration.
+enum EnvKey {
+    /// Not a configuration variable (no prefix, or a CLI variable such as `FIREBREAK_CONFIG`).
+    NotOurs,
+    /// Looks like `FIREBREAK_ENGINE_DRY_RUN`: a section name with `_` where `__` belongs.
+    MissingSeparator(&'static str),
+    /// A key path, lowercased.
+    Key(Vec<String>),
+}
+
+/// The section names, for recognising `FIREBREAK_<SECTION>_…` typos.
+const SECTIONS: [&str; 6] = ["store", "engine", "log", "server", "notify", "playbooks"];
+
+fn env_key(name: &str, defaults: &serde_json::Value) -> EnvKey {
+    let Some(rest) = name
+        .get(..ENV_PREFIX.len())
+        .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+        .and_then(|_| name.get(ENV_PREFIX.len()..))
+    else {
+        return EnvKey::NotOurs;
+    };
+    let rest = rest.to_ascii_lowercase();
+    if !rest.contains(ENV_SEPARATOR) {
+        // Only a real `section_key` is a likely typo; other names belong to the CLI.
+        return SECTIONS
+            .into_iter()
+            .find(|s| {
+                rest.strip_prefix(s)
+                    .and_then(|r| r.strip_prefix('_'))
+                    .is_some_and(|key| defaults[*s].get(key).is_some())
+            })
+            .map_or(EnvKey::NotOurs, EnvKey::MissingSeparator);
+    }
+    EnvKey::Key(rest.split(ENV_SEPARATOR).map(str::to_owned).collect())
+}
+
+/// A raw environment or flag value as the scalar it spells, the way the `config` crate's
+/// `try_parsing` reads it: `true`/`false`, an integer, a float, otherwise a string.
+fn scalar(raw: &str) -> config::ValueKind {
+    if let Ok(b) = raw.to_lowercase().parse::<bool>() {
+        config::ValueKind::Boolean(b)
+    } else if let Ok(i) = raw.parse::<i64>() {
+        config::ValueKind::I64(i)
+    } else if let Ok(f) = raw.parse::<f64>() {
+        config::ValueKind::Float(f)
+    } else {
+        config::ValueKind::String(raw.to_owned())
+    }
+}
+
+/// Checks that one `key.path = value` fits [`Config`], with the `config` crate's own coercions.
+/// On failure: the key path, the message, and a hint.
+fn check_key(
+    key: &[String],
+    value: config::ValueKind,
+) -> Result<(), (String, String, Option<String>)> {
+    if key.iter().any(String::is_empty) {
+        return Err((
+            key.join("."),
+            "empty key segment".to_owned(),
+            Some("separate levels with exactly one `__` (environment) or `.` (flags)".to_owned()),
+        ));
+    }
+    let mut v = config::Value::new(None, value);
+    for segment in key.iter().rev() {
+        let mut table = config::Map::new();
+        table.insert(segment.clone(), v);
+        v = config::Value::new(None, config::ValueKind::Table(table));
+    }
+    match serde_path_to_error::deserialize::<_, Config>(v) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { key.join(".") } else { path };
+            let message = yaml::strip_key_suffix(&e.into_inner().to_string()).to_owned();
+            let hint = yaml::unknown_field_hint(&message);
+            Err((path, message, hint))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_equals_config_default() {
+        let parsed: Config = serde_saphyr::from_str(DEFAULT_YAML).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn embedded_default_mentions_every_key() {
+        let v = serde_json::to_value(Config::default()).unwrap();
+        for (section, keys) in v.as_object().unwrap() {
+            assert!(
+                DEFAULT_YAML.contains(&format!("{section}:")),
+                "default.yaml lacks section {section}"
+            );
+            for key in keys.as_object().unwrap().keys() {
+                assert!(
+                    DEFAULT_YAML.contains(&format!("  {key}:")),
+                    "default.yaml lacks {section}.{key}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn env_names_map_to_key_paths() {
+        let d = serde_json::to_value(Config::default()).unwrap();
+        assert!(matches!(env_key("PATH", &d), EnvKey::NotOurs));
+        assert!(matches!(
+            env_key("FIREBREAK_CONFIG_FILE", &d),
+            EnvKey::NotOurs
+        ));
+        assert!(matches!(
+            env_key("FIREBREAK_LOG_COLOR", &d),
+            EnvKey::NotOurs
+        ));
+        assert!(matches!(
+            env_key("FIREBREAK_ENGINE_DRY_RUN", &d),
+            EnvKey::MissingSeparator("engine")
+        ));
+        match env_key("FIREBREAK_ENGINE__DRY_RUN", &d) {
+            EnvKey::Key(k) => assert_eq!(k, ["engine", "dry_run"]),
+            _ => panic!("expected a key"),
+        }
+    }
+
+    #[test]
+    fn scalars_parse_like_the_config_crate() {
+        assert!(matches!(scalar("TRUE"), config::ValueKind::Boolean(true)));
+        assert!(matches!(scalar("3"), config::ValueKind::I64(3)));
+        assert!(matches!(scalar("x"), config::ValueKind::String(_)));
+    }
+
+    #[test]
+    fn error_display_is_one_diagnostic_per_line() {
+        let e = ConfigError {
+            diagnostics: vec![
+                Diagnostic::file("<env>", "a"),
+                Diagnostic::file("<flag>", "b"),
+            ],
+        };
+        assert_eq!(e.to_string(), "<env>: a\n<flag>: b");
+    }
 }

@@ -230,15 +230,6 @@ pub(crate) mod access {
         }
     }
 
-    /// A string at a path of keys, if every step exists and the leaf is a string.
-    pub fn path_str<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a str> {
-        let mut cur = v;
-        for k in keys {
-            cur = cur.get(*k)?;
-        }
-        cur.as_str().filter(|s| !s.is_empty())
-    }
-
     /// The JSON type name of a value, for messages.
     pub fn kind(v: &Value) -> &'static str {
         match v {

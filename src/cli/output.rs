@@ -1,0 +1,311 @@
+//! The only module that prints. stdout: data (tables, JSON). stderr: notes, errors, progress.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::Format;
+use super::catalog::{ActionRow, ParserRow};
+use super::run::RunDocument;
+use crate::config::ConfigError;
+use crate::engine::StepStatus;
+use crate::error::Diagnostic;
+use crate::finding::{Finding, ParseReport, Rejection};
+use crate::playbook::Playbook;
+
+fn out() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
+}
+
+// Write errors on stdout (e.g. a closed pipe in `| head`) are deliberately ignored: there is
+// nobody left to tell, and the exit code still says how the command went.
+macro_rules! outln {
+    ($($arg:tt)*) => {{ let _ = writeln!(out(), $($arg)*); }};
+}
+
+/// Pretty JSON on stdout.
+pub fn json<T: Serialize + ?Sized>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => outln!("{s}"),
+        Err(e) => error(&format!("cannot render JSON: {e}"), None),
+    }
+}
+
+/// `error: …` and an optional `hint: …` on stderr.
+pub fn error(message: &str, hint: Option<&str>) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "error: {message}");
+    if let Some(h) = hint {
+        let _ = writeln!(err, "  hint: {h}");
+    }
+}
+
+/// `note: …` on stderr.
+pub fn note(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "note: {message}");
+}
+
+/// Configuration problems, each with its location, on stderr.
+pub fn config_error(e: &ConfigError) {
+    let mut err = std::io::stderr().lock();
+    for d in &e.diagnostics {
+        let _ = writeln!(err, "error: {d}");
+    }
+}
+
+/// Playbook diagnostics: text on stderr, or a JSON document on stdout.
+pub fn diagnostics(ds: &[Diagnostic], format: Format) {
+    match format {
+        Format::Json => json(&serde_json::json!({ "ok": false, "problems": ds })),
+        Format::Table => {
+            let mut err = std::io::stderr().lock();
+            for d in ds {
+                let _ = writeln!(err, "error: {d}");
+            }
+            let _ = writeln!(
+                err,
+                "{} problem{} found",
+                ds.len(),
+                if ds.len() == 1 { "" } else { "s" }
+            );
+        }
+    }
+}
+
+/// The result of a clean `playbooks check`.
+pub fn check_ok(dir: &Path, playbooks: &[Playbook], format: Format) {
+    match format {
+        Format::Json => {
+            let names: Vec<serde_json::Value> = playbooks
+                .iter()
+                .map(|p| serde_json::json!({"name": p.name, "file": p.file, "enabled": p.enabled, "steps": p.steps.len()}))
+                .collect();
+            json(&serde_json::json!({ "ok": true, "playbooks": names, "problems": [] }));
+        }
+        Format::Table => {
+            for p in playbooks {
+                let kinds: Vec<&str> = p.steps.iter().map(|s| s.action.kind()).collect();
+                outln!(
+                    "ok  {:<28} {}{}",
+                    p.name,
+                    kinds.join(" -> "),
+                    if p.enabled { "" } else { "  (disabled)" }
+                );
+            }
+            note(&format!(
+                "{} playbook(s) in {} are valid",
+                playbooks.len(),
+                dir.display()
+            ));
+        }
+    }
+}
+
+/// Findings as a table on stdout.
+pub fn findings_table(findings: &[Finding]) {
+    if findings.is_empty() {
+        return;
+    }
+    outln!(
+        "{:<9} {:<19} {:<10} {:<28} {:<40} RESOURCE",
+        "SEVERITY",
+        "CLASS",
+        "SOURCE",
+        "RULE",
+        "TITLE"
+    );
+    for f in findings {
+        let resource = f.resources.first().map(|r| r.key()).unwrap_or_default();
+        outln!(
+            "{:<9} {:<19} {:<10} {:<28} {:<40} {}",
+            f.severity.as_str(),
+            f.class.as_str(),
+            f.source,
+            clip(&f.rule, 28),
+            clip(&f.title, 40),
+            resource
+        );
+    }
+}
+
+/// Rejected records on stderr, one per line.
+pub fn rejections(rejected: &[Rejection]) {
+    let mut err = std::io::stderr().lock();
+    for r in rejected {
+        let _ = writeln!(err, "rejected: {r}");
+    }
+}
+
+/// The counts line after `findings parse`.
+pub fn parse_summary(report: &ParseReport) {
+    note(&format!(
+        "{} finding(s), {} rejected, {} skipped (recognised but not findings)",
+        report.findings.len(),
+        report.rejected.len(),
+        report.skipped
+    ));
+}
+
+/// `parsers list` table.
+pub fn parser_table(rows: &[ParserRow]) {
+    outln!("{:<14} SUMMARY", "PARSER");
+    for r in rows {
+        outln!("{:<14} {}", r.id, r.summary);
+    }
+}
+
+/// `actions list` table.
+pub fn action_table(rows: &[ActionRow]) {
+    outln!(
+        "{:<34} {:<10} {:<60} PERMISSIONS",
+        "ACTION",
+        "REVERSIBLE",
+        "SUMMARY"
+    );
+    for r in rows {
+        let perms: Vec<String> = r
+            .permissions
+            .iter()
+            .map(|p| format!("{}:{}", p.system, p.grant))
+            .collect();
+        outln!(
+            "{:<34} {:<10} {:<60} {}",
+            r.kind,
+            if r.reversible { "yes" } else { "no" },
+            r.summary,
+            perms.join(", ")
+        );
+    }
+}
+
+/// `run` as text: per finding, the playbooks that matched, their steps and plans.
+pub fn run_table(doc: &RunDocument<'_>) {
+    for f in doc.findings {
+        let execs: Vec<_> = doc
+            .report
+            .executions
+            .iter()
+            .filter(|e| e.finding_id == f.id.to_string())
+            .collect();
+        let idle: Vec<_> = doc
+            .report
+            .not_acted
+            .iter()
+            .filter(|e| e.finding_id == f.id.to_string())
+            .collect();
+        outln!(
+            "finding {} [{} {}] {}: {}",
+            f.id,
+            f.severity,
+            f.class,
+            f.source,
+            clip(&f.rule, 80)
+        );
+        if execs.is_empty() && idle.is_empty() {
+            outln!("  no playbook matched");
+        }
+        for e in execs {
+            outln!("  playbook {}", e.playbook);
+            for (i, s) in e.steps.iter().enumerate() {
+                let status = match s.status {
+                    StepStatus::Planned => "planned",
+                    StepStatus::Applied => "applied",
+                    StepStatus::Failed => "FAILED",
+                    StepStatus::Skipped => "skipped",
+                };
+                outln!("    {}. {:<28} {}", i + 1, s.action, status);
+                if let Some(p) = &s.plan {
+                    outln!(
+                        "       plan: {}{}",
+                        p.summary,
+                        if p.noop { " (already done)" } else { "" }
+                    );
+                    for c in &p.changes {
+                        outln!("       {} {}", c.op, c.path);
+                    }
+                    outln!("       plan hash: {}", p.hash);
+                }
+                if let Some(o) = &s.outcome {
+                    outln!("       outcome: {} {}", o.result, o.detail);
+                }
+                if let Some(err) = &s.error {
+                    outln!("       error: {err}");
+                }
+            }
+        }
+        for n in idle {
+            outln!(
+                "  playbook {} matched but did not act: {}",
+                n.playbook,
+                n.reason
+            );
+        }
+    }
+    rejections(doc.rejected);
+    let steps: Vec<_> = doc
+        .report
+        .executions
+        .iter()
+        .flat_map(|e| &e.steps)
+        .collect();
+    let count = |st: StepStatus| steps.iter().filter(|s| s.status == st).count();
+    note(&format!(
+        "{} finding(s), {} rejected, {} execution(s): {} step(s) planned, {} applied, {} failed, {} skipped{}",
+        doc.findings.len(),
+        doc.rejected.len(),
+        doc.report.executions.len(),
+        count(StepStatus::Planned),
+        count(StepStatus::Applied),
+        count(StepStatus::Failed),
+        count(StepStatus::Skipped),
+        if doc.dry_run { " (dry-run)" } else { "" }
+    ));
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// A progress bar on stderr, shown only on a terminal and for long runs.
+pub struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    /// A bar for `total` findings (hidden when stderr is not a terminal or total is small).
+    #[must_use]
+    pub fn new(total: usize) -> Self {
+        if total < 50 || !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(total as u64),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} findings {elapsed}")
+        {
+            bar.set_style(style);
+        }
+        Self(Some(bar))
+    }
+
+    /// One finding done.
+    pub fn tick(&self) {
+        if let Some(b) = &self.0 {
+            b.inc(1);
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The `firebreak` binary as a user runs it: exit codes, stdout/stderr, bad input.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::fixtures::{self, FALCO_SHELL, GD_TROJAN};
+use crate::support::receiver::Receiver;
+
+/// Runs the binary with a clean environment plus `env`, feeding `stdin`.
+fn firebreak_with(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_firebreak"));
+    cmd.args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn firebreak");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin);
+    }
+    child.wait_with_output().expect("wait for firebreak")
+}
+
+fn firebreak(args: &[&str]) -> Output {
+    firebreak_with(args, &[], b"")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fixture(rel: &str) -> String {
+    fixtures::path(rel).to_string_lossy().into_owned()
+}
+
+/// A playbook directory with one playbook notifying `url` about runtime threats.
+fn playbook_dir(url: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("notify.yaml"),
+        format!(
+            "name: notify-runtime\nmatch:\n  class: runtime-threat\n  severity: \">= high\"\nsteps:\n  - action: notify.webhook\n    with: {{url: \"{url}\"}}\n"
+        ),
+    )
+    .expect("write playbook");
+    dir
+}
+
+#[test]
+fn findings_parse_prints_a_table_and_exits_zero() {
+    let o = firebreak(&["findings", "parse", &fixture(FALCO_SHELL)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("critical") && out.contains("Terminal shell in container"),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("1 finding(s), 0 rejected"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn findings_parse_json_is_one_document() {
+    let o = firebreak(&["findings", "parse", "--format", "json", &fixture(GD_TROJAN)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("stdout is JSON");
+    assert_eq!(doc["findings"][0]["rule"], "Trojan:EC2/DropPoint!DNS");
+    assert_eq!(doc["findings"][0]["source"], "guardduty");
+    assert_eq!(doc["rejected"], serde_json::json!([]));
+}
+
+#[test]
+fn findings_from_stdin_with_a_bad_line_keep_the_good_ones() {
+    // Two real Falco lines around a truncated copy of one of them.
+    let line = String::from_utf8(fixtures::bytes(FALCO_SHELL)).expect("utf8");
+    let line = line.trim_end();
+    let input = format!("{line}\n{}\n{line}\n", &line[..line.len() / 2]);
+    let o = firebreak_with(
+        &["findings", "parse", "--format", "json", "-"],
+        &[],
+        input.as_bytes(),
+    );
+    assert_eq!(code(&o), 1, "a rejected record exits 1");
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("stdout is JSON");
+    assert_eq!(doc["findings"].as_array().map(Vec::len), Some(2));
+    assert_eq!(doc["rejected"][0]["line"], 2);
+    assert_eq!(doc["rejected"][0]["source"], "stdin");
+}
+
+#[test]
+fn binary_empty_missing_and_directory_inputs_get_clear_errors() {
+    let bin = firebreak_with(
+        &["findings", "parse", "-"],
+        &[],
+        &[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0],
+    );
+    assert_eq!(code(&bin), 1);
+    assert!(
+        stderr(&bin).contains("stdin") && stderr(&bin).contains("binary"),
+        "{}",
+        stderr(&bin)
+    );
+
+    let empty = firebreak_with(&["findings", "parse", "-"], &[], b"");
+    assert_eq!(code(&empty), 1);
+    assert!(stderr(&empty).contains("empty"), "{}", stderr(&empty));
+
+    let missing = firebreak(&["findings", "parse", "/nonexistent/findings.json"]);
+    assert_eq!(code(&missing), 2);
+    assert!(
+        stderr(&missing).contains("cannot read /nonexistent/findings.json"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let dir = firebreak(&["findings", "parse", "tests"]);
+    assert_eq!(code(&dir), 2);
+    assert!(stderr(&dir).contains("is a directory"), "{}", stderr(&dir));
+
+    for o in [&bin, &empty, &missing, &dir] {
+        assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
+    }
+}
+
+#[test]
+fn unknown_parser_is_a_usage_error_with_a_hint() {
+    let o = firebreak(&[
+        "findings",
+        "parse",
+        "--parser",
+        "falko",
+        &fixture(FALCO_SHELL),
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("unknown parser `falko`")
+            && stderr(&o).contains("did you mean `falco`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn forcing_the_wrong_parser_rejects_instead_of_panicking() {
+    let o = firebreak(&[
+        "findings",
+        "parse",
+        "--parser",
+        "falco",
+        &fixture(GD_TROJAN),
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("rejected:"), "{}", stderr(&o));
+}
+
+#[test]
+fn playbooks_check_exit_codes() {
+    let ok = firebreak(&["playbooks", "check", "playbooks"]);
+    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+    assert!(
+        stdout(&ok).contains("ok  alert-cryptomining"),
+        "{}",
+        stdout(&ok)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("x.yaml"),
+        "name: x\nmatch: {class: other}\nsteps: [{action: nope}]\n",
+    )
+    .expect("write");
+    let bad = firebreak(&["playbooks", "check", &dir.path().to_string_lossy()]);
+    assert_eq!(code(&bad), 1);
+    assert!(
+        stderr(&bad).contains("x.yaml:3:18: steps[0].action: unknown action `nope`"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let json = firebreak(&[
+        "playbooks",
+        "check",
+        "--format",
+        "json",
+        &dir.path().to_string_lossy(),
+    ]);
+    assert_eq!(code(&json), 1);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("JSON");
+    assert_eq!(doc["problems"][0]["path"], "steps[0].action");
+    assert_eq!(doc["problems"][0]["line"], 3);
+
+    let missing = firebreak(&["playbooks", "check", "/nonexistent/dir"]);
+    assert_eq!(code(&missing), 2);
+    assert!(
+        stderr(&missing).contains("cannot read playbook directory"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn playbooks_schema_prints_the_committed_schema() {
+    let o = firebreak(&["playbooks", "schema"]);
+    assert_eq!(code(&o), 0);
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/schema.json"),
+        )
+        .expect("schema"),
+    )
+    .expect("JSON");
+    assert_eq!(printed, committed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_dry_run_plans_without_sending_and_prints_one_json_document() {
+    let receiver = Receiver::start().await;
+    let dir = playbook_dir(&receiver.url("/hook"));
+    let pdir = dir.path().to_string_lossy().into_owned();
+    let finding = fixture(FALCO_SHELL);
+    let o = tokio::task::spawn_blocking(move || {
+        firebreak(&[
+            "run",
+            "--playbooks",
+            &pdir,
+            "--finding",
+            &finding,
+            "--dry-run",
+            "--format",
+            "json",
+        ])
+    })
+    .await
+    .expect("join");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let doc: serde_json::Value =
+        serde_json::from_str(&stdout(&o)).expect("stdout is one JSON document");
+    assert_eq!(doc["dry_run"], true);
+    let exec = &doc["executions"][0];
+    assert_eq!(exec["playbook"], "notify-runtime");
+    assert_eq!(exec["finding_id"], doc["findings"][0]["id"]);
+    let step = &exec["steps"][0];
+    assert_eq!(step["action"], "notify.webhook");
+    assert_eq!(step["status"], "planned");
+    assert!(
+        step["plan"]["hash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("sha256:")),
+        "{step}"
+    );
+    assert!(step["outcome"].is_null());
+    assert!(
+        receiver.requests().is_empty(),
+        "dry-run must not send anything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_applies_and_exit_code_reflects_step_failures() {
+    let receiver = Receiver::start().await;
+    let dir = playbook_dir(&receiver.url("/hook"));
+    let pdir = dir.path().to_string_lossy().into_owned();
+    let finding = fixture(FALCO_SHELL);
+    let (p2, f2) = (pdir.clone(), finding.clone());
+    let o = tokio::task::spawn_blocking(move || {
+        firebreak(&["run", "--playbooks", &p2, "--finding", &f2])
+    })
+    .await
+    .expect("join");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("applied"), "{}", stdout(&o));
+    assert_eq!(receiver.requests().len(), 1);
+
+    receiver.respond_with(400);
+    let o = tokio::task::spawn_blocking(move || {
+        firebreak(&[
+            "run",
+            "--playbooks",
+            &pdir,
+            "--finding",
+            &finding,
+            "--format",
+            "json",
+        ])
+    })
+    .await
+    .expect("join");
+    assert_eq!(code(&o), 1, "a failed step exits 1");
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(doc["executions"][0]["steps"][0]["status"], "failed");
+    assert!(
+        doc["executions"][0]["steps"][0]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+}
+
+#[test]
+fn run_with_kill_switch_plans_nothing() {
+    let dir = playbook_dir("http://127.0.0.1:9/never");
+    let o = firebreak_with(
+        &[
+            "run",
+            "--playbooks",
+            &dir.path().to_string_lossy(),
+            "--finding",
+            &fixture(FALCO_SHELL),
+            "--format",
+            "json",
+        ],
+        &[("FIREBREAK_ENGINE__KILL_SWITCH", "true")],
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(doc["executions"][0]["steps"][0]["status"], "skipped");
+    assert!(stderr(&o).contains("kill switch"), "{}", stderr(&o));
+}
+
+#[test]
+fn run_refuses_invalid_playbooks_and_bad_config_with_exit_two() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("x.yaml"),
+        "name: x\nmatch: {class: [nope]}\nsteps: [{action: notify.webhook}]\n",
+    )
+    .expect("write");
+    let o = firebreak(&[
+        "run",
+        "--playbooks",
+        &dir.path().to_string_lossy(),
+        "--finding",
+        &fixture(FALCO_SHELL),
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("x.yaml:2:16: match.class: unknown class `nope`"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("nothing was run"), "{}", stderr(&o));
+
+    let o = firebreak_with(
+        &["run", "--finding", &fixture(FALCO_SHELL), "--dry-run"],
+        &[("FIREBREAK_ENGNE__DRY_RUN", "true")],
+        b"",
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("FIREBREAK_ENGNE__DRY_RUN"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn help_reads_well_for_every_subcommand() {
+    let top = firebreak(&["--help"]);
+    assert_eq!(code(&top), 0);
+    insta::assert_snapshot!("help_top", stdout(&top));
+    let run = firebreak(&["run", "--help"]);
+    insta::assert_snapshot!("help_run", stdout(&run));
+    for sub in [
+        vec!["findings", "parse", "--help"],
+        vec!["playbooks", "check", "--help"],
+        vec!["playbooks", "test", "--help"],
+        vec!["playbooks", "schema", "--help"],
+        vec!["parsers", "list", "--help"],
+        vec!["actions", "list", "--help"],
+    ] {
+        let o = firebreak(&sub);
+        assert_eq!(code(&o), 0, "{sub:?}");
+        assert!(
+            stdout(&o).contains("Usage: firebreak"),
+            "{sub:?}: {}",
+            stdout(&o)
+        );
+    }
+    let usage = firebreak(&["run"]);
+    assert_eq!(code(&usage), 2, "missing required flag is a usage error");
+}
+
+#[test]
+fn actions_and_parsers_list_as_json() {
+    let a = firebreak(&["actions", "list", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&a)).expect("JSON");
+    assert_eq!(doc[0]["kind"], "notify.webhook");
+    assert_eq!(doc[0]["reversible"], false);
+    let p = firebreak(&["parsers", "list", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&p)).expect("JSON");
+    let ids: Vec<&str> = doc
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["falco", "guardduty"]);
+}

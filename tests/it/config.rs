@@ -1,0 +1,252 @@
+//! Configuration layering and its diagnostics: defaults < file < environment < flags.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write as _;
+use std::path::Path;
+
+use firebreak::config::{Config, ConfigError, LogFormat, load};
+
+fn file(yaml: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile()
+        .expect("temp file");
+    f.write_all(yaml.as_bytes()).expect("write");
+    f
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn load_err(file: Option<&Path>, env: &[(String, String)]) -> ConfigError {
+    load(file, env, &[]).expect_err("configuration should be rejected")
+}
+
+#[test]
+fn embedded_default_loads() {
+    let cfg = load(None, &[], &[]).expect("defaults load");
+    assert_eq!(cfg, Config::default());
+    assert_eq!(cfg.store.url, "sqlite://firebreak.db");
+    assert_eq!(cfg.engine.concurrency, 8);
+    assert_eq!(cfg.log.format, LogFormat::Pretty);
+    assert_eq!(cfg.server.max_body_bytes, 1_048_576);
+}
+
+#[test]
+fn unrelated_environment_is_ignored() {
+    let vars = env(&[
+        ("PATH", "/usr/bin"),
+        ("FIREBREAK_CONFIG", "/etc/firebreak.yaml"),
+        ("HOME", "/root"),
+    ]);
+    assert_eq!(load(None, &vars, &[]).expect("loads"), Config::default());
+}
+
+#[test]
+fn file_overrides_default() {
+    let f = file("engine:\n  dry_run: true\n  concurrency: 2\nlog:\n  format: json\n");
+    let cfg = load(Some(f.path()), &[], &[]).expect("loads");
+    assert!(cfg.engine.dry_run);
+    assert_eq!(cfg.engine.concurrency, 2);
+    assert_eq!(cfg.log.format, LogFormat::Json);
+    // Untouched keys keep their defaults.
+    assert_eq!(cfg.log.level, "info");
+    assert_eq!(cfg.store.url, "sqlite://firebreak.db");
+}
+
+#[test]
+fn env_overrides_file() {
+    let f = file("engine:\n  dry_run: false\nnotify:\n  timeout_seconds: 30\n");
+    let vars = env(&[
+        ("FIREBREAK_ENGINE__DRY_RUN", "true"),
+        ("FIREBREAK_NOTIFY__TIMEOUT_SECONDS", "3"),
+        ("FIREBREAK_STORE__URL", "postgres://fb@db/firebreak"),
+    ]);
+    let cfg = load(Some(f.path()), &vars, &[]).expect("loads");
+    assert!(cfg.engine.dry_run);
+    assert_eq!(cfg.notify.timeout_seconds, 3);
+    assert_eq!(cfg.store.url, "postgres://fb@db/firebreak");
+}
+
+#[test]
+fn override_beats_env() {
+    let vars = env(&[("FIREBREAK_ENGINE__CONCURRENCY", "4")]);
+    let cfg = load(None, &vars, &[("engine.concurrency", "16".to_owned())]).expect("loads");
+    assert_eq!(cfg.engine.concurrency, 16);
+    let cfg = load(None, &vars, &[]).expect("loads");
+    assert_eq!(cfg.engine.concurrency, 4);
+}
+
+#[test]
+fn webhook_endpoints_come_from_file_and_env() {
+    let f = file("notify:\n  webhooks:\n    secops:\n      url: https://hooks.example.com/a/b\n");
+    let vars = env(&[(
+        "FIREBREAK_NOTIFY__WEBHOOKS__ONCALL__URL",
+        "https://hooks.example.com/c/d",
+    )]);
+    let cfg = load(Some(f.path()), &vars, &[]).expect("loads");
+    assert_eq!(
+        cfg.notify.webhooks["secops"].url.expose(),
+        "https://hooks.example.com/a/b"
+    );
+    assert_eq!(
+        cfg.notify.webhooks["oncall"].url.expose(),
+        "https://hooks.example.com/c/d"
+    );
+}
+
+#[test]
+fn unknown_key_in_file_names_line_column_path_and_hint() {
+    let f = file("store:\n  url: sqlite://x.db\nengine:\n  dry_run: true\n  concurency: 3\n");
+    let err = load_err(Some(f.path()), &[]);
+    assert_eq!(err.diagnostics.len(), 1, "{err}");
+    let d = &err.diagnostics[0];
+    assert_eq!(d.file, f.path());
+    assert_eq!(d.path, "engine.concurency", "{err}");
+    assert_eq!((d.line, d.column), (Some(5), Some(3)), "{err}");
+    assert!(d.message.contains("unknown field `concurency`"), "{err}");
+    assert_eq!(
+        d.hint.as_deref(),
+        Some("did you mean `concurrency`?"),
+        "{err}"
+    );
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "{}:5:3: engine.concurency: unknown field",
+            f.path().display()
+        )),
+        "{shown}"
+    );
+}
+
+#[test]
+fn unknown_section_in_file_gets_a_hint() {
+    let f = file("engnie:\n  dry_run: true\n");
+    let err = load_err(Some(f.path()), &[]);
+    let d = &err.diagnostics[0];
+    assert_eq!(d.path, "engnie", "{err}");
+    assert_eq!(d.line, Some(1), "{err}");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `engine`?"), "{err}");
+}
+
+#[test]
+fn wrong_type_in_file_names_the_key_path() {
+    let f = file("engine: {concurrency: many}\n");
+    let err = load_err(Some(f.path()), &[]);
+    let d = &err.diagnostics[0];
+    assert_eq!(d.path, "engine.concurrency", "{err}");
+    assert_eq!(d.line, Some(1), "{err}");
+    assert!(d.column.is_some(), "{err}");
+    assert_eq!(
+        d.hint.as_deref(),
+        Some("expected a whole number >= 0 (default 8)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_log_format_is_rejected() {
+    let f = file("log:\n  format: xml\n");
+    let err = load_err(Some(f.path()), &[]);
+    assert_eq!(err.diagnostics[0].path, "log.format", "{err}");
+    assert_eq!(err.diagnostics[0].line, Some(2), "{err}");
+    assert_eq!(
+        err.diagnostics[0].hint.as_deref(),
+        Some("expected `pretty` or `json`")
+    );
+}
+
+#[test]
+fn unknown_env_key_names_the_variable_with_a_hint() {
+    let vars = env(&[("FIREBREAK_ENGNE__DRY_RUN", "true")]);
+    let err = load_err(None, &vars);
+    let d = &err.diagnostics[0];
+    assert_eq!(d.file, Path::new("<env>"));
+    assert!(d.message.contains("FIREBREAK_ENGNE__DRY_RUN"), "{err}");
+    assert_eq!(d.path, "engne", "{err}");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `engine`?"), "{err}");
+}
+
+#[test]
+fn env_key_with_single_underscore_gets_a_hint() {
+    let vars = env(&[("FIREBREAK_ENGINE_DRY_RUN", "true")]);
+    let err = load_err(None, &vars);
+    let d = &err.diagnostics[0];
+    assert!(d.message.contains("FIREBREAK_ENGINE_DRY_RUN"), "{err}");
+    assert_eq!(
+        d.hint.as_deref(),
+        Some("write FIREBREAK_ENGINE__DRY_RUN"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_type_in_env_names_variable_and_path() {
+    let vars = env(&[("FIREBREAK_ENGINE__CONCURRENCY", "many")]);
+    let err = load_err(None, &vars);
+    let d = &err.diagnostics[0];
+    assert!(d.message.contains("FIREBREAK_ENGINE__CONCURRENCY"), "{err}");
+    assert_eq!(d.path, "engine.concurrency", "{err}");
+}
+
+#[test]
+fn unknown_flag_key_is_reported_as_flag() {
+    let err =
+        load(None, &[], &[("engine.dryrun", "true".to_owned())]).expect_err("unknown flag key");
+    let d = &err.diagnostics[0];
+    assert_eq!(d.file, Path::new("<flag>"));
+    assert_eq!(d.path, "engine.dryrun", "{err}");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `dry_run`?"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let f = file("engine:\n  concurency: 3\n");
+    let vars = env(&[
+        ("FIREBREAK_ENGNE__DRY_RUN", "true"),
+        ("FIREBREAK_LOG__FORMT", "json"),
+    ]);
+    let err = load_err(Some(f.path()), &vars);
+    assert_eq!(err.diagnostics.len(), 3, "{err}");
+    assert_eq!(err.to_string().matches("hint:").count(), 3, "{err}");
+}
+
+#[test]
+fn missing_file_is_a_diagnostic() {
+    let err = load_err(Some(Path::new("/nonexistent/firebreak.yaml")), &[]);
+    assert_eq!(
+        err.diagnostics[0].file,
+        Path::new("/nonexistent/firebreak.yaml")
+    );
+}
+
+#[test]
+fn webhook_urls_never_appear_in_debug_or_serialised_config() {
+    let secret = "https://hooks.slack.com/services/T000/B000/XXXXSECRETXXXX";
+    let f = file(&format!(
+        "notify:\n  webhooks:\n    secops:\n      url: {secret}\n"
+    ));
+    let vars = env(&[(
+        "FIREBREAK_NOTIFY__WEBHOOKS__ONCALL__URL",
+        "https://example.com/hook?token=ENVSECRET",
+    )]);
+    let cfg = load(Some(f.path()), &vars, &[]).expect("loads");
+    assert_eq!(cfg.notify.webhooks["secops"].url.expose(), secret);
+    let rendered = [
+        format!("{cfg:?}"),
+        format!("{cfg:#?}"),
+        serde_json::to_string(&cfg).expect("json"),
+        serde_saphyr::to_string(&cfg).expect("yaml"),
+    ];
+    for out in rendered {
+        assert!(!out.contains("XXXXSECRETXXXX"), "{out}");
+        assert!(!out.contains("ENVSECRET"), "{out}");
+        assert!(!out.contains("hooks.slack.com"), "{out}");
+        assert!(out.contains("[REDACTED]"), "{out}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Test peers: local servers that speak the real protocols.
+
+pub mod receiver;
