@@ -68,7 +68,7 @@ pub fn severity_for_priority(priority: &str) -> Option<Severity> {
 
 /// The class of a Falco rule, from [`CLASS_BY_RULE`], then [`CLASS_BY_TAG`], else runtime-threat.
 #[must_use]
-pub fn class_for_rule<'a>(rule: &str, tags: impl IntoIterator<Item = &'a str> + Clone) -> Class {
+pub fn class_for_rule(rule: &str, tags: &[&str]) -> Class {
     let lower = rule.to_ascii_lowercase();
     if let Some(&(_, class)) = CLASS_BY_RULE
         .iter()
@@ -77,11 +77,7 @@ pub fn class_for_rule<'a>(rule: &str, tags: impl IntoIterator<Item = &'a str> + 
         return class;
     }
     for (tag, class) in CLASS_BY_TAG {
-        if tags
-            .clone()
-            .into_iter()
-            .any(|t| t.eq_ignore_ascii_case(tag))
-        {
+        if tags.iter().any(|t| t.eq_ignore_ascii_case(tag)) {
             return *class;
         }
     }
@@ -224,7 +220,7 @@ fn draft(v: &Value) -> Result<FindingDraft, Reject> {
 
     Ok(FindingDraft {
         source: "falco",
-        class: class_for_rule(rule, tags.iter().copied()),
+        class: class_for_rule(rule, &tags),
         rule: rule.to_owned(),
         title: strip_output_prefix(output).to_owned(),
         severity,
@@ -298,10 +294,10 @@ mod tests {
             "Detect outbound connections to common miner pool ports",
             "Detect crypto miners using the Stratum protocol",
         ] {
-            assert_eq!(class_for_rule(rule, []), Class::Cryptomining, "{rule}");
+            assert_eq!(class_for_rule(rule, &[]), Class::Cryptomining, "{rule}");
         }
         assert_eq!(
-            class_for_rule("Some custom rule", ["mitre_impact", "T1496"]),
+            class_for_rule("Some custom rule", &["mitre_impact", "T1496"]),
             Class::Cryptomining
         );
     }
@@ -310,7 +306,7 @@ mod tests {
     fn credential_rules_are_credential_exposure() {
         for rule in ["Find AWS Credentials", "Search Private Keys or Passwords"] {
             assert_eq!(
-                class_for_rule(rule, []),
+                class_for_rule(rule, &[]),
                 Class::CredentialExposure,
                 "{rule}"
             );
@@ -325,7 +321,7 @@ mod tests {
             "Contact K8S API Server From Container",
         ] {
             assert_eq!(
-                class_for_rule(rule, ["mitre_credential_access", "T1555"]),
+                class_for_rule(rule, &["mitre_credential_access", "T1555"]),
                 Class::RuntimeThreat,
                 "{rule}"
             );
