@@ -249,8 +249,37 @@ impl Action for NotifyWebhook {
     ) -> BoxFuture<'a, Result<Plan, ActionError>> {
         Box::pin(async move {
             let params = params_of(&input)?;
-            let dest = destination(ctx, &params)?;
             let body = body(&input, &params.include);
+            let dest = match destination(ctx, &params) {
+                Ok(d) => d,
+                // A plan describes; it does not fail on configuration. An endpoint that is not
+                // configured is shown plainly in the plan (dry-run) and makes apply fail.
+                Err(ActionError::Permanent(why)) if params.url.is_none() => {
+                    let name = params.endpoint.as_deref().unwrap_or_default();
+                    let shown = format!("endpoint:{name}");
+                    return Ok(PlanDraft {
+                        target: shown.clone(),
+                        summary: format!(
+                            "POST a JSON notification about {} to {shown}: NOT CONFIGURED, set \
+                             notify.webhooks.{name}.url (applying fails until then){}",
+                            input.finding.rule,
+                            why.find(" (did you mean").map_or("", |i| &why[i..])
+                        ),
+                        observed: json!({ "endpoint_configured": false }),
+                        before: Value::Null,
+                        after: json!({ "sent": true }),
+                        changes: vec![Change {
+                            op: "send".into(),
+                            path: shown,
+                            from: None,
+                            to: Some(body),
+                        }],
+                        noop: false,
+                    }
+                    .finish(self));
+                }
+                Err(e) => return Err(e),
+            };
             Ok(PlanDraft {
                 target: dest.shown.clone(),
                 summary: format!(

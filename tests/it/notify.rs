@@ -215,7 +215,7 @@ async fn configured_endpoint_is_used_and_never_shown() {
 }
 
 #[tokio::test]
-async fn unknown_endpoint_is_permanent_and_names_the_configured_ones() {
+async fn unknown_endpoint_is_shown_in_the_plan_and_fails_apply_permanently() {
     let ctx = ctx(&[
         ("secops", "https://hooks.example.com/SECRETPART"),
         ("oncall", "https://hooks.example.com/OTHERSECRET"),
@@ -223,16 +223,32 @@ async fn unknown_endpoint_is_permanent_and_names_the_configured_ones() {
     let f = finding("t");
     let params = json!({ "endpoint": "secop" });
 
-    let err = plan(&ctx, input(&f, &params))
+    let plan = plan(&ctx, input(&f, &params))
+        .await
+        .expect("a plan, saying what is wrong");
+    assert!(plan.summary.contains("NOT CONFIGURED"), "{}", plan.summary);
+    assert!(
+        plan.summary.contains("did you mean `secops`?"),
+        "{}",
+        plan.summary
+    );
+    assert_eq!(plan.target, "endpoint:secop");
+
+    let err = apply(&ctx, input(&f, &params), &plan)
         .await
         .expect_err("unknown endpoint");
-
     assert!(matches!(err, ActionError::Permanent(_)), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("secop"), "{msg}");
     assert!(msg.contains("oncall, secops"), "{msg}");
     assert!(msg.contains("did you mean `secops`?"), "{msg}");
-    assert!(!msg.contains("hooks.example.com"), "{msg}");
+    for text in [
+        &msg,
+        &plan.summary,
+        &serde_json::to_string(&plan).unwrap_or_default(),
+    ] {
+        assert!(!text.contains("hooks.example.com"), "{text}");
+    }
 }
 
 #[tokio::test]
