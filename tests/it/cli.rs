@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::fixtures::{self, FALCO_SHELL, GD_TROJAN};
+use crate::fixtures::{self, FALCO_K8S_API, FALCO_SHELL, GD_TROJAN};
 use crate::support::receiver::Receiver;
 
 /// Runs the binary with a clean environment plus `env`, feeding `stdin`.
@@ -410,4 +410,102 @@ fn actions_and_parsers_list_as_json() {
         .filter_map(|p| p["id"].as_str())
         .collect();
     assert_eq!(ids, ["falco", "guardduty"]);
+}
+
+#[test]
+fn playbooks_test_shows_matches_and_dry_run_plans() {
+    let dir = playbook_dir("http://127.0.0.1:9/never");
+    let o = firebreak(&[
+        "playbooks",
+        "test",
+        &dir.path().to_string_lossy(),
+        &fixture(FALCO_SHELL),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("playbook notify-runtime") && out.contains("planned"),
+        "{out}"
+    );
+    assert!(out.contains("plan hash: sha256:"), "{out}");
+    // A finding no playbook matches says so.
+    let o = firebreak(&[
+        "playbooks",
+        "test",
+        &dir.path().to_string_lossy(),
+        &fixture(GD_TROJAN),
+    ]);
+    assert!(stdout(&o).contains("no playbook matched"), "{}", stdout(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaked_secret_never_reaches_stdout_stderr_or_the_webhook() {
+    // AWS's documented example secret, planted in the command line of a real Falco event
+    // (derived from the fixture by changing only output_fields.proc.cmdline and output).
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let mut event: serde_json::Value =
+        serde_json::from_slice(&fixtures::bytes(FALCO_SHELL)).expect("fixture JSON");
+    let cmdline = format!("sh -c export aws_secret_access_key={SECRET}");
+    event["output_fields"]["proc.cmdline"] = serde_json::Value::String(cmdline.clone());
+    let output = event["output"].as_str().unwrap_or_default().replace(
+        "cmdline=sh -c clear; (bash || ash || sh)",
+        &format!("cmdline={cmdline}"),
+    );
+    event["output"] = serde_json::Value::String(output);
+    let input = serde_json::to_vec(&event).expect("serialise");
+
+    let receiver = Receiver::start().await;
+    let dir = playbook_dir(&receiver.url("/hook"));
+    let pdir = dir.path().to_string_lossy().into_owned();
+    let outputs = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        for args in [
+            vec!["findings", "parse", "-"],
+            vec!["findings", "parse", "--format", "json", "-"],
+            vec!["run", "--playbooks", &pdir, "--finding", "-", "-vv"],
+            vec![
+                "run",
+                "--playbooks",
+                &pdir,
+                "--finding",
+                "-",
+                "--format",
+                "json",
+                "--log-format",
+                "json",
+                "-vv",
+            ],
+        ] {
+            all.push(firebreak_with(&args, &[], &input));
+        }
+        all
+    })
+    .await
+    .expect("join");
+    for o in &outputs {
+        assert!(code(o) == 0, "{}", stderr(o));
+        assert!(
+            !stdout(o).contains(SECRET),
+            "secret on stdout: {}",
+            stdout(o)
+        );
+        assert!(
+            !stderr(o).contains(SECRET),
+            "secret on stderr: {}",
+            stderr(o)
+        );
+    }
+    assert!(
+        stdout(&outputs[0]).contains("Terminal shell in container"),
+        "the finding itself is kept"
+    );
+    let sent = receiver.requests();
+    assert_eq!(sent.len(), 2, "both runs notified");
+    for r in sent {
+        assert!(
+            !r.body.contains(SECRET),
+            "secret sent to the webhook: {}",
+            r.body
+        );
+    }
 }
