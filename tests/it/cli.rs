@@ -433,7 +433,7 @@ fn playbooks_test_shows_matches_and_dry_run_plans() {
         "playbooks",
         "test",
         &dir.path().to_string_lossy(),
-        &fixture(GD_TROJAN),
+        &fixture(FALCO_K8S_API),
     ]);
     assert!(stdout(&o).contains("no playbook matched"), "{}", stdout(&o));
 }
