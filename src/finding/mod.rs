@@ -9,9 +9,19 @@
 //! record index and the JSON pointer of the offending field; its good siblings are still parsed.
 
 mod falco;
+mod github;
+mod gitleaks;
 mod guardduty;
 mod input;
+mod k8s_event;
+mod kube_bench;
+mod kube_hunter;
 mod model;
+mod prowler;
+mod securityhub;
+mod trivy;
+mod trivy_operator;
+mod trufflehog;
 
 pub use input::{Document, decode};
 pub use model::{Class, Finding, FindingDraft, Fingerprint, ResourceRef, Severity};
@@ -20,10 +30,35 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use falco::Falco;
+pub use github::Github;
+pub use gitleaks::Gitleaks;
 pub use guardduty::GuardDuty;
+pub use k8s_event::K8sEvent;
+pub use kube_bench::KubeBench;
+pub use kube_hunter::KubeHunter;
+pub use prowler::Prowler;
+pub use securityhub::SecurityHub;
+pub use trivy::Trivy;
+pub use trivy_operator::TrivyOperator;
+pub use trufflehog::Trufflehog;
 
-/// Every scanner format Firebreak understands, in a stable order (sniffing tries them in order).
-pub static PARSERS: &[&dyn Parser] = &[&Falco, &GuardDuty];
+/// Every scanner format Firebreak understands, in a stable order. Sniffing asks each in turn and
+/// the first that recognises a record parses it, so each `sniff` must be specific to its format
+/// (a test checks that exactly one parser claims each fixture).
+pub static PARSERS: &[&dyn Parser] = &[
+    &Falco,
+    &GuardDuty,
+    &SecurityHub,
+    &Prowler,
+    &Trivy,
+    &TrivyOperator,
+    &KubeBench,
+    &KubeHunter,
+    &Gitleaks,
+    &Trufflehog,
+    &Github,
+    &K8sEvent,
+];
 
 /// One scanner format.
 pub trait Parser: Sync {
@@ -35,6 +70,23 @@ pub trait Parser: Sync {
     fn sniff(&self, doc: &Value) -> bool;
     /// Parses one decoded document, which may hold several records.
     fn parse(&self, doc: &Document, out: &mut ParseReport);
+    /// The `source` values this parser can put on findings besides its own id (Security Hub
+    /// findings keep the product that produced them: `guardduty`, `inspector`, `prowler`, …).
+    /// Playbooks may name any of them in `match.source`.
+    fn sources(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// Every `source` a finding can carry: parser ids and the extra sources parsers declare.
+pub fn known_sources() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = PARSERS
+        .iter()
+        .flat_map(|p| std::iter::once(p.id()).chain(p.sources().iter().copied()))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
 }
 
 /// Looks up a parser by id.

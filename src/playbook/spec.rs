@@ -496,12 +496,12 @@ pub struct SourceName(pub String);
 impl FromStr for SourceName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if crate::finding::parser(s).is_some() {
+        let known = crate::finding::known_sources();
+        if known.contains(&s) {
             return Ok(SourceName(s.to_owned()));
         }
-        let ids: Vec<&str> = crate::finding::PARSERS.iter().map(|p| p.id()).collect();
-        let mut msg = format!("unknown source `{s}`; expected one of {}", ids.join(", "));
-        if let Some(m) = crate::error::did_you_mean(s, ids.iter().copied()) {
+        let mut msg = format!("unknown source `{s}`; expected one of {}", known.join(", "));
+        if let Some(m) = crate::error::did_you_mean(s, known.iter().copied()) {
             msg.push_str(&format!(" (did you mean `{m}`?)"));
         }
         Err(msg)

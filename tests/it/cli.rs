@@ -409,7 +409,9 @@ fn actions_and_parsers_list_as_json() {
         .flatten()
         .filter_map(|p| p["id"].as_str())
         .collect();
-    assert_eq!(ids, ["falco", "guardduty"]);
+    let registry: Vec<&str> = firebreak::finding::PARSERS.iter().map(|p| p.id()).collect();
+    assert_eq!(ids, registry, "listed in registry order");
+    assert_eq!(&ids[..2], ["falco", "guardduty"]);
 }
 
 #[test]
