@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::LazyLock;
 
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
@@ -69,64 +69,67 @@ where
     }
 }
 
-/// One kind of secret that free text may carry, with the pattern that finds it.
-struct SecretPattern {
-    regex: Regex,
-}
+/// Patterns of secret material that free text may carry. Index order matters in [`scrub`]:
+/// some keep a captured name and separator in front of the mask.
+const PATTERNS: [&str; 9] = [
+    // 0: PEM private keys, whole block.
+    r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END[A-Z ]*PRIVATE KEY-----|$)",
+    // 1: AWS secret access key next to a name that says what it is.
+    r#"(?i)(aws_?secret_?access_?key|secret_?access_?key|aws_?secret|SecretAccessKey)(["']?\s*[:=]\s*["']?)[A-Za-z0-9/+=]{40}"#,
+    // 2: AWS session tokens.
+    r#"(?i)(aws_?session_?token|SessionToken)(["']?\s*[:=]\s*["']?)[A-Za-z0-9/+=]{100,}"#,
+    // 3: GitHub tokens (classic, fine-grained, app, OAuth, refresh).
+    r"\b(gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
+    // 4: Slack tokens.
+    r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",
+    // 5: Slack webhook paths.
+    r"hooks\.slack\.com/services/[A-Za-z0-9/]+",
+    // 6: Bearer / basic credentials in headers.
+    r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{16,}",
+    // 7: user:password@ in URLs.
+    r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@",
+    // 8: Generic `password=…`, `token: …`, `secret=…` assignments.
+    r#"(?i)\b(password|passwd|pwd|token|secret|api_?key|apikey|private_?key)(["']?\s*[:=]\s*["']?)[^\s"',;&]{6,}"#,
+];
 
-#[allow(clippy::expect_used)] // the patterns are constants checked by the unit tests below
-static PATTERNS: LazyLock<Vec<SecretPattern>> = LazyLock::new(|| {
-    [
-        // PEM private keys, whole block.
-        r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END[A-Z ]*PRIVATE KEY-----|$)",
-        // AWS secret access key next to a name that says what it is.
-        r#"(?i)(aws_?secret_?access_?key|secret_?access_?key|aws_?secret|SecretAccessKey)(["']?\s*[:=]\s*["']?)[A-Za-z0-9/+=]{40}"#,
-        // AWS session tokens.
-        r#"(?i)(aws_?session_?token|SessionToken)(["']?\s*[:=]\s*["']?)[A-Za-z0-9/+=]{100,}"#,
-        // GitHub tokens (classic, fine-grained, app, OAuth, refresh).
-        r"\b(gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
-        // Slack tokens and webhook paths.
-        r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",
-        r"hooks\.slack\.com/services/[A-Za-z0-9/]+",
-        // Bearer / basic credentials in headers.
-        r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{16,}",
-        // user:password@ in URLs.
-        r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@",
-        // Generic `password=…`, `token: …`, `secret=…` assignments.
-        r#"(?i)\b(password|passwd|pwd|token|secret|api_?key|apikey|private_?key)(["']?\s*[:=]\s*["']?)[^\s"',;&]{6,}"#,
-    ]
-    .iter()
-    .map(|p| SecretPattern {
-        regex: Regex::new(p).expect("secret pattern compiles"),
-    })
-    .collect()
+#[allow(clippy::expect_used)] // constant patterns, exercised by the unit tests below
+static REGEXES: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+    PATTERNS
+        .iter()
+        .map(|p| Regex::new(p).expect("secret pattern compiles"))
+        .collect()
 });
+
+/// All patterns in one automaton: one scan tells whether (and which) patterns apply, so clean
+/// text — nearly all text — costs a single pass.
+#[allow(clippy::expect_used)] // constant patterns, exercised by the unit tests below
+static SET: LazyLock<RegexSet> =
+    LazyLock::new(|| RegexSet::new(PATTERNS).expect("secret patterns compile"));
 
 /// Replaces secret-looking material in `text` with [`MASK`], keeping the names around it so the
 /// text still reads (`password=[REDACTED]`). Returns the input unchanged (borrowed) when clean.
 pub fn scrub(text: &str) -> Cow<'_, str> {
-    let mut out = Cow::Borrowed(text);
-    for (i, pattern) in PATTERNS.iter().enumerate() {
-        if !pattern.regex.is_match(&out) {
-            continue;
-        }
-        let replaced = pattern
-            .regex
-            .replace_all(&out, |caps: &regex::Captures<'_>| match i {
-                // name + separator kept, value masked
-                1 | 2 | 8 => format!(
-                    "{}{}{MASK}",
-                    caps.get(1).map_or("", |m| m.as_str()),
-                    caps.get(2).map_or("", |m| m.as_str())
-                ),
-                6 => format!("{} {MASK}", caps.get(1).map_or("", |m| m.as_str())),
-                7 => format!("{}{MASK}@", caps.get(1).map_or("", |m| m.as_str())),
-                _ => MASK.to_owned(),
-            })
-            .into_owned();
-        out = Cow::Owned(replaced);
+    let hits = SET.matches(text);
+    if !hits.matched_any() {
+        return Cow::Borrowed(text);
     }
-    out
+    let mut out = text.to_owned();
+    for i in hits.iter() {
+        let replaced = REGEXES[i].replace_all(&out, |caps: &regex::Captures<'_>| {
+            let group = |n: usize| caps.get(n).map_or("", |m| m.as_str());
+            match i {
+                // name + separator kept, value masked
+                1 | 2 | 8 => format!("{}{}{MASK}", group(1), group(2)),
+                6 => format!("{} {MASK}", group(1)),
+                7 => format!("{}{MASK}@", group(1)),
+                _ => MASK.to_owned(),
+            }
+        });
+        if let Cow::Owned(o) = replaced {
+            out = o;
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Scrubs every string inside a JSON value, in place.

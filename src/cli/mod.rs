@@ -1,6 +1,7 @@
 //! The command line: argument definitions and dispatch. One file per subcommand; only
 //! [`output`] prints. stdout carries data, stderr carries messages for people.
 
+mod bench;
 mod catalog;
 mod findings;
 pub mod input;
@@ -83,6 +84,47 @@ pub enum Command {
     /// List the actions playbooks can use.
     #[command(subcommand)]
     Actions(ListCmd),
+    /// Measure throughput of the hot paths with real input (use a release build).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+/// `firebreak bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Decode, parse and canonicalise N records replicated from a real scanner file.
+    Parse {
+        /// A scanner file (JSON, JSON lines).
+        #[arg(value_name = "FILE")]
+        file: String,
+        /// Records per run.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Timed runs (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        iterations: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Evaluate N findings (replicated from FILE) against the playbooks in DIR.
+    Match {
+        /// Directory of playbooks.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// A scanner file.
+        #[arg(value_name = "FILE")]
+        file: String,
+        /// Findings per run.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Timed runs (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        iterations: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 /// `firebreak run`.
@@ -230,5 +272,18 @@ fn dispatch(command: Command, config: &Config) -> Exit {
         }
         Command::Parsers(ListCmd::List { format }) => catalog::parsers(format),
         Command::Actions(ListCmd::List { format }) => catalog::actions(format),
+        Command::Bench(BenchCmd::Parse {
+            file,
+            records,
+            iterations,
+            format,
+        }) => bench::parse(&file, records, iterations, format),
+        Command::Bench(BenchCmd::Match {
+            dir,
+            file,
+            records,
+            iterations,
+            format,
+        }) => bench::matching(&dir, &file, records, iterations, format),
     }
 }

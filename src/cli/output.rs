@@ -263,6 +263,24 @@ pub fn run_table(doc: &RunDocument<'_>) {
     ));
 }
 
+/// Benchmark results on stdout.
+pub fn bench_table(results: &[super::bench::BenchResult]) {
+    for r in results {
+        outln!(
+            "{}\n  {} records: median {:.3} ms, best {:.3} ms over {} runs => {:.0} records/s",
+            r.name,
+            r.records,
+            r.median_seconds * 1e3,
+            r.best_seconds * 1e3,
+            r.iterations,
+            r.per_second
+        );
+    }
+    if cfg!(debug_assertions) {
+        note("this is a debug build: run `cargo run --release -- bench …` for real numbers");
+    }
+}
+
 fn clip(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()

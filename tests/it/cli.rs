@@ -511,3 +511,39 @@ async fn a_leaked_secret_never_reaches_stdout_stderr_or_the_webhook() {
         );
     }
 }
+
+#[test]
+fn bench_parse_and_match_report_throughput() {
+    let o = firebreak(&[
+        "bench",
+        "parse",
+        &fixture(FALCO_SHELL),
+        "--records",
+        "500",
+        "--iterations",
+        "1",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(doc[0]["records"], 500);
+    assert!(
+        doc[0]["per_second"].as_f64().is_some_and(|r| r > 0.0),
+        "{doc}"
+    );
+    let o = firebreak(&[
+        "bench",
+        "match",
+        "playbooks",
+        &fixture(FALCO_SHELL),
+        "--records",
+        "200",
+        "--iterations",
+        "1",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("records/s"), "{}", stdout(&o));
+    let o = firebreak(&["bench", "parse", "/nonexistent.json"]);
+    assert_eq!(code(&o), 2);
+}
