@@ -461,6 +461,29 @@ impl Finding {
     }
 }
 
+/// Longest title kept; scanners sometimes put whole command lines or evidence in it.
+pub const MAX_TITLE_CHARS: usize = 1_000;
+/// Longest string kept inside `fields`.
+pub const MAX_FIELD_CHARS: usize = 16 * 1024;
+
+/// Truncates to `max` characters, marking the cut.
+fn cap(mut s: String, max: usize) -> String {
+    if let Some((i, _)) = s.char_indices().nth(max) {
+        s.truncate(i);
+        s.push_str("…[truncated]");
+    }
+    s
+}
+
+fn cap_strings(v: &mut Value, max: usize) {
+    match v {
+        Value::String(s) if s.len() > max => *s = cap(std::mem::take(s), max),
+        Value::Array(items) => items.iter_mut().for_each(|i| cap_strings(i, max)),
+        Value::Object(map) => map.values_mut().for_each(|i| cap_strings(i, max)),
+        _ => {}
+    }
+}
+
 /// What a parser fills in; [`FindingDraft::build`] adds the id and fingerprint and scrubs text.
 #[derive(Debug, Clone)]
 pub struct FindingDraft {
@@ -490,6 +513,7 @@ impl FindingDraft {
     pub fn build(self) -> Finding {
         let mut fields = self.fields;
         crate::redact::scrub_json(&mut fields);
+        cap_strings(&mut fields, MAX_FIELD_CHARS);
         let labels = self
             .labels
             .into_iter()
@@ -499,7 +523,10 @@ impl FindingDraft {
             id: Ulid::new(),
             fingerprint: Fingerprint::compute(self.source, &self.rule, &self.resources),
             source: self.source.to_owned(),
-            title: crate::redact::scrub(&self.title).into_owned(),
+            title: cap(
+                crate::redact::scrub(&self.title).into_owned(),
+                MAX_TITLE_CHARS,
+            ),
             rule: self.rule,
             severity: self.severity,
             class: self.class,
