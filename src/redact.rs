@@ -100,6 +100,15 @@ static REGEXES: LazyLock<Vec<Regex>> = LazyLock::new(|| {
         .collect()
 });
 
+/// Literals at least one of which every pattern in [`PATTERNS`] requires (case-insensitive).
+/// Checked first: a literal scan is far cheaper than the patterns, and nearly all text is clean.
+/// When adding a pattern, add its required literal here (the unit tests feed every pattern).
+const REQUIRED_LITERALS: &str = r"(?i)private key|secret|token|passw|pwd|api_?key|apikey|private_?key|bearer|basic|gh[pousr]_|github_pat_|xox[abposr]-|hooks\.slack\.com|://";
+
+#[allow(clippy::expect_used)] // a constant pattern, exercised by the unit tests below
+static PREFILTER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(REQUIRED_LITERALS).expect("prefilter compiles"));
+
 /// All patterns in one automaton: one scan tells whether (and which) patterns apply, so clean
 /// text — nearly all text — costs a single pass.
 #[allow(clippy::expect_used)] // constant patterns, exercised by the unit tests below
@@ -109,6 +118,9 @@ static SET: LazyLock<RegexSet> =
 /// Replaces secret-looking material in `text` with [`MASK`], keeping the names around it so the
 /// text still reads (`password=[REDACTED]`). Returns the input unchanged (borrowed) when clean.
 pub fn scrub(text: &str) -> Cow<'_, str> {
+    if !PREFILTER.is_match(text) {
+        return Cow::Borrowed(text);
+    }
     let hits = SET.matches(text);
     if !hits.matched_any() {
         return Cow::Borrowed(text);
@@ -201,6 +213,38 @@ mod tests {
             ] {
                 assert!(!clean.contains(secret), "{case} -> {clean}");
             }
+        }
+    }
+
+    #[test]
+    fn every_pattern_is_reachable_through_the_prefilter() {
+        // One sample per pattern, in PATTERNS order; each must pass the prefilter and be masked.
+        let samples = [
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----",
+            "SecretAccessKey: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            &format!("SessionToken={}", "A".repeat(120)),
+            "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+            "xoxb-1234567890-abcdefghij",
+            "https://hooks.slack.com/services/T000/B000/XXXX",
+            "Authorization: Basic dXNlcjpwYXNzd29yZDEyMzQ1",
+            "postgres://admin:hunter2@db:5432/x",
+            "API_KEY=abcdef123456",
+        ];
+        assert_eq!(samples.len(), PATTERNS.len());
+        for (i, sample) in samples.iter().enumerate() {
+            assert!(
+                PREFILTER.is_match(sample),
+                "pattern {i} sample skipped by the prefilter"
+            );
+            assert!(
+                SET.matches(sample).matched(i),
+                "pattern {i} does not match its sample"
+            );
+            assert!(
+                scrub(sample).contains(MASK),
+                "pattern {i}: {}",
+                scrub(sample)
+            );
         }
     }
 

@@ -25,6 +25,7 @@ static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib
 pub struct Expr {
     source: String,
     program: cel::Program,
+    needs_fields: bool,
 }
 
 impl std::fmt::Debug for Expr {
@@ -33,16 +34,47 @@ impl std::fmt::Debug for Expr {
     }
 }
 
-/// A finding converted to a CEL value, once.
+/// A finding converted to a CEL value, once per finding (and per shape: see [`Expr::needs_fields`]).
 pub struct FindingValue(cel::Value);
 
+/// The finding as CEL sees it. `fields` (the whole native record, often the largest part) is
+/// converted only for expressions that mention it.
+#[derive(serde::Serialize)]
+struct CelFinding<'a> {
+    id: String,
+    fingerprint: &'a crate::finding::Fingerprint,
+    source: &'a str,
+    rule: &'a str,
+    title: &'a str,
+    severity: crate::finding::Severity,
+    class: crate::finding::Class,
+    resources: &'a [crate::finding::ResourceRef],
+    labels: &'a std::collections::BTreeMap<String, String>,
+    observed_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a serde_json::Value>,
+}
+
 impl FindingValue {
-    /// Converts a finding.
+    /// Converts a finding; `with_fields` includes the native record.
     ///
     /// # Errors
     /// When the finding cannot be represented (not expected for parser-built findings).
-    pub fn new(finding: &Finding) -> Result<Self, String> {
-        cel::to_value(finding)
+    pub fn new(finding: &Finding, with_fields: bool) -> Result<Self, String> {
+        let view = CelFinding {
+            id: finding.id.to_string(),
+            fingerprint: &finding.fingerprint,
+            source: &finding.source,
+            rule: &finding.rule,
+            title: &finding.title,
+            severity: finding.severity,
+            class: finding.class,
+            resources: &finding.resources,
+            labels: &finding.labels,
+            observed_at: finding.observed_at.to_rfc3339(),
+            fields: with_fields.then_some(&finding.fields),
+        };
+        cel::to_value(&view)
             .map(FindingValue)
             .map_err(|e| e.to_string())
     }
@@ -84,10 +116,19 @@ impl Expr {
             }
             return Err(msg);
         }
+        // Conservative: any mention of `fields` (even in a string) converts the native record.
+        let needs_fields = source.contains("fields");
         Ok(Self {
             source: source.to_owned(),
             program,
+            needs_fields,
         })
+    }
+
+    /// Whether evaluation needs `finding.fields` (the native record) in the CEL value.
+    #[must_use]
+    pub fn needs_fields(&self) -> bool {
+        self.needs_fields
     }
 
     /// The expression as written.

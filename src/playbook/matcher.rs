@@ -127,7 +127,7 @@ impl Matcher {
     pub fn evaluate<'v>(
         &self,
         f: &Finding,
-        cel: &dyn Fn() -> Option<&'v FindingValue>,
+        cel: &dyn Fn(bool) -> Option<&'v FindingValue>,
     ) -> MatchResult {
         if let Some(classes) = &self.classes
             && !classes.contains(&f.class)
@@ -168,7 +168,7 @@ impl Matcher {
             }
         }
         if let Some(expr) = &self.when {
-            let Some(value) = cel() else {
+            let Some(value) = cel(expr.needs_fields()) else {
                 return MatchResult::WhenError("the finding could not be converted for CEL".into());
             };
             return match expr.eval_bool(value) {
@@ -197,7 +197,7 @@ impl Exclusion {
     pub fn applies<'v>(
         &self,
         f: &Finding,
-        cel: &dyn Fn() -> Option<&'v FindingValue>,
+        cel: &dyn Fn(bool) -> Option<&'v FindingValue>,
     ) -> Option<String> {
         let me = format!("exclude[{}]", self.index);
         if let Some(rules) = &self.rules
@@ -231,7 +231,7 @@ impl Exclusion {
             }
         }
         if let Some(expr) = &self.when {
-            let Some(value) = cel() else {
+            let Some(value) = cel(expr.needs_fields()) else {
                 return Some(format!("{me}.when could not be evaluated (fail closed)"));
             };
             return match expr.eval_bool(value) {

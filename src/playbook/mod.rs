@@ -137,10 +137,12 @@ impl PlaybookSet {
         candidates.sort_unstable();
         candidates.dedup();
 
-        let cel_cell: OnceCell<Option<FindingValue>> = OnceCell::new();
-        let cel = || {
-            cel_cell
-                .get_or_init(|| FindingValue::new(finding).ok())
+        // Built at most once per finding and shape, and only if a candidate needs CEL.
+        let lite: OnceCell<Option<FindingValue>> = OnceCell::new();
+        let full: OnceCell<Option<FindingValue>> = OnceCell::new();
+        let cel = |with_fields: bool| {
+            let cell = if with_fields { &full } else { &lite };
+            cell.get_or_init(|| FindingValue::new(finding, with_fields).ok())
                 .as_ref()
         };
 
