@@ -71,7 +71,7 @@ where
 
 /// Patterns of secret material that free text may carry. Index order matters in [`scrub`]:
 /// some keep a captured name and separator in front of the mask.
-const PATTERNS: [&str; 9] = [
+const PATTERNS: [&str; 10] = [
     // 0: PEM private keys, whole block.
     r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END[A-Z ]*PRIVATE KEY-----|$)",
     // 1: AWS secret access key next to a name that says what it is.
@@ -90,6 +90,8 @@ const PATTERNS: [&str; 9] = [
     r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@",
     // 8: Generic `password=…`, `token: …`, `secret=…` assignments.
     r#"(?i)\b(password|passwd|pwd|token|secret|api_?key|apikey|private_?key)(["']?\s*[:=]\s*["']?)[^\s"',;&]{6,}"#,
+    // 9: JSON Web Tokens (Kubernetes service-account tokens, OIDC tokens).
+    r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
 ];
 
 #[allow(clippy::expect_used)] // constant patterns, exercised by the unit tests below
@@ -103,7 +105,7 @@ static REGEXES: LazyLock<Vec<Regex>> = LazyLock::new(|| {
 /// Literals at least one of which every pattern in [`PATTERNS`] requires (case-insensitive).
 /// Checked first: a literal scan is far cheaper than the patterns, and nearly all text is clean.
 /// When adding a pattern, add its required literal here (the unit tests feed every pattern).
-const REQUIRED_LITERALS: &str = r"(?i)private key|secret|token|passw|pwd|api_?key|apikey|private_?key|bearer|basic|gh[pousr]_|github_pat_|xox[abposr]-|hooks\.slack\.com|://";
+const REQUIRED_LITERALS: &str = r"(?i)private key|secret|token|passw|pwd|api_?key|apikey|private_?key|bearer|basic|gh[pousr]_|github_pat_|xox[abposr]-|hooks\.slack\.com|://|eyJ";
 
 #[allow(clippy::expect_used)] // a constant pattern, exercised by the unit tests below
 static PREFILTER: LazyLock<Regex> =
@@ -229,6 +231,7 @@ mod tests {
             "Authorization: Basic dXNlcjpwYXNzd29yZDEyMzQ1",
             "postgres://admin:hunter2@db:5432/x",
             "API_KEY=abcdef123456",
+            "eyJhbGciOiJSUzI1NiIsImtpZCI6IiJ9.eyJpc3MiOiJrdWJlcm5ldGVzIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ",
         ];
         assert_eq!(samples.len(), PATTERNS.len());
         for (i, sample) in samples.iter().enumerate() {

@@ -1,5 +1,10 @@
 //! Splitting raw input into JSON documents: one document, an array of records, concatenated
 //! documents, or JSON lines. A line that is not JSON is rejected on its own; its siblings stay.
+//!
+//! Input that looks like YAML (`kubectl get -o yaml`, a `---`-separated stream) is read with
+//! serde-saphyr into the same JSON values, one document per YAML document, under a tight
+//! [`yaml_options`] budget so an alias bomb or a deeply nested input fails fast instead of
+//! exhausting memory or the stack. Anything else keeps the JSON path and its JSON error messages.
 
 use serde_json::Value;
 
@@ -43,6 +48,10 @@ pub fn decode(source: &str, bytes: &[u8], report: &mut ParseReport) -> Vec<Docum
     if text.trim().is_empty() {
         whole(report, "input is empty: expected JSON or JSON lines".into());
         return Vec::new();
+    }
+
+    if looks_like_yaml(text) {
+        return decode_yaml(source, text, report);
     }
 
     // Fast path: one or more whole JSON documents.
@@ -125,6 +134,116 @@ fn describe(e: &serde_json::Error) -> String {
     }
 }
 
+/// Whether `text` should be read as YAML: its first meaningful line (after blank lines and `#`
+/// comments) is a document marker (`---`, `%YAML`) or a block-mapping `key:` line such as
+/// `apiVersion: v1`. JSON input (first character `{` or `[`) never is, so random text keeps
+/// getting the JSON error message.
+fn looks_like_yaml(text: &str) -> bool {
+    let Some(first) = text
+        .lines()
+        .map(str::trim_end)
+        .find(|l| !l.trim_start().is_empty() && !l.trim_start().starts_with('#'))
+    else {
+        return false;
+    };
+    if first.starts_with("---") || first.starts_with("%YAML") {
+        return true;
+    }
+    // A block mapping starts at column 0 with a plain key followed by `:` and a space or the
+    // end of the line: `apiVersion: v1`, `report:`.
+    let Some((key, rest)) = first.split_once(':') else {
+        return false;
+    };
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+        && key.starts_with(|c: char| c.is_ascii_alphabetic())
+        && (rest.is_empty() || rest.starts_with(' '))
+}
+
+/// The limits YAML input is parsed under. Scanner reports have no anchors or aliases to speak of
+/// and are a few levels deep, so the limits are far below serde-saphyr's defaults: a "billion
+/// laughs" alias bomb trips the alias limits after a few thousand replayed events, and nesting
+/// beyond 64 levels is refused before it can threaten the stack. Node and event counts stay high
+/// enough for a cluster-wide `VulnerabilityReportList`.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_aliases: 1_000,
+            max_anchors: 1_000,
+            max_recorded_anchor_events: 100_000,
+            max_recorded_anchor_bytes: 4 * 1024 * 1024,
+            max_merge_keys: 100,
+            max_depth: 64,
+            flow_nesting_limit: 64,
+            max_documents: 10_000,
+            max_nodes: 5_000_000,
+            max_events: 10_000_000,
+            max_inclusion_depth: 0,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: 10_000,
+            max_replay_stack_depth: 8,
+            max_alias_expansions_per_anchor: 1_000,
+        },
+        with_snippet: false,
+    }
+}
+
+/// Decodes a YAML stream: one document per YAML document (top-level sequences split like JSON
+/// arrays). A syntax error or a budget breach rejects the whole input with its line and column;
+/// the reason never quotes the input.
+fn decode_yaml(source: &str, text: &str, report: &mut ParseReport) -> Vec<Document> {
+    match serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options()) {
+        Ok(values) => {
+            if values.is_empty() {
+                report.rejected.push(super::Rejection {
+                    source: source.to_owned(),
+                    parser: "auto".to_owned(),
+                    index: 0,
+                    line: None,
+                    pointer: String::new(),
+                    reason: "YAML input holds no document".to_owned(),
+                });
+            }
+            split(source, values, None)
+        }
+        Err(e) => {
+            use serde_saphyr::MessageFormatter as _;
+            let message = serde_saphyr::UserMessageFormatter.format_message(&e);
+            // The formatter's text may in principle quote a scalar: keep it short, on one
+            // line, and scrubbed.
+            let message: String = message
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let message = crate::redact::scrub(&message);
+            let (line, reason) = match e.location() {
+                Some(at) => (
+                    usize::try_from(at.line()).ok(),
+                    format!(
+                        "invalid YAML at line {} column {}: {message}",
+                        at.line(),
+                        at.column()
+                    ),
+                ),
+                None => (None, format!("invalid YAML: {message}")),
+            };
+            report.rejected.push(super::Rejection {
+                source: source.to_owned(),
+                parser: "auto".to_owned(),
+                index: 0,
+                line,
+                pointer: String::new(),
+                reason,
+            });
+            Vec::new()
+        }
+    }
+}
+
 fn split(source: &str, values: Vec<Value>, line: Option<usize>) -> Vec<Document> {
     let mut docs = Vec::new();
     for v in values {
@@ -187,5 +306,36 @@ mod tests {
         let mut r = ParseReport::default();
         decode("bin", &[0x7f, b'E', b'L', b'F', 0, 1], &mut r);
         assert!(r.rejected[0].reason.contains("binary"));
+    }
+
+    #[test]
+    fn yaml_documents_become_records() {
+        let (docs, r) = run("apiVersion: v1\nkind: A\n---\napiVersion: v1\nkind: B\n");
+        assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1].value["kind"], "B");
+        assert_eq!(docs[1].index, 1);
+        let (docs, _) = run("# a comment\n---\n- a: 1\n- b: 2\n");
+        assert_eq!(docs.len(), 2);
+    }
+
+    #[test]
+    fn yaml_errors_name_the_line() {
+        let (docs, r) = run("apiVersion: v1\nkind: [unclosed\nmetadata: {}\n");
+        assert!(docs.is_empty());
+        assert_eq!(r.rejected.len(), 1);
+        let reason = &r.rejected[0].reason;
+        assert!(reason.starts_with("invalid YAML at line "), "{reason}");
+        assert!(r.rejected[0].line.is_some());
+    }
+
+    #[test]
+    fn text_that_is_not_yaml_like_keeps_the_json_error() {
+        let (_, r) = run("hello world\n");
+        assert!(r.rejected[0].reason.starts_with("invalid JSON"), "{r:?}");
+        assert!(!looks_like_yaml("{\"a\": 1}"));
+        assert!(!looks_like_yaml("http://example.com"));
+        assert!(looks_like_yaml("\n# c\napiVersion: v1"));
+        assert!(looks_like_yaml("report:\n  x: 1"));
     }
 }

@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use falco::Falco;
-pub use github::Github;
+pub use github::{EVENTS as GITHUB_EVENTS, Github, GithubEvent, parse_event as parse_github_event};
 pub use gitleaks::Gitleaks;
 pub use guardduty::GuardDuty;
 pub use k8s_event::K8sEvent;

@@ -405,6 +405,18 @@ impl Fingerprint {
     /// Computes the fingerprint. Resource order does not matter.
     #[must_use]
     pub fn compute(source: &str, rule: &str, resources: &[ResourceRef]) -> Self {
+        Self::compute_with(source, rule, resources, None)
+    }
+
+    /// Like [`Fingerprint::compute`], with an extra identity (see the identity labels) so
+    /// that findings without typed resources (a secret in a local file) are not all merged.
+    #[must_use]
+    pub fn compute_with(
+        source: &str,
+        rule: &str,
+        resources: &[ResourceRef],
+        identity: Option<String>,
+    ) -> Self {
         let mut keys: Vec<String> = resources.iter().map(ResourceRef::key).collect();
         keys.sort();
         let mut h = Sha256::new();
@@ -415,8 +427,22 @@ impl Fingerprint {
             h.update([0]);
             h.update(k.as_bytes());
         }
+        if let Some(id) = identity {
+            h.update([1]);
+            h.update(id.as_bytes());
+        }
         Fingerprint(hex::encode(h.finalize()))
     }
+}
+
+/// Labels that identify *what* a finding is about when it has no typed resource: a leaked
+/// secret is the same incident wherever it is found (its hash), else its file or ARN.
+const IDENTITY_LABELS: [&str; 3] = ["secret_hash", "file", "resource_arn"];
+
+fn identity_label(labels: &BTreeMap<String, String>) -> Option<String> {
+    IDENTITY_LABELS
+        .iter()
+        .find_map(|k| labels.get(*k).map(|v| format!("{k}={v}")))
 }
 
 impl fmt::Display for Fingerprint {
@@ -511,6 +537,7 @@ impl FindingDraft {
     /// Finishes the finding: scrubs free text and fields, computes the fingerprint, assigns an id.
     #[must_use]
     pub fn build(self) -> Finding {
+        let identity = identity_label(&self.labels);
         let mut fields = self.fields;
         crate::redact::scrub_json(&mut fields);
         cap_strings(&mut fields, MAX_FIELD_CHARS);
@@ -521,7 +548,12 @@ impl FindingDraft {
             .collect();
         Finding {
             id: Ulid::new(),
-            fingerprint: Fingerprint::compute(self.source, &self.rule, &self.resources),
+            fingerprint: Fingerprint::compute_with(
+                self.source,
+                &self.rule,
+                &self.resources,
+                identity,
+            ),
             source: self.source.to_owned(),
             title: cap(
                 crate::redact::scrub(&self.title).into_owned(),
