@@ -11,6 +11,7 @@
 //! no time: `observed_at` is the Unix epoch, meaning "not reported".
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 
 use chrono::DateTime;
 use serde_json::{Map, Value};
@@ -53,19 +54,18 @@ pub fn class_for(vid: Option<&str>, vulnerability: &str, category: &str) -> Clas
     Class::Misconfiguration
 }
 
-/// Maps kube-hunter's severity onto Firebreak's scale.
+/// Maps kube-hunter's severity (`low`, `medium`, `high`, `critical`, any case) onto Firebreak's
+/// scale, whose names it shares. Stricter than [`Severity::from_str`], to keep what this parser
+/// has always accepted: `info` is not a kube-hunter severity, and padded values (`" high"`),
+/// which `from_str` trims, are rejected.
 #[must_use]
 pub fn severity_for(severity: &str) -> Option<Severity> {
-    const TABLE: &[(&str, Severity)] = &[
-        ("low", Severity::Low),
-        ("medium", Severity::Medium),
-        ("high", Severity::High),
-        ("critical", Severity::Critical),
-    ];
-    TABLE
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(severity))
-        .map(|&(_, s)| s)
+    if severity.trim() != severity {
+        return None;
+    }
+    Severity::from_str(severity)
+        .ok()
+        .filter(|&s| s != Severity::Info)
 }
 
 /// Where a finding is: `host:port` → the host; `Local to Pod (name)` → the pod kube-hunter ran in.
@@ -268,6 +268,17 @@ mod tests {
             ),
             Class::Misconfiguration
         );
+    }
+
+    #[test]
+    fn severities_are_kube_hunters_four() {
+        assert_eq!(severity_for("low"), Some(Severity::Low));
+        assert_eq!(severity_for("Medium"), Some(Severity::Medium));
+        assert_eq!(severity_for("HIGH"), Some(Severity::High));
+        assert_eq!(severity_for("critical"), Some(Severity::Critical));
+        for rejected in ["info", "Info", "", " high", "high\n", "severe"] {
+            assert_eq!(severity_for(rejected), None, "{rejected:?}");
+        }
     }
 
     #[test]

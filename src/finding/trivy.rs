@@ -173,6 +173,75 @@ pub(super) fn is_aws_rule(rule: &str, category: Option<&str>) -> bool {
         || category.is_some_and(|c| c.eq_ignore_ascii_case("AWS"))
 }
 
+/// The names of a secret record's fields: Trivy's JSON capitalises them (`RuleID`), the
+/// Trivy Operator's custom resources do not (`ruleID`). Everything else about a secret record
+/// is the same in both, and is read by [`secret_draft`].
+pub(super) struct SecretFieldNames {
+    pub rule: &'static str,
+    pub severity: &'static str,
+    pub category: &'static str,
+    pub title: &'static str,
+}
+
+impl SecretFieldNames {
+    /// Trivy JSON reports (`Results[].Secrets[]`).
+    pub(super) const TRIVY: SecretFieldNames = SecretFieldNames {
+        rule: "RuleID",
+        severity: "Severity",
+        category: "Category",
+        title: "Title",
+    };
+    /// Trivy Operator `ExposedSecretReport`s (`report.secrets[]`).
+    pub(super) const OPERATOR: SecretFieldNames = SecretFieldNames {
+        rule: "ruleID",
+        severity: "severity",
+        category: "category",
+        title: "title",
+    };
+}
+
+/// Builds the finding for one secret record at `at`, whose fields are named by `names`.
+///
+/// `base(rule, title, severity, class)` makes the parser's draft (its source, resources and
+/// labels); this adds what the record says: the AWS access key id it names, its `secret_hash`
+/// and `category` labels, and its fields minus [`SECRET_KEYS`] (see [`clean_secret`]).
+pub(super) fn secret_draft(
+    v: &Value,
+    at: &str,
+    names: &SecretFieldNames,
+    base: impl FnOnce(&str, &str, Severity, Class) -> FindingDraft,
+) -> Result<FindingDraft, Reject> {
+    let Some(record) = v.as_object() else {
+        return Err((
+            at.to_owned(),
+            format!("expected a secret object, found {}", kind(v)),
+        ));
+    };
+    let rule = req_str(v, at, names.rule)?;
+    let severity = severity_at(v, at, names.severity)?;
+    let category = opt_str(v, at, names.category)?;
+    let title = opt_str(v, at, names.title)?
+        .filter(|t| !t.is_empty())
+        .unwrap_or(rule);
+    let clean = clean_secret(record, is_aws_rule(rule, category));
+    let mut d = base(rule, title, severity, Class::CredentialExposure);
+    if let Some(id) = clean.access_key_id {
+        d.resources.push(ResourceRef::AwsIamAccessKey {
+            account: None,
+            user: None,
+            access_key_id: id,
+        });
+    }
+    if let Some(hash) = clean.secret_hash {
+        d.labels.insert("secret_hash".to_owned(), hash);
+    }
+    if let Some(category) = category.filter(|c| !c.is_empty()) {
+        d.labels.insert("category".to_owned(), category.to_owned());
+    }
+    d.fields = clean.fields;
+    Ok(d)
+}
+
 /// Parses an optional RFC 3339 timestamp field.
 pub(super) fn opt_time(v: &Value, base: &str, key: &str) -> Result<Option<DateTime<Utc>>, Reject> {
     match opt_str(v, base, key)? {
@@ -393,35 +462,13 @@ impl Shared<'_> {
     }
 
     fn secret(&self, v: &Value, at: &str) -> Result<Option<FindingDraft>, Reject> {
-        let Some(record) = v.as_object() else {
-            return Err((
-                at.to_owned(),
-                format!("expected a secret object, found {}", kind(v)),
-            ));
-        };
-        let rule = req_str(v, at, "RuleID")?;
-        let severity = severity_at(v, at, "Severity")?;
-        let category = opt_str(v, at, "Category")?;
-        let title = opt_str(v, at, "Title")?
-            .filter(|t| !t.is_empty())
-            .unwrap_or(rule);
-        let clean = clean_secret(record, is_aws_rule(rule, category));
-        let mut d = self.draft(rule, title.to_owned(), severity, Class::CredentialExposure);
-        if let Some(id) = clean.access_key_id {
-            d.resources.push(ResourceRef::AwsIamAccessKey {
-                account: None,
-                user: None,
-                access_key_id: id,
-            });
-        }
-        if let Some(hash) = clean.secret_hash {
-            d.labels.insert("secret_hash".to_owned(), hash);
-        }
-        if let Some(category) = category.filter(|c| !c.is_empty()) {
-            d.labels.insert("category".to_owned(), category.to_owned());
-        }
-        d.fields = clean.fields;
-        Ok(Some(d))
+        secret_draft(
+            v,
+            at,
+            &SecretFieldNames::TRIVY,
+            |rule, title, severity, class| self.draft(rule, title.to_owned(), severity, class),
+        )
+        .map(Some)
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::access::{join, kind, opt_obj, opt_str, req_str};
 use super::trivy::{
-    Reject, clean_secret, expect_object, is_aws_rule, misconfig_class, opt_array, opt_time,
+    Reject, SecretFieldNames, expect_object, misconfig_class, opt_array, opt_time, secret_draft,
     severity_at,
 };
 use super::{Class, Document, FindingDraft, ParseReport, Parser, ResourceRef};
@@ -166,35 +166,13 @@ impl Report {
     }
 
     fn secret(&self, v: &Value, at: &str) -> Result<Option<FindingDraft>, Reject> {
-        let Some(record) = v.as_object() else {
-            return Err((
-                at.to_owned(),
-                format!("expected a secret object, found {}", kind(v)),
-            ));
-        };
-        let rule = req_str(v, at, "ruleID")?;
-        let severity = severity_at(v, at, "severity")?;
-        let category = opt_str(v, at, "category")?;
-        let title = opt_str(v, at, "title")?
-            .filter(|t| !t.is_empty())
-            .unwrap_or(rule);
-        let clean = clean_secret(record, is_aws_rule(rule, category));
-        let mut d = self.draft(rule, title, severity, Class::CredentialExposure);
-        if let Some(id) = clean.access_key_id {
-            d.resources.push(ResourceRef::AwsIamAccessKey {
-                account: None,
-                user: None,
-                access_key_id: id,
-            });
-        }
-        if let Some(hash) = clean.secret_hash {
-            d.labels.insert("secret_hash".to_owned(), hash);
-        }
-        if let Some(category) = category.filter(|c| !c.is_empty()) {
-            d.labels.insert("category".to_owned(), category.to_owned());
-        }
-        d.fields = clean.fields;
-        Ok(Some(d))
+        secret_draft(
+            v,
+            at,
+            &SecretFieldNames::OPERATOR,
+            |rule, title, severity, class| self.draft(rule, title, severity, class),
+        )
+        .map(Some)
     }
 }
 
