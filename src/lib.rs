@@ -14,4 +14,5 @@ pub mod finding;
 pub mod ingest;
 pub mod playbook;
 pub mod redact;
+pub mod store;
 pub mod telemetry;

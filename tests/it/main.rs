@@ -11,4 +11,5 @@ mod parsers_secrets;
 mod parsers_securityhub;
 mod playbooks;
 mod registry;
+mod store;
 mod support;

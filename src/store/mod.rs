@@ -1,0 +1,374 @@
+//! The ledger: findings, rejected input, executions and their steps, and the audit trail.
+//!
+//! State lives here; channels elsewhere are only wake-up hints. Every write that acknowledges
+//! input (HTTP 202, SQS delete) happens after the transaction holding it committed. The
+//! [`Store`] trait is what the engine and the service use; [`sqlite::SqliteStore`] is the
+//! embedded default (PostgreSQL for several replicas implements the same trait).
+//!
+//! The audit trail is append-only and hash-chained: each record's hash covers its content and
+//! the previous record's hash, and the head hash is kept separately, so `verify` detects an
+//! edited, removed, inserted or reordered record.
+
+pub mod sqlite;
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::finding::{Finding, Rejection};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored value could not be decoded (corruption or a bug).
+    #[error("corrupt record in {table}: {reason}")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store URL is not one we can open.
+    #[error("unsupported store url `{0}`: expected sqlite://PATH (or sqlite::memory:)")]
+    UnsupportedUrl(String),
+    /// A migration failed.
+    #[error("migration {name} failed: {source}")]
+    Migration {
+        /// Migration name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// A batch of input from one intake, written in one transaction.
+#[derive(Debug, Default)]
+pub struct IngestBatch {
+    /// Where it arrived (`http:/v1/findings/falco`, `sqs:queue-name`, `file:path`).
+    pub intake: String,
+    /// Parsed findings.
+    pub findings: Vec<Finding>,
+    /// Rejected records.
+    pub rejected: Vec<Rejection>,
+}
+
+/// What the store did with one finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The stored finding's id (for a duplicate: the original's id).
+    pub id: String,
+    /// True when the finding was a duplicate within the dedup window and was counted, not stored.
+    pub duplicate: bool,
+}
+
+/// A finding claimed for matching.
+#[derive(Debug, Clone)]
+pub struct ClaimedFinding {
+    /// The finding.
+    pub finding: Finding,
+    /// When it was received (Unix ms).
+    pub received_at: i64,
+}
+
+/// States of an execution (one playbook run for one finding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecState {
+    /// Created; steps not started.
+    Matched,
+    /// Every step planned (dry-run ends here).
+    Planned,
+    /// Waiting for approval.
+    PendingApproval,
+    /// Steps being applied.
+    Applying,
+    /// Every step applied.
+    Applied,
+    /// A step failed.
+    Failed,
+    /// Cancelled (approval denied, PR closed).
+    Cancelled,
+    /// Approval expired.
+    Expired,
+    /// Not run (kill switch, guard, exclusion).
+    Skipped,
+}
+
+impl ExecState {
+    /// The stored name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecState::Matched => "matched",
+            ExecState::Planned => "planned",
+            ExecState::PendingApproval => "pending_approval",
+            ExecState::Applying => "applying",
+            ExecState::Applied => "applied",
+            ExecState::Failed => "failed",
+            ExecState::Cancelled => "cancelled",
+            ExecState::Expired => "expired",
+            ExecState::Skipped => "skipped",
+        }
+    }
+
+    /// Parses a stored name.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ExecState::Matched,
+            ExecState::Planned,
+            ExecState::PendingApproval,
+            ExecState::Applying,
+            ExecState::Applied,
+            ExecState::Failed,
+            ExecState::Cancelled,
+            ExecState::Expired,
+            ExecState::Skipped,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+
+    /// Whether no further work happens in this state.
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ExecState::Planned
+                | ExecState::Applied
+                | ExecState::Failed
+                | ExecState::Cancelled
+                | ExecState::Expired
+                | ExecState::Skipped
+        )
+    }
+}
+
+/// An execution claimed for work.
+#[derive(Debug, Clone)]
+pub struct ClaimedExecution {
+    /// Execution id.
+    pub id: String,
+    /// The finding.
+    pub finding: Finding,
+    /// Playbook name.
+    pub playbook: String,
+    /// Current state.
+    pub state: ExecState,
+    /// Steps recorded so far, by index.
+    pub steps: Vec<StepRow>,
+}
+
+/// A recorded step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRow {
+    /// Step index.
+    pub idx: u32,
+    /// Action kind.
+    pub action: String,
+    /// `planned`, `applying`, `applied`, `failed` or `skipped`.
+    pub status: String,
+    /// The plan, when made.
+    pub plan: Option<Value>,
+    /// The outcome, when applied.
+    pub outcome: Option<Value>,
+    /// Error text (scrubbed).
+    pub error: Option<String>,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// One audit event to append.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// What happened: `finding.received`, `finding.deduplicated`, `execution.matched`,
+    /// `step.planned`, `step.applied`, `step.failed`, `execution.state`, `kill_switch`, ….
+    pub kind: String,
+    /// Related finding.
+    pub finding_id: Option<String>,
+    /// Related execution.
+    pub execution_id: Option<String>,
+    /// Details (scrubbed before storing).
+    pub detail: Value,
+}
+
+/// A stored audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the chain (1-based, no gaps).
+    pub seq: i64,
+    /// When (Unix ms).
+    pub at: i64,
+    /// Kind.
+    pub kind: String,
+    /// Related finding.
+    pub finding_id: Option<String>,
+    /// Related execution.
+    pub execution_id: Option<String>,
+    /// Details.
+    pub detail: Value,
+    /// Hash of the previous record (`genesis` for the first).
+    pub prev_hash: String,
+    /// This record's hash.
+    pub hash: String,
+}
+
+/// The hash of the first record's predecessor.
+pub const GENESIS: &str = "genesis";
+
+/// The chain hash of a record: SHA-256 over the previous hash and the record's content.
+#[must_use]
+pub fn audit_hash(
+    prev_hash: &str,
+    seq: i64,
+    at: i64,
+    kind: &str,
+    finding_id: Option<&str>,
+    execution_id: Option<&str>,
+    detail: &str,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        prev_hash,
+        &seq.to_string(),
+        &at.to_string(),
+        kind,
+        finding_id.unwrap_or(""),
+        execution_id.unwrap_or(""),
+        detail,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Records checked.
+    pub records: i64,
+    /// Problems, each naming the record (empty: the chain is intact).
+    pub problems: Vec<String>,
+}
+
+/// Filters for listing audit records.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only records after this sequence number.
+    pub after_seq: Option<i64>,
+    /// Only this finding.
+    pub finding_id: Option<String>,
+    /// At most this many.
+    pub limit: Option<i64>,
+}
+
+/// The ledger operations the engine and the service need.
+pub trait Store: Send + Sync + 'static {
+    /// Records a batch in one transaction: new findings (state `new`), duplicates within
+    /// `dedup_window` counted on the original, rejected records, and their audit lines.
+    /// Returns one receipt per finding, in order. Only after this returns may input be acked.
+    fn record(
+        &self,
+        batch: IngestBatch,
+        dedup_window: Duration,
+    ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
+
+    /// Claims up to `limit` findings in state `new` (or whose lease expired) for `owner`.
+    fn claim_findings(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ClaimedFinding>, StoreError>> + Send;
+
+    /// Marks a claimed finding matched and creates one execution per playbook (idempotent:
+    /// an existing execution for the same finding and playbook is kept). Returns their ids.
+    fn record_matches(
+        &self,
+        finding_id: &str,
+        playbooks: &[(String, ExecState, Option<String>)],
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Claims up to `limit` executions that still have work (non-final state, lease free or
+    /// expired).
+    fn claim_executions(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ClaimedExecution>, StoreError>> + Send;
+
+    /// Upserts a step record and appends its audit line, in one transaction.
+    fn save_step(
+        &self,
+        execution_id: &str,
+        finding_id: &str,
+        step: &StepRow,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sets an execution's state (and releases its lease when final), with an audit line.
+    fn set_execution_state(
+        &self,
+        execution_id: &str,
+        finding_id: &str,
+        state: ExecState,
+        reason: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends an audit record.
+    fn audit(
+        &self,
+        event: AuditEvent,
+    ) -> impl Future<Output = Result<AuditRecord, StoreError>> + Send;
+
+    /// Lists audit records in chain order.
+    fn audit_list(
+        &self,
+        query: AuditQuery,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+
+    /// Recomputes the whole chain and reports every break.
+    fn audit_verify(&self) -> impl Future<Output = Result<VerifyReport, StoreError>> + Send;
+
+    /// Reads a flag (`kill_switch`).
+    fn flag(&self, name: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Sets a flag, with an audit line naming who and why.
+    fn set_flag(
+        &self,
+        name: &str,
+        on: bool,
+        by: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Checks the store answers (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// How many findings wait to be matched and executions wait for work (queue depth).
+    fn backlog(&self) -> impl Future<Output = Result<(i64, i64), StoreError>> + Send;
+
+    /// Duplicates counted for a finding.
+    fn duplicates(&self, finding_id: &str) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
+
+/// Milliseconds since the Unix epoch.
+#[must_use]
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Scrubs and serialises audit details.
+#[must_use]
+pub fn audit_detail(detail: &Value) -> String {
+    let mut d = detail.clone();
+    crate::redact::scrub_json(&mut d);
+    crate::action::canonical_json(&d)
+}

@@ -1,0 +1,696 @@
+//! The embedded default store: SQLite in WAL mode with `synchronous=FULL`.
+//!
+//! All writes go through one connection behind a mutex, in `BEGIN IMMEDIATE` transactions, so
+//! the audit chain is appended in order and no transaction has to upgrade a read lock. Reads
+//! use a small pool. Ingest batches are grouped by the caller (see `crate::ingest`), so many
+//! concurrent requests share one commit.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
+use tokio::sync::Mutex;
+
+use super::{
+    AuditEvent, AuditQuery, AuditRecord, ClaimedExecution, ClaimedFinding, ExecState, GENESIS,
+    IngestBatch, Receipt, StepRow, Store, StoreError, VerifyReport, audit_detail, audit_hash,
+    now_ms,
+};
+use crate::finding::Finding;
+
+/// Migrations, in order; applied ones are recorded in `schema_migrations`.
+const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_init", include_str!("migrations/sqlite_0001_init.sql"))];
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    writer: Mutex<SqliteConnection>,
+    readers: SqlitePool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    if !url.starts_with("sqlite:") {
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    }
+    Ok(SqliteConnectOptions::from_str(url)
+        .map_err(|_| StoreError::UnsupportedUrl(url.to_owned()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true))
+}
+
+fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        reason: reason.into(),
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://PATH`) and migrates it.
+    ///
+    /// # Errors
+    /// Unsupported URL, unopenable file, failed migration.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let opts = options(url)?;
+        let mut writer = SqliteConnection::connect_with(&opts).await?;
+        migrate(&mut writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        Ok(Self {
+            writer: Mutex::new(writer),
+            readers,
+        })
+    }
+}
+
+async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)")
+        .execute(&mut *conn)
+        .await?;
+    for (name, sql) in MIGRATIONS {
+        let done: Option<String> =
+            sqlx::query_scalar("SELECT name FROM schema_migrations WHERE name = ?")
+                .bind(*name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if done.is_some() {
+            continue;
+        }
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| StoreError::Migration { name, source })?;
+        sqlx::query("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)")
+            .bind(*name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Appends one audit record inside an open transaction.
+async fn append_audit(
+    conn: &mut SqliteConnection,
+    event: &AuditEvent,
+) -> Result<AuditRecord, StoreError> {
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (seq, prev_hash) = match head {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_owned()),
+    };
+    let at = now_ms();
+    let detail = audit_detail(&event.detail);
+    let hash = audit_hash(
+        &prev_hash,
+        seq,
+        at,
+        &event.kind,
+        event.finding_id.as_deref(),
+        event.execution_id.as_deref(),
+        &detail,
+    );
+    sqlx::query(
+        "INSERT INTO audit (seq, at, kind, finding_id, execution_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(seq)
+    .bind(at)
+    .bind(&event.kind)
+    .bind(&event.finding_id)
+    .bind(&event.execution_id)
+    .bind(&detail)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    // The head is kept apart from the chain so that deleting the newest records is detected.
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .bind(format!("{seq}:{hash}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(AuditRecord {
+        seq,
+        at,
+        kind: event.kind.clone(),
+        finding_id: event.finding_id.clone(),
+        execution_id: event.execution_id.clone(),
+        detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+        prev_hash,
+        hash,
+    })
+}
+
+fn decode_finding(body: &str) -> Result<Finding, StoreError> {
+    serde_json::from_str(body).map_err(|e| corrupt("findings", e.to_string()))
+}
+
+fn finding_summary(f: &Finding) -> Value {
+    serde_json::json!({
+        "source": f.source,
+        "rule": f.rule,
+        "severity": f.severity,
+        "class": f.class,
+        "fingerprint": f.fingerprint,
+    })
+}
+
+impl Store for SqliteStore {
+    async fn record(
+        &self,
+        batch: IngestBatch,
+        dedup_window: Duration,
+    ) -> Result<Vec<Receipt>, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        let since = now - ms(dedup_window);
+        let mut receipts = Vec::with_capacity(batch.findings.len());
+        for f in &batch.findings {
+            let original: Option<String> = if dedup_window.is_zero() {
+                None
+            } else {
+                sqlx::query_scalar(
+                    "SELECT id FROM findings WHERE fingerprint = ? AND received_at >= ? ORDER BY received_at LIMIT 1",
+                )
+                .bind(&f.fingerprint.0)
+                .bind(since)
+                .fetch_optional(&mut *tx)
+                .await?
+            };
+            if let Some(original) = original {
+                let count: i64 = sqlx::query_scalar(
+                    "INSERT INTO duplicates (finding_id, count, last_seen_at) VALUES (?, 1, ?) \
+                     ON CONFLICT (finding_id) DO UPDATE SET count = count + 1, last_seen_at = excluded.last_seen_at \
+                     RETURNING count",
+                )
+                .bind(&original)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                if count == 1 {
+                    // One line per storm: the first duplicate says deduplication started.
+                    append_audit(
+                        &mut tx,
+                        &AuditEvent {
+                            kind: "finding.deduplicated".into(),
+                            finding_id: Some(original.clone()),
+                            execution_id: None,
+                            detail: serde_json::json!({
+                                "window_seconds": dedup_window.as_secs(),
+                                "note": "further copies within the window are counted, not stored or acted on",
+                            }),
+                        },
+                    )
+                    .await?;
+                }
+                receipts.push(Receipt {
+                    id: original,
+                    duplicate: true,
+                });
+                continue;
+            }
+            let body = serde_json::to_string(f).map_err(|e| corrupt("findings", e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO findings (id, fingerprint, source, rule, severity, class, intake, received_at, body, state) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'new')",
+            )
+            .bind(f.id.to_string())
+            .bind(&f.fingerprint.0)
+            .bind(&f.source)
+            .bind(&f.rule)
+            .bind(f.severity.as_str())
+            .bind(f.class.as_str())
+            .bind(&batch.intake)
+            .bind(now)
+            .bind(&body)
+            .execute(&mut *tx)
+            .await?;
+            let mut detail = finding_summary(f);
+            detail["intake"] = Value::String(batch.intake.clone());
+            append_audit(
+                &mut tx,
+                &AuditEvent {
+                    kind: "finding.received".into(),
+                    finding_id: Some(f.id.to_string()),
+                    execution_id: None,
+                    detail,
+                },
+            )
+            .await?;
+            receipts.push(Receipt {
+                id: f.id.to_string(),
+                duplicate: false,
+            });
+        }
+        for r in &batch.rejected {
+            sqlx::query(
+                "INSERT INTO rejected (received_at, intake, source, parser, record_index, line, pointer, reason) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(now)
+            .bind(&batch.intake)
+            .bind(&r.source)
+            .bind(&r.parser)
+            .bind(i64::try_from(r.index).unwrap_or(i64::MAX))
+            .bind(r.line.and_then(|l| i64::try_from(l).ok()))
+            .bind(&r.pointer)
+            .bind(&r.reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !batch.rejected.is_empty() {
+            append_audit(
+                &mut tx,
+                &AuditEvent {
+                    kind: "input.rejected".into(),
+                    finding_id: None,
+                    execution_id: None,
+                    detail: serde_json::json!({ "intake": batch.intake, "records": batch.rejected.len() }),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(receipts)
+    }
+
+    async fn claim_findings(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<ClaimedFinding>, StoreError> {
+        let mut w = self.writer.lock().await;
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE findings SET lease_owner = ?, lease_until = ? WHERE id IN ( \
+               SELECT id FROM findings WHERE state = 'new' AND (lease_until IS NULL OR lease_until < ?) \
+               ORDER BY received_at, id LIMIT ?) \
+             RETURNING body, received_at",
+        )
+        .bind(owner)
+        .bind(now + ms(lease))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *w)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let body: String = row.try_get("body")?;
+            out.push(ClaimedFinding {
+                finding: decode_finding(&body)?,
+                received_at: row.try_get("received_at")?,
+            });
+        }
+        out.sort_by(|a, b| {
+            a.received_at
+                .cmp(&b.received_at)
+                .then_with(|| a.finding.id.cmp(&b.finding.id))
+        });
+        Ok(out)
+    }
+
+    async fn record_matches(
+        &self,
+        finding_id: &str,
+        playbooks: &[(String, ExecState, Option<String>)],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        let mut ids = Vec::with_capacity(playbooks.len());
+        for (playbook, state, reason) in playbooks {
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM executions WHERE finding_id = ? AND playbook = ?",
+            )
+            .bind(finding_id)
+            .bind(playbook)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = existing {
+                ids.push(id);
+                continue;
+            }
+            let id = ulid::Ulid::new().to_string();
+            sqlx::query(
+                "INSERT INTO executions (id, finding_id, playbook, state, reason, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(finding_id)
+            .bind(playbook)
+            .bind(state.as_str())
+            .bind(reason)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            append_audit(
+                &mut tx,
+                &AuditEvent {
+                    kind: "execution.matched".into(),
+                    finding_id: Some(finding_id.to_owned()),
+                    execution_id: Some(id.clone()),
+                    detail: serde_json::json!({ "playbook": playbook, "state": state.as_str(), "reason": reason }),
+                },
+            )
+            .await?;
+            ids.push(id);
+        }
+        sqlx::query("UPDATE findings SET state = 'matched', lease_owner = NULL, lease_until = NULL WHERE id = ?")
+            .bind(finding_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn claim_executions(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<ClaimedExecution>, StoreError> {
+        let rows = {
+            let mut w = self.writer.lock().await;
+            let now = now_ms();
+            sqlx::query(
+                "UPDATE executions SET lease_owner = ?, lease_until = ? WHERE id IN ( \
+                   SELECT id FROM executions WHERE state IN ('matched', 'applying') \
+                   AND (lease_until IS NULL OR lease_until < ?) ORDER BY created_at, id LIMIT ?) \
+                 RETURNING id, finding_id, playbook, state",
+            )
+            .bind(owner)
+            .bind(now + ms(lease))
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *w)
+            .await?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let finding_id: String = row.try_get("finding_id")?;
+            let state: String = row.try_get("state")?;
+            let body: String = sqlx::query_scalar("SELECT body FROM findings WHERE id = ?")
+                .bind(&finding_id)
+                .fetch_one(&self.readers)
+                .await?;
+            let step_rows = sqlx::query(
+                "SELECT idx, action, status, plan, outcome, error, attempts FROM steps WHERE execution_id = ? ORDER BY idx",
+            )
+            .bind(&id)
+            .fetch_all(&self.readers)
+            .await?;
+            let mut steps = Vec::with_capacity(step_rows.len());
+            for s in step_rows {
+                let plan: Option<String> = s.try_get("plan")?;
+                let outcome: Option<String> = s.try_get("outcome")?;
+                steps.push(StepRow {
+                    idx: u32::try_from(s.try_get::<i64, _>("idx")?).unwrap_or(u32::MAX),
+                    action: s.try_get("action")?,
+                    status: s.try_get("status")?,
+                    plan: plan.and_then(|p| serde_json::from_str(&p).ok()),
+                    outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
+                    error: s.try_get("error")?,
+                    attempts: u32::try_from(s.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                });
+            }
+            out.push(ClaimedExecution {
+                id,
+                finding: decode_finding(&body)?,
+                playbook: row.try_get("playbook")?,
+                state: ExecState::parse(&state)
+                    .ok_or_else(|| corrupt("executions", format!("unknown state `{state}`")))?,
+                steps,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn save_step(
+        &self,
+        execution_id: &str,
+        finding_id: &str,
+        step: &StepRow,
+    ) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let plan_hash = step
+            .plan
+            .as_ref()
+            .and_then(|p| p.get("hash"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        sqlx::query(
+            "INSERT INTO steps (execution_id, idx, action, status, plan, plan_hash, outcome, error, attempts, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (execution_id, idx) DO UPDATE SET status = excluded.status, plan = excluded.plan, \
+               plan_hash = excluded.plan_hash, outcome = excluded.outcome, error = excluded.error, \
+               attempts = excluded.attempts, updated_at = excluded.updated_at",
+        )
+        .bind(execution_id)
+        .bind(i64::from(step.idx))
+        .bind(&step.action)
+        .bind(&step.status)
+        .bind(step.plan.as_ref().map(audit_detail))
+        .bind(&plan_hash)
+        .bind(step.outcome.as_ref().map(audit_detail))
+        .bind(step.error.as_deref().map(|e| crate::redact::scrub(e).into_owned()))
+        .bind(i64::from(step.attempts))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        append_audit(
+            &mut tx,
+            &AuditEvent {
+                kind: format!("step.{}", step.status),
+                finding_id: Some(finding_id.to_owned()),
+                execution_id: Some(execution_id.to_owned()),
+                detail: serde_json::json!({
+                    "step": step.idx,
+                    "action": step.action,
+                    "plan_hash": plan_hash,
+                    "summary": step.plan.as_ref().and_then(|p| p.get("summary")).cloned(),
+                    "outcome": step.outcome,
+                    "error": step.error,
+                    "attempts": step.attempts,
+                }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_execution_state(
+        &self,
+        execution_id: &str,
+        finding_id: &str,
+        state: ExecState,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let release = state.is_final();
+        sqlx::query(
+            "UPDATE executions SET state = ?, reason = ?, updated_at = ?, \
+               lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END, \
+               lease_until = CASE WHEN ? THEN NULL ELSE lease_until END WHERE id = ?",
+        )
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(now_ms())
+        .bind(release)
+        .bind(release)
+        .bind(execution_id)
+        .execute(&mut *tx)
+        .await?;
+        append_audit(
+            &mut tx,
+            &AuditEvent {
+                kind: "execution.state".into(),
+                finding_id: Some(finding_id.to_owned()),
+                execution_id: Some(execution_id.to_owned()),
+                detail: serde_json::json!({ "state": state.as_str(), "reason": reason }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let rec = append_audit(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    async fn audit_list(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, finding_id, execution_id, detail, prev_hash, hash FROM audit \
+             WHERE seq > ? AND (? IS NULL OR finding_id = ?) ORDER BY seq LIMIT ?",
+        )
+        .bind(query.after_seq.unwrap_or(0))
+        .bind(&query.finding_id)
+        .bind(&query.finding_id)
+        .bind(query.limit.unwrap_or(i64::MAX))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(AuditRecord {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    finding_id: r.try_get("finding_id")?,
+                    execution_id: r.try_get("execution_id")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(Value::String(detail)),
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_verify(&self) -> Result<VerifyReport, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, finding_id, execution_id, detail, prev_hash, hash FROM audit ORDER BY seq",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        let mut problems = Vec::new();
+        let mut expected_prev = GENESIS.to_owned();
+        let mut expected_seq = 1i64;
+        let mut last: Option<(i64, String)> = None;
+        for r in &rows {
+            let seq: i64 = r.try_get("seq")?;
+            let detail: String = r.try_get("detail")?;
+            let prev: String = r.try_get("prev_hash")?;
+            let stored: String = r.try_get("hash")?;
+            let finding_id: Option<String> = r.try_get("finding_id")?;
+            let execution_id: Option<String> = r.try_get("execution_id")?;
+            let kind: String = r.try_get("kind")?;
+            if seq != expected_seq {
+                problems.push(format!("record {seq}: expected record {expected_seq} here (records removed or inserted)"));
+            }
+            if prev != expected_prev {
+                problems.push(format!("record {seq}: does not follow the previous record (chain broken: removed, inserted or reordered)"));
+            }
+            let computed = audit_hash(
+                &prev,
+                seq,
+                r.try_get("at")?,
+                &kind,
+                finding_id.as_deref(),
+                execution_id.as_deref(),
+                &detail,
+            );
+            if computed != stored {
+                problems.push(format!(
+                    "record {seq}: content does not match its hash (edited)"
+                ));
+            }
+            expected_prev = stored.clone();
+            expected_seq = seq + 1;
+            last = Some((seq, stored));
+        }
+        let head: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
+                .fetch_optional(&self.readers)
+                .await?;
+        match (head, last) {
+            (Some(head), Some((seq, hash))) if head != format!("{seq}:{hash}") => problems.push(format!(
+                "the newest record is {seq}, but the recorded head is {}: records after it were removed or the head was edited",
+                head.split(':').next().unwrap_or("?")
+            )),
+            (Some(_), None) => problems.push("the audit trail is empty but a head was recorded: records were removed".into()),
+            (None, Some(_)) => problems.push("records exist but no head was recorded: the head was removed".into()),
+            _ => {}
+        }
+        Ok(VerifyReport {
+            records: i64::try_from(rows.len()).unwrap_or(i64::MAX),
+            problems,
+        })
+    }
+
+    async fn flag(&self, name: &str) -> Result<bool, StoreError> {
+        let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(format!("flag:{name}"))
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(v.as_deref() == Some("on"))
+    }
+
+    async fn set_flag(&self, name: &str, on: bool, by: &str) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(format!("flag:{name}"))
+            .bind(if on { "on" } else { "off" })
+            .execute(&mut *tx)
+            .await?;
+        append_audit(
+            &mut tx,
+            &AuditEvent {
+                kind: format!("flag.{name}"),
+                finding_id: None,
+                execution_id: None,
+                detail: serde_json::json!({ "on": on, "by": by }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    async fn backlog(&self) -> Result<(i64, i64), StoreError> {
+        let findings: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM findings WHERE state = 'new'")
+            .fetch_one(&self.readers)
+            .await?;
+        let executions: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM executions WHERE state IN ('matched', 'applying')",
+        )
+        .fetch_one(&self.readers)
+        .await?;
+        Ok((findings, executions))
+    }
+
+    async fn duplicates(&self, finding_id: &str) -> Result<i64, StoreError> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT count FROM duplicates WHERE finding_id = ?")
+                .bind(finding_id)
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(n.unwrap_or(0))
+    }
+}

@@ -1,0 +1,381 @@
+//! The SQLite ledger: dedup, leases, executions, steps, flags and the tamper-evident audit chain.
+//! Every test opens a real database file in a temp directory.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use firebreak::finding::Finding;
+use firebreak::store::sqlite::SqliteStore;
+use firebreak::store::{AuditEvent, AuditQuery, ExecState, IngestBatch, StepRow, Store};
+use sqlx::Connection;
+
+use crate::fixtures::{self, FALCO_SHELL, GD_TROJAN};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn open() -> (tempfile::TempDir, String, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    (dir, url, store)
+}
+
+/// A fresh copy of a real fixture's finding (new id, same fingerprint).
+fn copy_of(rel: &str) -> Finding {
+    fixtures::finding(rel)
+}
+
+fn batch(findings: Vec<Finding>) -> IngestBatch {
+    IngestBatch {
+        intake: "test".into(),
+        findings,
+        rejected: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_new_finding_is_stored_and_audited() {
+    let (_d, _u, store) = open().await;
+    let f = copy_of(FALCO_SHELL);
+    let receipts = store.record(batch(vec![f.clone()]), HOUR).await.unwrap();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].id, f.id.to_string());
+    assert!(!receipts[0].duplicate);
+    assert_eq!(store.backlog().await.unwrap(), (1, 0));
+    let audit = store.audit_list(AuditQuery::default()).await.unwrap();
+    assert_eq!(audit[0].kind, "finding.received");
+    assert_eq!(
+        audit[0].finding_id.as_deref(),
+        Some(f.id.to_string().as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_storm_of_identical_findings_becomes_one_finding_counted_duplicates_and_one_audit_line() {
+    let (_d, _u, store) = open().await;
+    let first = copy_of(FALCO_SHELL);
+    let storm = 20_000;
+    let mut all = vec![first.clone()];
+    all.extend((1..storm).map(|_| copy_of(FALCO_SHELL)));
+    for chunk in all.chunks(2_000) {
+        let receipts = store.record(batch(chunk.to_vec()), HOUR).await.unwrap();
+        assert!(
+            receipts.iter().all(|r| r.id == first.id.to_string()),
+            "every copy points at the original"
+        );
+    }
+    assert_eq!(store.backlog().await.unwrap().0, 1, "one finding to act on");
+    assert_eq!(
+        store.duplicates(&first.id.to_string()).await.unwrap(),
+        storm - 1
+    );
+    let audit = store.audit_list(AuditQuery::default()).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a.kind == "finding.deduplicated")
+            .count(),
+        1
+    );
+    assert_eq!(audit.len(), 2, "received + one storm line: {audit:#?}");
+}
+
+#[tokio::test]
+async fn a_zero_window_disables_dedup() {
+    let (_d, _u, store) = open().await;
+    let receipts = store
+        .record(
+            batch(vec![copy_of(FALCO_SHELL), copy_of(FALCO_SHELL)]),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert!(receipts.iter().all(|r| !r.duplicate));
+    assert_ne!(receipts[0].id, receipts[1].id);
+}
+
+#[tokio::test]
+async fn rejected_records_are_kept_with_their_reason() {
+    let (_d, url, store) = open().await;
+    let report = firebreak::finding::parse_input(
+        "stdin",
+        b"{\"a\":1}\nnot json\n",
+        firebreak::finding::ParserChoice::Auto,
+    );
+    assert_eq!(report.rejected.len(), 2);
+    store
+        .record(
+            IngestBatch {
+                intake: "test".into(),
+                findings: vec![],
+                rejected: report.rejected,
+            },
+            HOUR,
+        )
+        .await
+        .unwrap();
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM rejected ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(reasons.len(), 2);
+    assert!(
+        reasons.iter().any(|r| r.contains("invalid JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("no parser recognised")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn leases_give_each_finding_to_one_worker_until_they_expire() {
+    let (_d, _u, store) = open().await;
+    let store = Arc::new(store);
+    let findings: Vec<Finding> = (0..50).map(|_| copy_of(GD_TROJAN)).collect();
+    store.record(batch(findings), Duration::ZERO).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..5 {
+        let s = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = s.claim_findings(&format!("w{w}"), HOUR, 3).await.unwrap();
+                if got.is_empty() {
+                    break mine;
+                }
+                mine.extend(got.into_iter().map(|c| c.finding.id.to_string()));
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            assert!(seen.insert(id), "a finding was claimed twice");
+        }
+    }
+    assert_eq!(seen.len(), 50);
+    // Leases held: nothing left. An expired lease is claimable again.
+    assert!(
+        store
+            .claim_findings("late", HOUR, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (_d2, _u2, fresh) = open().await;
+    fresh
+        .record(batch(vec![copy_of(GD_TROJAN)]), HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh
+            .claim_findings("a", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        fresh.claim_findings("b", HOUR, 10).await.unwrap().len(),
+        1,
+        "expired lease reclaimed"
+    );
+}
+
+#[tokio::test]
+async fn executions_steps_and_states_round_trip_and_are_audited() {
+    let (_d, _u, store) = open().await;
+    let f = copy_of(FALCO_SHELL);
+    let fid = f.id.to_string();
+    store.record(batch(vec![f]), HOUR).await.unwrap();
+    let claimed = store.claim_findings("w", HOUR, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let ids = store
+        .record_matches(
+            &fid,
+            &[
+                ("alert".into(), ExecState::Matched, None),
+                (
+                    "other".into(),
+                    ExecState::Skipped,
+                    Some("exclude[0] applies".into()),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    // Idempotent: recording the same matches again creates nothing new.
+    let again = store
+        .record_matches(&fid, &[("alert".into(), ExecState::Matched, None)])
+        .await
+        .unwrap();
+    assert_eq!(again[0], ids[0]);
+    let execs = store.claim_executions("w", HOUR, 10).await.unwrap();
+    assert_eq!(execs.len(), 1, "skipped executions have no work");
+    assert_eq!(execs[0].playbook, "alert");
+    let step = StepRow {
+        idx: 0,
+        action: "notify.webhook".into(),
+        status: "applied".into(),
+        plan: Some(
+            serde_json::json!({"hash": "sha256:abc", "summary": "POST password=hunter2secret"}),
+        ),
+        outcome: Some(serde_json::json!({"result": "applied"})),
+        error: None,
+        attempts: 1,
+    };
+    store.save_step(&ids[0], &fid, &step).await.unwrap();
+    store
+        .set_execution_state(&ids[0], &fid, ExecState::Applied, None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_executions("w2", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "final state has no work"
+    );
+    let audit = store
+        .audit_list(AuditQuery {
+            finding_id: Some(fid.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = audit.iter().map(|a| a.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "finding.received",
+            "execution.matched",
+            "execution.matched",
+            "step.applied",
+            "execution.state"
+        ]
+    );
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(
+        !text.contains("hunter2secret"),
+        "secrets are scrubbed in the audit trail"
+    );
+}
+
+#[tokio::test]
+async fn flags_persist_and_are_audited() {
+    let (_d, url, store) = open().await;
+    assert!(!store.flag("kill_switch").await.unwrap());
+    store
+        .set_flag("kill_switch", true, "cli:alice")
+        .await
+        .unwrap();
+    drop(store);
+    let reopened = SqliteStore::open(&url).await.unwrap();
+    assert!(reopened.flag("kill_switch").await.unwrap());
+    let audit = reopened.audit_list(AuditQuery::default()).await.unwrap();
+    assert_eq!(
+        audit.last().map(|a| a.kind.as_str()),
+        Some("flag.kill_switch")
+    );
+}
+
+async fn chain_of(n: usize) -> (tempfile::TempDir, String, SqliteStore) {
+    let (d, url, store) = open().await;
+    for i in 0..n {
+        store
+            .audit(AuditEvent {
+                kind: "test".into(),
+                finding_id: None,
+                execution_id: None,
+                detail: serde_json::json!({ "i": i }),
+            })
+            .await
+            .unwrap();
+    }
+    (d, url, store)
+}
+
+async fn tamper(url: &str, sql: &'static str) {
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_intact_audit_chain_verifies() {
+    let (_d, _u, store) = chain_of(20).await;
+    let report = store.audit_verify().await.unwrap();
+    assert_eq!(report.records, 20);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test]
+async fn verify_detects_an_edited_record() {
+    let (_d, url, store) = chain_of(10).await;
+    tamper(&url, "UPDATE audit SET detail = '{\"i\":99}' WHERE seq = 4").await;
+    let report = store.audit_verify().await.unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.starts_with("record 4:") && p.contains("edited")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[tokio::test]
+async fn verify_detects_a_removed_record() {
+    let (_d, url, store) = chain_of(10).await;
+    tamper(&url, "DELETE FROM audit WHERE seq = 5").await;
+    let report = store.audit_verify().await.unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.starts_with("record 6:")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[tokio::test]
+async fn verify_detects_reordered_records() {
+    let (_d, url, store) = chain_of(10).await;
+    tamper(
+        &url,
+        "UPDATE audit SET seq = CASE seq WHEN 3 THEN -1 WHEN 7 THEN 3 END WHERE seq IN (3, 7)",
+    )
+    .await;
+    tamper(&url, "UPDATE audit SET seq = 7 WHERE seq = -1").await;
+    let report = store.audit_verify().await.unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("chain broken")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[tokio::test]
+async fn verify_detects_removal_of_the_newest_records() {
+    let (_d, url, store) = chain_of(10).await;
+    tamper(&url, "DELETE FROM audit WHERE seq > 8").await;
+    let report = store.audit_verify().await.unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("newest record is 8")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[tokio::test]
+async fn an_unsupported_url_is_refused() {
+    let err = SqliteStore::open("postgres://nope").await.unwrap_err();
+    assert!(err.to_string().contains("unsupported store url"), "{err}");
+}
