@@ -5,6 +5,8 @@
 //! durable, leased worker of `firebreak serve` drives the same [`execute_step`] so both paths
 //! plan and apply identically.
 
+pub mod worker;
+
 use std::time::Duration;
 
 use serde::Serialize;
@@ -262,7 +264,7 @@ pub async fn execute_step(
     }
 }
 
-async fn backoff(opts: &RunOptions, attempt: u32) {
+pub(crate) async fn backoff(opts: &RunOptions, attempt: u32) {
     let base = opts
         .retry_base
         .saturating_mul(1 << attempt.min(10).saturating_sub(1));

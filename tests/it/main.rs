@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod engine;
 mod fixtures;
 mod notify;
 mod parsers;

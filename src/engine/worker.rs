@@ -1,0 +1,299 @@
+//! The durable engine behind `firebreak serve`: claims work from the [`Store`] under a lease,
+//! matches findings, and runs each execution's steps, recording every transition.
+//!
+//! Exactly-once effect: a step is saved as `applying` (with its plan) before `apply` is called
+//! and as `applied` after. A step already `applied` is never applied again. A step found
+//! `applying` after a crash is planned again against live state and applied again; actions are
+//! idempotent (a second apply of a done change is a no-op, and `notify.webhook` sends the same
+//! `Idempotency-Key`), so the effect happens once.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::{RunOptions, backoff};
+use crate::action::{ActionCtx, ActionError, Outcome, Plan, StepInput};
+use crate::playbook::{Decision, OnFailure, PlaybookSet, Step};
+use crate::store::{ClaimedExecution, ExecState, StepRow, Store, StoreError};
+
+/// How the worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Lease owner name (unique per process).
+    pub owner: String,
+    /// How long a claim is held before another worker may take it over.
+    pub lease: Duration,
+    /// Items claimed per round.
+    pub batch: u32,
+    /// How often to look for work when nothing wakes the worker.
+    pub poll: Duration,
+    /// Retries, dry-run and the configured kill switch.
+    pub run: RunOptions,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            owner: format!("firebreak-{}", ulid::Ulid::new()),
+            lease: Duration::from_secs(60),
+            batch: 64,
+            poll: Duration::from_millis(500),
+            run: RunOptions::default(),
+        }
+    }
+}
+
+/// The playbooks in force; swapped whole on a valid reload.
+pub type SharedPlaybooks = Arc<RwLock<Arc<PlaybookSet>>>;
+
+/// The engine worker.
+pub struct Worker<S: Store> {
+    store: Arc<S>,
+    playbooks: SharedPlaybooks,
+    ctx: ActionCtx,
+    opts: WorkerOptions,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Findings matched.
+    pub findings: usize,
+    /// Executions advanced.
+    pub executions: usize,
+}
+
+impl<S: Store> Worker<S> {
+    /// A worker over `store`.
+    pub fn new(
+        store: Arc<S>,
+        playbooks: SharedPlaybooks,
+        ctx: ActionCtx,
+        opts: WorkerOptions,
+    ) -> Self {
+        Self {
+            store,
+            playbooks,
+            ctx,
+            opts,
+        }
+    }
+
+    fn playbooks(&self) -> Arc<PlaybookSet> {
+        match self.playbooks.read() {
+            Ok(p) => Arc::clone(&p),
+            // A panic while swapping cannot leave a half-written Arc; keep using it.
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Runs until `shutdown` resolves, waking on `wake` or every `poll`. In-flight work is
+    /// finished; claimed but unstarted work is left to expire its lease.
+    pub async fn run(&self, wake: Arc<Notify>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            loop {
+                match self.round().await {
+                    Ok(r) if r == Round::default() => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "engine round failed; retrying after the poll interval");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(self.opts.poll) => {}
+            }
+        }
+    }
+
+    /// One round: match claimed findings, then advance claimed executions.
+    ///
+    /// # Errors
+    /// Store failures (the round is retried later; leases make that safe).
+    pub async fn round(&self) -> Result<Round, StoreError> {
+        let mut round = Round::default();
+        let set = self.playbooks();
+        for claimed in self
+            .store
+            .claim_findings(&self.opts.owner, self.opts.lease, self.opts.batch)
+            .await?
+        {
+            let f = &claimed.finding;
+            let matches: Vec<(String, ExecState, Option<String>)> = set
+                .evaluate(f)
+                .into_iter()
+                .map(|ev| match ev.decision {
+                    Decision::Act => (ev.playbook.name.clone(), ExecState::Matched, None),
+                    Decision::Excluded(r) | Decision::WhenError(r) => {
+                        (ev.playbook.name.clone(), ExecState::Skipped, Some(r))
+                    }
+                })
+                .collect();
+            self.store
+                .record_matches(&f.id.to_string(), &matches)
+                .await?;
+            round.findings += 1;
+        }
+        for exec in self
+            .store
+            .claim_executions(&self.opts.owner, self.opts.lease, self.opts.batch)
+            .await?
+        {
+            self.advance(&set, exec).await?;
+            round.executions += 1;
+        }
+        Ok(round)
+    }
+
+    async fn advance(&self, set: &PlaybookSet, exec: ClaimedExecution) -> Result<(), StoreError> {
+        let fid = exec.finding.id.to_string();
+        let Some(pb) = set.playbooks().iter().find(|p| p.name == exec.playbook) else {
+            return self
+                .store
+                .set_execution_state(
+                    &exec.id,
+                    &fid,
+                    ExecState::Skipped,
+                    Some("playbook is no longer loaded"),
+                )
+                .await;
+        };
+        if self.opts.run.kill_switch || self.store.flag("kill_switch").await? {
+            return self
+                .store
+                .set_execution_state(
+                    &exec.id,
+                    &fid,
+                    ExecState::Skipped,
+                    Some("kill switch is on"),
+                )
+                .await;
+        }
+        if exec.state != ExecState::Applying && !self.opts.run.dry_run {
+            self.store
+                .set_execution_state(&exec.id, &fid, ExecState::Applying, None)
+                .await?;
+        }
+        let mut failed = false;
+        for (i, step) in pb.steps.iter().enumerate() {
+            let idx = u32::try_from(i).unwrap_or(u32::MAX);
+            let previous = exec.steps.iter().find(|s| s.idx == idx);
+            if previous.is_some_and(|s| {
+                s.status == "applied" || (self.opts.run.dry_run && s.status == "planned")
+            }) {
+                continue; // never applied (or planned) twice
+            }
+            let input = StepInput {
+                finding: &exec.finding,
+                playbook: &pb.name,
+                step: i,
+                params: &step.params,
+            };
+            let ok = self.run_step(&exec.id, &fid, idx, step, input).await?;
+            if !ok {
+                failed = true;
+                if step.on_failure == OnFailure::Stop {
+                    break;
+                }
+            }
+        }
+        let end = match (failed, self.opts.run.dry_run) {
+            (true, _) => ExecState::Failed,
+            (false, true) => ExecState::Planned,
+            (false, false) => ExecState::Applied,
+        };
+        self.store
+            .set_execution_state(&exec.id, &fid, end, None)
+            .await
+    }
+
+    /// Plans, records, applies and records one step. Returns whether it succeeded.
+    async fn run_step(
+        &self,
+        exec_id: &str,
+        fid: &str,
+        idx: u32,
+        step: &Step,
+        input: StepInput<'_>,
+    ) -> Result<bool, StoreError> {
+        let kind = step.action.kind().to_owned();
+        let mut row = StepRow {
+            idx,
+            action: kind.clone(),
+            status: String::new(),
+            plan: None,
+            outcome: None,
+            error: None,
+            attempts: 0,
+        };
+        let mut replanned = false;
+        loop {
+            row.attempts += 1;
+            let plan = match step.action.plan(&self.ctx, input).await {
+                Ok(p) => p,
+                Err(e) if e.is_retryable() && row.attempts < self.opts.run.max_attempts => {
+                    backoff(&self.opts.run, row.attempts).await;
+                    continue;
+                }
+                Err(e) => return self.fail(exec_id, fid, row, None, &e).await,
+            };
+            row.plan = Some(serde_json::to_value(&plan).unwrap_or_default());
+            row.status = if self.opts.run.dry_run {
+                "planned".into()
+            } else {
+                "applying".into()
+            };
+            self.store.save_step(exec_id, fid, &row).await?;
+            if self.opts.run.dry_run {
+                return Ok(true);
+            }
+            match step.action.apply(&self.ctx, input, &plan).await {
+                Ok(outcome) => return self.applied(exec_id, fid, row, outcome).await,
+                Err(ActionError::Drift(why)) if !replanned => {
+                    tracing::info!(action = %kind, %why, "target drifted since planning; planning again");
+                    replanned = true;
+                }
+                Err(e) if e.is_retryable() && row.attempts < self.opts.run.max_attempts => {
+                    backoff(&self.opts.run, row.attempts).await;
+                }
+                Err(e) => return self.fail(exec_id, fid, row, Some(plan), &e).await,
+            }
+        }
+    }
+
+    async fn applied(
+        &self,
+        exec_id: &str,
+        fid: &str,
+        mut row: StepRow,
+        outcome: Outcome,
+    ) -> Result<bool, StoreError> {
+        row.status = "applied".into();
+        row.outcome = Some(serde_json::to_value(&outcome).unwrap_or_default());
+        self.store.save_step(exec_id, fid, &row).await?;
+        Ok(true)
+    }
+
+    async fn fail(
+        &self,
+        exec_id: &str,
+        fid: &str,
+        mut row: StepRow,
+        plan: Option<Plan>,
+        e: &ActionError,
+    ) -> Result<bool, StoreError> {
+        tracing::warn!(action = %row.action, error = %e, "step failed");
+        row.status = "failed".into();
+        if let Some(p) = plan {
+            row.plan = Some(serde_json::to_value(&p).unwrap_or_default());
+        }
+        row.error = Some(crate::redact::scrub(&e.to_string()).into_owned());
+        self.store.save_step(exec_id, fid, &row).await?;
+        Ok(false)
+    }
+}
