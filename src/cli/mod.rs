@@ -1,6 +1,7 @@
 //! The command line: argument definitions and dispatch. One file per subcommand; only
 //! [`output`] prints. stdout carries data, stderr carries messages for people.
 
+mod audit;
 mod bench;
 mod catalog;
 mod findings;
@@ -84,9 +85,61 @@ pub enum Command {
     /// List the actions playbooks can use.
     #[command(subcommand)]
     Actions(ListCmd),
+    /// Read and verify the tamper-evident audit trail in the store.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Turn the kill switch on: no engine sharing the store applies anything until `resume`.
+    Pause {
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Turn the kill switch off.
+    Resume {
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Measure throughput of the hot paths with real input (use a release build).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+/// `firebreak audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List records in chain order.
+    List {
+        /// Only records about this finding.
+        #[arg(long, value_name = "ID")]
+        finding: Option<String>,
+        /// Only records after this sequence number.
+        #[arg(long, value_name = "SEQ")]
+        after: Option<i64>,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<i64>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show one record.
+    Show {
+        /// Its sequence number.
+        seq: i64,
+    },
+    /// Recompute the hash chain; exit 1 if any record was edited, removed or reordered.
+    Verify {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print every record as JSON lines.
+    Export {
+        /// JSON lines (the only export format).
+        #[arg(long, default_value_t = true)]
+        jsonl: bool,
+    },
 }
 
 /// `firebreak bench …`.
@@ -272,6 +325,17 @@ fn dispatch(command: Command, config: &Config) -> Exit {
         }
         Command::Parsers(ListCmd::List { format }) => catalog::parsers(format),
         Command::Actions(ListCmd::List { format }) => catalog::actions(format),
+        Command::Audit(AuditCmd::List {
+            finding,
+            after,
+            limit,
+            format,
+        }) => audit::list(config, finding, after, limit, format),
+        Command::Audit(AuditCmd::Show { seq }) => audit::show(config, seq),
+        Command::Audit(AuditCmd::Verify { format }) => audit::verify(config, format),
+        Command::Audit(AuditCmd::Export { .. }) => audit::export(config),
+        Command::Pause { reason } => audit::kill_switch(config, true, reason),
+        Command::Resume { reason } => audit::kill_switch(config, false, reason),
         Command::Bench(BenchCmd::Parse {
             file,
             records,

@@ -263,6 +263,56 @@ pub fn run_table(doc: &RunDocument<'_>) {
     ));
 }
 
+/// One JSON object per line on stdout.
+pub fn json_lines<T: Serialize>(items: &[T]) {
+    let mut o = out();
+    for item in items {
+        if let Ok(s) = serde_json::to_string(item) {
+            let _ = writeln!(o, "{s}");
+        }
+    }
+}
+
+/// Audit records as a table.
+pub fn audit_table(records: &[crate::store::AuditRecord]) {
+    outln!(
+        "{:>6}  {:<24}  {:<22}  {:<26}  DETAIL",
+        "SEQ",
+        "AT",
+        "KIND",
+        "FINDING"
+    );
+    for r in records {
+        let at = chrono::DateTime::from_timestamp_millis(r.at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        outln!(
+            "{:>6}  {:<24}  {:<22}  {:<26}  {}",
+            r.seq,
+            at,
+            r.kind,
+            r.finding_id.as_deref().unwrap_or("-"),
+            clip(&r.detail.to_string(), 100)
+        );
+    }
+}
+
+/// The result of `audit verify`.
+pub fn verify_report(report: &crate::store::VerifyReport) {
+    if report.problems.is_empty() {
+        outln!("ok: {} audit record(s), chain intact", report.records);
+    } else {
+        for p in &report.problems {
+            outln!("TAMPERED: {p}");
+        }
+        note(&format!(
+            "{} problem(s) in {} record(s)",
+            report.problems.len(),
+            report.records
+        ));
+    }
+}
+
 /// Benchmark results on stdout.
 pub fn bench_table(results: &[super::bench::BenchResult]) {
     for r in results {

@@ -547,3 +547,57 @@ fn bench_parse_and_match_report_throughput() {
     let o = firebreak(&["bench", "parse", "/nonexistent.json"]);
     assert_eq!(code(&o), 2);
 }
+
+#[test]
+fn pause_resume_and_audit_commands_share_the_store_and_detect_tampering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("ledger.db");
+    let url = format!("sqlite://{}", db.display());
+    let env = [("FIREBREAK_STORE__URL", url.as_str())];
+    let o = firebreak_with(&["pause", "--reason", "incident drill"], &env, b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("paused"), "{}", stderr(&o));
+    let o = firebreak_with(&["resume"], &env, b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    let o = firebreak_with(&["audit", "list", "--format", "json"], &env, b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let records: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(records[0]["kind"], "flag.kill_switch");
+    assert_eq!(records[0]["detail"]["on"], true);
+    assert!(
+        records[0]["detail"]["by"]
+            .as_str()
+            .is_some_and(|b| b.contains("incident drill"))
+    );
+    assert_eq!(records[1]["detail"]["on"], false);
+
+    let o = firebreak_with(&["audit", "export", "--jsonl"], &env, b"");
+    assert_eq!(stdout(&o).lines().count(), 2);
+    let o = firebreak_with(&["audit", "show", "2"], &env, b"");
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains("\"seq\": 2"), "{}", stdout(&o));
+
+    let o = firebreak_with(&["audit", "verify"], &env, b"");
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(stdout(&o).contains("chain intact"), "{}", stdout(&o));
+
+    // Edit the database file behind Firebreak's back.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("open db");
+        sqlx::query("UPDATE audit SET detail = '{\"on\":false}' WHERE seq = 1")
+            .execute(&mut conn)
+            .await
+            .expect("tamper");
+    });
+    let o = firebreak_with(&["audit", "verify"], &env, b"");
+    assert_eq!(code(&o), 1, "tampering exits 1");
+    assert!(stdout(&o).contains("TAMPERED: record 1"), "{}", stdout(&o));
+}

@@ -1,0 +1,178 @@
+//! `firebreak audit list|show|verify|export` and `firebreak pause|resume`: the ledger from the
+//! command line. They open the store named by `store.url`.
+
+use super::{Format, output};
+use crate::config::Config;
+use crate::error::Exit;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{AuditQuery, Store};
+
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            output::error(&format!("cannot start the async runtime: {e}"), None);
+            Exit::Usage
+        })
+}
+
+async fn open(config: &Config) -> Result<SqliteStore, Exit> {
+    SqliteStore::open(&config.store.url).await.map_err(|e| {
+        output::error(
+            &format!("cannot open the store {}: {e}", config.store.url),
+            Some("set store.url (or FIREBREAK_STORE__URL)"),
+        );
+        Exit::Usage
+    })
+}
+
+fn block<F: std::future::Future<Output = Exit>>(f: F) -> Exit {
+    match runtime() {
+        Ok(rt) => rt.block_on(f),
+        Err(code) => code,
+    }
+}
+
+/// `audit list`.
+pub fn list(
+    config: &Config,
+    finding: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+    format: Format,
+) -> Exit {
+    block(async {
+        let store = match open(config).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        match store
+            .audit_list(AuditQuery {
+                after_seq: after,
+                finding_id: finding,
+                limit,
+            })
+            .await
+        {
+            Ok(records) => {
+                match format {
+                    Format::Json => output::json(&records),
+                    Format::Table => output::audit_table(&records),
+                }
+                Exit::Ok
+            }
+            Err(e) => {
+                output::error(&format!("cannot read the audit trail: {e}"), None);
+                Exit::Failure
+            }
+        }
+    })
+}
+
+/// `audit show SEQ`.
+pub fn show(config: &Config, seq: i64) -> Exit {
+    block(async {
+        let store = match open(config).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        match store
+            .audit_list(AuditQuery {
+                after_seq: Some(seq - 1),
+                finding_id: None,
+                limit: Some(1),
+            })
+            .await
+        {
+            Ok(records) if records.first().is_some_and(|r| r.seq == seq) => {
+                output::json(&records[0]);
+                Exit::Ok
+            }
+            Ok(_) => {
+                output::error(
+                    &format!("no audit record {seq}"),
+                    Some("`firebreak audit list` shows the records"),
+                );
+                Exit::Failure
+            }
+            Err(e) => {
+                output::error(&format!("cannot read the audit trail: {e}"), None);
+                Exit::Failure
+            }
+        }
+    })
+}
+
+/// `audit verify`: exit 0 when the chain is intact, 1 when it is not.
+pub fn verify(config: &Config, format: Format) -> Exit {
+    block(async {
+        let store = match open(config).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        match store.audit_verify().await {
+            Ok(report) => {
+                let ok = report.problems.is_empty();
+                match format {
+                    Format::Json => output::json(&report),
+                    Format::Table => output::verify_report(&report),
+                }
+                if ok { Exit::Ok } else { Exit::Failure }
+            }
+            Err(e) => {
+                output::error(&format!("cannot read the audit trail: {e}"), None);
+                Exit::Failure
+            }
+        }
+    })
+}
+
+/// `audit export --jsonl`: every record, one JSON object per line, in chain order.
+pub fn export(config: &Config) -> Exit {
+    block(async {
+        let store = match open(config).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        match store.audit_list(AuditQuery::default()).await {
+            Ok(records) => {
+                output::json_lines(&records);
+                Exit::Ok
+            }
+            Err(e) => {
+                output::error(&format!("cannot read the audit trail: {e}"), None);
+                Exit::Failure
+            }
+        }
+    })
+}
+
+/// `pause` / `resume`: sets the kill switch in the store (every engine sharing it obeys).
+pub fn kill_switch(config: &Config, on: bool, reason: Option<String>) -> Exit {
+    block(async {
+        let store = match open(config).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let by = match reason {
+            Some(r) => format!("cli:{user}: {r}"),
+            None => format!("cli:{user}"),
+        };
+        match store.set_flag("kill_switch", on, &by).await {
+            Ok(()) => {
+                output::note(if on {
+                    "paused: no step will be applied until `firebreak resume` (audited)"
+                } else {
+                    "resumed: steps are applied again (audited)"
+                });
+                Exit::Ok
+            }
+            Err(e) => {
+                output::error(&format!("cannot set the kill switch: {e}"), None);
+                Exit::Failure
+            }
+        }
+    })
+}
