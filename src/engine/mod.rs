@@ -5,6 +5,7 @@
 //! durable, leased worker of `firebreak serve` drives the same [`execute_step`] so both paths
 //! plan and apply identically.
 
+pub mod reload;
 pub mod worker;
 
 use std::time::Duration;

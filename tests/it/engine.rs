@@ -247,3 +247,44 @@ async fn concurrent_workers_apply_each_execution_exactly_once() {
         .collect();
     assert_eq!(keys.len(), 40, "one delivery per execution");
 }
+
+#[test]
+fn a_valid_change_is_swapped_in_and_an_invalid_one_keeps_the_old_set() {
+    use firebreak::engine::reload::{Reload, Reloader};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("a.yaml", &notify_playbook("http://127.0.0.1:9/x", ""));
+    let shared = Arc::new(RwLock::new(Arc::new(
+        firebreak::playbook::load_dir(dir.path()).unwrap(),
+    )));
+    let mut reloader = Reloader::new(dir.path(), Arc::clone(&shared));
+    assert!(matches!(reloader.check(), Reload::Unchanged));
+
+    write(
+        "b.yaml",
+        &notify_playbook("http://127.0.0.1:9/y", "").replace("name: notify", "name: second"),
+    );
+    assert!(matches!(reloader.check(), Reload::Swapped { playbooks: 2 }));
+    assert_eq!(shared.read().unwrap().playbooks().len(), 2);
+
+    write("c.yaml", "name: broken\nmatch: {class: nope}\nsteps: []\n");
+    match reloader.check() {
+        Reload::Rejected(ds) => assert!(
+            ds.iter().any(|d| d.message.contains("unknown class")),
+            "{ds:?}"
+        ),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let names: Vec<String> = shared
+        .read()
+        .unwrap()
+        .playbooks()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["notify", "second"],
+        "the previous set stays in force"
+    );
+}
