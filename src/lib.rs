@@ -14,5 +14,6 @@ pub mod finding;
 pub mod ingest;
 pub mod playbook;
 pub mod redact;
+pub mod server;
 pub mod store;
 pub mod telemetry;

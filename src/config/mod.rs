@@ -67,12 +67,16 @@ pub struct Config {
 pub struct StoreConfig {
     /// `sqlite://PATH` or `postgres://…`.
     pub url: String,
+    /// A finding whose fingerprint was stored less than this many seconds ago is counted on the
+    /// original instead of being stored and acted on again (0 = no deduplication).
+    pub dedup_window_seconds: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://firebreak.db".to_owned(),
+            dedup_window_seconds: 3600,
         }
     }
 }
@@ -137,6 +141,20 @@ pub struct ServerConfig {
     pub listen: String,
     /// Larger request bodies get 413.
     pub max_body_bytes: u64,
+    /// Bearer tokens accepted on `POST /v1/findings/{parser}` (secrets; never printed). A list,
+    /// or one comma-separated string (`FIREBREAK_SERVER__TOKENS=tok1,tok2`). Empty: the ingest
+    /// route refuses every request with 401.
+    #[serde(deserialize_with = "tokens_list")]
+    #[schemars(with = "Vec<String>")]
+    pub tokens: Vec<Redacted<String>>,
+    /// Ingest jobs (one per request) that may wait for the store writer; when full, requests get
+    /// 429 with `Retry-After`.
+    pub queue_capacity: usize,
+    /// Most findings written in one store transaction (group commit).
+    pub max_batch: usize,
+    /// Requests per second accepted per ingest route source (`/v1/findings/falco`, …); more get
+    /// 429 with `Retry-After`. 0 = no limit.
+    pub rate_limit_per_source: u32,
 }
 
 impl Default for ServerConfig {
@@ -144,8 +162,76 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
             max_body_bytes: 1_048_576,
+            tokens: Vec::new(),
+            queue_capacity: 1024,
+            max_batch: 2000,
+            rate_limit_per_source: 0,
         }
     }
+}
+
+/// Reads `server.tokens` from a list of strings or from one comma-separated string (the form an
+/// environment variable takes). Blank entries are dropped. Error messages never quote a value.
+fn tokens_list<'de, D>(deserializer: D) -> Result<Vec<Redacted<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Tokens;
+
+    impl Tokens {
+        fn split(s: &str) -> Vec<Redacted<String>> {
+            s.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| Redacted::new(t.to_owned()))
+                .collect()
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for Tokens {
+        type Value = Vec<Redacted<String>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of tokens or a comma-separated string of tokens")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Self::split(s))
+        }
+
+        // An all-digit token read from the environment arrives as a number.
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            Ok(Self::split(&n.to_string()))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Self::split(&n.to_string()))
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(t) = seq.next_element::<String>()? {
+                let t = t.trim();
+                if !t.is_empty() {
+                    out.push(Redacted::new(t.to_owned()));
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_any(Tokens)
 }
 
 /// `notify:` section.
@@ -500,6 +586,28 @@ mod tests {
         assert!(matches!(scalar("TRUE"), config::ValueKind::Boolean(true)));
         assert!(matches!(scalar("3"), config::ValueKind::I64(3)));
         assert!(matches!(scalar("x"), config::ValueKind::String(_)));
+    }
+
+    #[test]
+    fn server_tokens_come_from_a_list_or_a_comma_separated_env_value() {
+        let env = vec![(
+            "FIREBREAK_SERVER__TOKENS".to_owned(),
+            "alpha-token, beta-token,,".to_owned(),
+        )];
+        let cfg = load(None, &env, &[]).unwrap();
+        let tokens: Vec<&str> = cfg
+            .server
+            .tokens
+            .iter()
+            .map(|t| t.expose().as_str())
+            .collect();
+        assert_eq!(tokens, ["alpha-token", "beta-token"]);
+        assert!(!format!("{cfg:?}").contains("alpha-token"));
+
+        let parsed: Config =
+            serde_saphyr::from_str("server:\n  tokens: [\"one\", \"two\"]\n").unwrap();
+        assert_eq!(parsed.server.tokens.len(), 2);
+        assert_eq!(parsed.server.tokens[1].expose(), "two");
     }
 
     #[test]

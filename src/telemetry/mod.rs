@@ -1,5 +1,7 @@
 //! Logging setup. Logs go to stderr (stdout is for data), as pretty text or JSON lines.
 
+pub mod metrics;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;

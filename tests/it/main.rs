@@ -12,5 +12,6 @@ mod parsers_secrets;
 mod parsers_securityhub;
 mod playbooks;
 mod registry;
+mod server;
 mod store;
 mod support;

@@ -1,0 +1,202 @@
+//! The long-running service's HTTP surface: the axum [`router`] and [`serve_http`].
+//!
+//! Owns the shared [`AppState`], the operational endpoints (`/healthz`, `/readyz`, `/metrics`),
+//! the per-route request counter and graceful shutdown. The ingest route itself (auth, limits,
+//! status mapping) is [`crate::ingest::http`]; this module only mounts it.
+//!
+//! It must not parse findings, touch the store except to ping it, or hold state of its own:
+//! everything a request needs is in [`AppState`], so tests drive the router in-process.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use serde_json::json;
+
+use crate::config::ServerConfig;
+use crate::ingest::Intake;
+use crate::ingest::http::{RateLimiter, findings_route};
+use crate::redact::Redacted;
+use crate::store::Store;
+use crate::telemetry::metrics::{self, Metrics};
+
+/// Everything a request handler may use. Cheap to clone (all shared).
+pub struct AppState<S> {
+    /// The front door to the store writer.
+    pub intake: Intake,
+    /// The store (readiness pings only).
+    pub store: Arc<S>,
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+    /// Accepted bearer tokens for the ingest route (empty: refuse all).
+    pub tokens: Arc<Vec<Redacted<String>>>,
+    /// Set once the service can do its job (playbooks loaded); `/readyz` is 503 until then.
+    pub ready: Arc<AtomicBool>,
+    /// Per-source request limiter of the ingest route.
+    pub limiter: Arc<RateLimiter>,
+    /// Request bodies larger than this get 413.
+    pub max_body_bytes: usize,
+}
+
+impl<S> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            intake: self.intake.clone(),
+            store: Arc::clone(&self.store),
+            metrics: Arc::clone(&self.metrics),
+            tokens: Arc::clone(&self.tokens),
+            ready: Arc::clone(&self.ready),
+            limiter: Arc::clone(&self.limiter),
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for AppState<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("tokens", &self.tokens.len())
+            .field("ready", &self.ready.load(Ordering::Relaxed))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> AppState<S> {
+    /// State for `server` settings (tokens, rate limit, body limit); not ready until
+    /// `ready` is set.
+    #[must_use]
+    pub fn new(
+        intake: Intake,
+        store: Arc<S>,
+        metrics: Arc<Metrics>,
+        server: &ServerConfig,
+    ) -> Self {
+        Self {
+            intake,
+            store,
+            metrics,
+            tokens: Arc::new(server.tokens.clone()),
+            ready: Arc::new(AtomicBool::new(false)),
+            limiter: Arc::new(RateLimiter::new(server.rate_limit_per_source)),
+            max_body_bytes: usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// The service's routes: `POST /v1/findings/{parser}`, `GET /healthz`, `GET /readyz`,
+/// `GET /metrics`. Logs an error when no ingest token is configured (the route then refuses
+/// every request with 401).
+pub fn router<S: Store>(state: AppState<S>) -> Router {
+    if state.tokens.is_empty() {
+        tracing::error!(
+            "no server.tokens configured: POST /v1/findings/* refuses every request with 401; \
+             set FIREBREAK_SERVER__TOKENS to accept findings"
+        );
+    }
+    let metrics = Arc::clone(&state.metrics);
+    Router::new()
+        .route(
+            crate::ingest::http::ROUTE,
+            counted(
+                &metrics,
+                crate::ingest::http::ROUTE,
+                findings_route::<S>(state.max_body_bytes),
+            ),
+        )
+        .route("/healthz", counted(&metrics, "/healthz", get(healthz)))
+        .route("/readyz", counted(&metrics, "/readyz", get(readyz::<S>)))
+        .route(
+            "/metrics",
+            counted(&metrics, "/metrics", get(render_metrics::<S>)),
+        )
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then finishes in-flight requests.
+///
+/// # Errors
+/// The listener failed.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening");
+    }
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Which route a counted request belongs to.
+#[derive(Clone)]
+struct RouteLabel {
+    metrics: Arc<Metrics>,
+    route: &'static str,
+}
+
+/// Wraps `route` so every answer is counted in `firebreak_http_requests_total{route,status}`.
+fn counted<S: Clone + Send + Sync + 'static>(
+    metrics: &Arc<Metrics>,
+    route: &'static str,
+    method_router: MethodRouter<S>,
+) -> MethodRouter<S> {
+    let label = RouteLabel {
+        metrics: Arc::clone(metrics),
+        route,
+    };
+    method_router.layer(middleware::from_fn_with_state(label, count_status))
+}
+
+async fn count_status(State(label): State<RouteLabel>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    label
+        .metrics
+        .http_request(label.route, response.status().as_u16());
+    response
+}
+
+/// `GET /healthz`: the process is up.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the store answers, the intake writer runs and the service said it is ready.
+async fn readyz<S: Store>(State(state): State<AppState<S>>) -> Response {
+    let not_ready = |reason: &str| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "reason": reason })),
+        )
+            .into_response()
+    };
+    if !state.ready.load(Ordering::Acquire) {
+        return not_ready("starting: playbooks not loaded yet");
+    }
+    if !state.intake.is_running() {
+        return not_ready("intake writer stopped");
+    }
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!(error = %e, "readiness: store ping failed");
+        return not_ready("store unavailable");
+    }
+    (StatusCode::OK, axum::Json(json!({ "ready": true }))).into_response()
+}
+
+/// `GET /metrics`: every `firebreak_*` family, OpenMetrics text.
+async fn render_metrics<S: Store>(State(state): State<AppState<S>>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
+}

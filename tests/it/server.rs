@@ -1,0 +1,491 @@
+//! The service over real HTTP: the axum router on 127.0.0.1, a real SQLite store in a temp
+//! directory, real scanner fixtures posted unchanged (or derived from a real fixture where no
+//! sample exists, saying which fields change).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use firebreak::config::Config;
+use firebreak::ingest::{Intake, IntakeConfig};
+use firebreak::redact::Redacted;
+use firebreak::server::{AppState, router, serve_http};
+use firebreak::store::sqlite::SqliteStore;
+use firebreak::store::{AuditQuery, Store};
+use firebreak::telemetry::metrics::Metrics;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::sync::{Notify, oneshot};
+
+use crate::fixtures::{self, FALCO_SHELL, GD_TOR_IAM};
+
+const TOKEN: &str = "test-ingest-token-4f1c2e";
+
+/// A running service and its store.
+struct Service {
+    base: String,
+    url: String,
+    store: Arc<SqliteStore>,
+    state: AppState<SqliteStore>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Service {
+    async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut cfg = Config::default();
+        cfg.server.tokens = vec![Redacted::new(TOKEN.to_owned())];
+        tweak(&mut cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        let store = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let (intake, _writer) = Intake::start(
+            Arc::clone(&store),
+            IntakeConfig::from_config(&cfg, Arc::clone(&metrics)),
+            Arc::new(Notify::new()),
+        );
+        let state = AppState::new(intake, Arc::clone(&store), metrics, &cfg.server);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve_http(listener, router(state.clone()), async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            base,
+            url,
+            store,
+            state,
+            http: reqwest::Client::new(),
+            _dir: dir,
+            _stop: stop,
+        }
+    }
+
+    async fn post(&self, parser: &str, body: Vec<u8>) -> reqwest::Response {
+        self.post_with(parser, body, Some(&format!("Bearer {TOKEN}")))
+            .await
+    }
+
+    async fn post_with(
+        &self,
+        parser: &str,
+        body: Vec<u8>,
+        authorization: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/findings/{parser}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Findings waiting to be matched: everything stored, as no engine runs here.
+    async fn stored(&self) -> i64 {
+        self.store.backlog().await.unwrap().0
+    }
+}
+
+/// Derived from the real Falco fixture: Falcosidekick posts Falco's json_output plus a `uuid`,
+/// with its custom fields (here `cluster`) merged into `output_fields`. `pod` renames the pod so
+/// each copy is a distinct finding.
+fn sidekick(pod: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&fixtures::bytes(FALCO_SHELL)).unwrap();
+    v["uuid"] = json!("5c8ab45b-0a6b-4a3c-8a83-5e6a64b0f5d1");
+    v["output_fields"]["cluster"] = json!("prod-eu");
+    v["output_fields"]["k8s.pod.name"] = json!(pod);
+    serde_json::to_vec(&v).unwrap()
+}
+
+async fn json_of(resp: reqwest::Response) -> Value {
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn falco_fixture_posted_as_is_is_stored_before_202_with_a_receipt() {
+    let svc = Service::start(|_| {}).await;
+    let resp = svc.post("falco", fixtures::bytes(FALCO_SHELL)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body = json_of(resp).await;
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["duplicates"], 0);
+    assert_eq!(body["rejected"], json!([]));
+    let id = body["receipts"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["receipts"][0]["duplicate"], false);
+
+    assert_eq!(svc.stored().await, 1);
+    let audit = svc.store.audit_list(AuditQuery::default()).await.unwrap();
+    assert_eq!(audit[0].kind, "finding.received");
+    assert_eq!(audit[0].finding_id.as_deref(), Some(id.as_str()));
+    assert_eq!(audit[0].detail["intake"], "http:/v1/findings/falco");
+}
+
+#[tokio::test]
+async fn falcosidekick_and_eventbridge_payloads_are_accepted_unchanged() {
+    let svc = Service::start(|_| {}).await;
+    let resp = svc.post("auto", sidekick("kubecon")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(json_of(resp).await["accepted"], 1);
+
+    // An EventBridge API destination posts the event envelope as it is.
+    let resp = svc.post("guardduty", fixtures::bytes(GD_TOR_IAM)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(json_of(resp).await["accepted"], 1);
+    let resp = svc.post("auto", fixtures::bytes(GD_TOR_IAM)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        json_of(resp).await["duplicates"],
+        1,
+        "same finding as above"
+    );
+
+    assert_eq!(svc.stored().await, 2);
+}
+
+#[tokio::test]
+async fn missing_or_wrong_token_gets_401_without_detail_and_stores_nothing() {
+    let svc = Service::start(|_| {}).await;
+    for auth in [
+        None,
+        Some("Bearer not-the-token"),
+        Some(&*format!("Bearer {TOKEN}x")),
+        Some(&*format!("Basic {TOKEN}")),
+        Some("Bearer"),
+    ] {
+        let resp = svc
+            .post_with("falco", fixtures::bytes(FALCO_SHELL), auth)
+            .await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+        assert_eq!(resp.text().await.unwrap(), "", "no detail for {auth:?}");
+    }
+    // Authentication comes before anything else: an unknown parser is not revealed either.
+    let resp = svc.post_with("nope", b"{}".to_vec(), None).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    assert_eq!(svc.stored().await, 0);
+    assert!(
+        svc.store
+            .audit_list(AuditQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn without_configured_tokens_every_ingest_request_is_refused() {
+    let svc = Service::start(|c| c.server.tokens.clear()).await;
+    for auth in [None, Some("Bearer "), Some("Bearer anything")] {
+        let resp = svc
+            .post_with("falco", fixtures::bytes(FALCO_SHELL), auth)
+            .await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(svc.stored().await, 0);
+}
+
+#[tokio::test]
+async fn unknown_parser_gets_404_naming_the_valid_ids() {
+    let svc = Service::start(|_| {}).await;
+    let resp = svc.post("falcoo", fixtures::bytes(FALCO_SHELL)).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let body = json_of(resp).await;
+    let ids: Vec<&str> = body["parsers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"auto") && ids.contains(&"falco") && ids.contains(&"guardduty"));
+    assert_eq!(body["did_you_mean"], "falco");
+    assert_eq!(svc.stored().await, 0);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_gets_413_and_stores_nothing() {
+    let svc = Service::start(|c| c.server.max_body_bytes = 256).await;
+    let body = fixtures::bytes(FALCO_SHELL);
+    assert!(body.len() > 256);
+    let resp = svc.post("falco", body).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json_of(resp).await["max_body_bytes"], 256);
+    assert_eq!(svc.stored().await, 0);
+}
+
+#[tokio::test]
+async fn an_all_garbage_body_gets_422_naming_the_reason_without_echoing_it() {
+    let svc = Service::start(|_| {}).await;
+    let marker = "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB";
+    let garbage = format!("this is not json {marker}\nnor is {marker} this\n");
+    let resp = svc.post("auto", garbage.into_bytes()).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains(marker), "payload echoed: {text}");
+    assert!(!text.contains("not json"), "payload echoed: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["accepted"], 0);
+    let reason = body["rejected"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("invalid JSON"), "{reason}");
+
+    // A Falco record missing its rule (derived from the real fixture): rejected at `/rule`.
+    let mut v: Value = serde_json::from_slice(&fixtures::bytes(FALCO_SHELL)).unwrap();
+    v.as_object_mut().unwrap().remove("rule");
+    let resp = svc.post("falco", serde_json::to_vec(&v).unwrap()).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = json_of(resp).await;
+    assert_eq!(body["rejected"][0]["pointer"], "/rule");
+    assert_eq!(body["rejected"][0]["index"], 0);
+
+    assert_eq!(svc.stored().await, 0);
+}
+
+#[tokio::test]
+async fn a_bad_record_is_rejected_while_its_good_sibling_is_accepted() {
+    let svc = Service::start(|_| {}).await;
+    let good = String::from_utf8(fixtures::bytes(FALCO_SHELL)).unwrap();
+    let lines = format!("{}\n{{\"broken\": \n", good.trim());
+    let resp = svc.post("falco", lines.into_bytes()).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body = json_of(resp).await;
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["rejected"][0]["line"], 2);
+    assert_eq!(svc.stored().await, 1);
+}
+
+#[tokio::test]
+async fn posting_the_same_finding_twice_returns_a_duplicate_receipt_with_the_same_id() {
+    let svc = Service::start(|_| {}).await;
+    let first = json_of(svc.post("falco", fixtures::bytes(FALCO_SHELL)).await).await;
+    let resp = svc.post("falco", fixtures::bytes(FALCO_SHELL)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let second = json_of(resp).await;
+    assert_eq!(second["accepted"], 0);
+    assert_eq!(second["duplicates"], 1);
+    assert_eq!(second["receipts"][0]["duplicate"], true);
+    assert_eq!(second["receipts"][0]["id"], first["receipts"][0]["id"]);
+    assert_eq!(svc.stored().await, 1);
+    let id = first["receipts"][0]["id"].as_str().unwrap();
+    assert_eq!(svc.store.duplicates(id).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_posts_are_all_acknowledged_and_share_commits() {
+    let svc = Arc::new(Service::start(|_| {}).await);
+    let (tasks, per_task) = (16, 13);
+    let requests = tasks * per_task;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let svc = Arc::clone(&svc);
+        handles.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..per_task {
+                let resp = svc.post("falco", sidekick(&format!("pod-{t}-{i}"))).await;
+                assert_eq!(resp.status(), StatusCode::ACCEPTED);
+                let body = json_of(resp).await;
+                assert_eq!(body["accepted"], 1);
+                ids.push(body["receipts"][0]["id"].as_str().unwrap().to_owned());
+            }
+            ids
+        }));
+    }
+    let mut ids = HashSet::new();
+    for h in handles {
+        ids.extend(h.await.unwrap());
+    }
+    // Every request got its own finding's receipt back from the shared commits.
+    assert_eq!(ids.len(), requests);
+    assert_eq!(svc.stored().await, i64::try_from(requests).unwrap());
+
+    let commits = svc.state.metrics.commits();
+    assert!(commits >= 1);
+    assert!(
+        commits < u64::try_from(requests).unwrap(),
+        "{commits} commits for {requests} requests: no group commit"
+    );
+    let page = svc.get("/metrics").await.text().await.unwrap();
+    assert!(
+        page.contains(&format!("firebreak_ingest_batch_size_count {commits}")),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_answers_429_with_retry_after_and_stores_only_what_it_acknowledged() {
+    let svc = Arc::new(Service::start(|c| c.server.queue_capacity = 1).await);
+    let (tasks, per_task) = (16, 13);
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let svc = Arc::clone(&svc);
+        handles.push(tokio::spawn(async move {
+            let (mut accepted, mut busy) = (0_i64, 0_i64);
+            for i in 0..per_task {
+                let resp = svc.post("falco", sidekick(&format!("pod-{t}-{i}"))).await;
+                match resp.status() {
+                    StatusCode::ACCEPTED => accepted += 1,
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        let wait: u64 = resp.headers()["retry-after"]
+                            .to_str()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        assert!(wait >= 1);
+                        busy += 1;
+                    }
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            (accepted, busy)
+        }));
+    }
+    let (mut accepted, mut busy) = (0, 0);
+    for h in handles {
+        let (a, b) = h.await.unwrap();
+        accepted += a;
+        busy += b;
+    }
+    assert!(
+        busy >= 1,
+        "no 429 with a one-job queue under 16 concurrent clients"
+    );
+    assert_eq!(
+        svc.stored().await,
+        accepted,
+        "stored exactly what was acknowledged"
+    );
+}
+
+#[tokio::test]
+async fn requests_over_the_per_source_rate_limit_get_429_with_retry_after() {
+    let svc = Service::start(|c| c.server.rate_limit_per_source = 1).await;
+    let first = svc.post("falco", fixtures::bytes(FALCO_SHELL)).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let second = svc.post("falco", fixtures::bytes(FALCO_SHELL)).await;
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(second.headers()["retry-after"], "1");
+    // Another source has its own budget.
+    let other = svc.post("guardduty", fixtures::bytes(GD_TOR_IAM)).await;
+    assert_eq!(other.status(), StatusCode::ACCEPTED);
+    assert_eq!(svc.stored().await, 2);
+}
+
+#[tokio::test]
+async fn a_store_failure_answers_503_with_a_request_id_and_no_payload() {
+    let svc = Service::start(|_| {}).await;
+    // Break the real database under the running service.
+    let mut conn = sqlx::SqliteConnection::connect(&svc.url).await.unwrap();
+    sqlx::query("ALTER TABLE findings RENAME TO findings_gone")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let resp = svc.post("falco", fixtures::bytes(FALCO_SHELL)).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("Terminal shell"), "payload echoed: {text}");
+    assert!(
+        !text.contains("findings_gone"),
+        "internal detail leaked: {text}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["request_id"].as_str().unwrap().len(), 26);
+}
+
+#[tokio::test]
+async fn healthz_is_ok_and_readyz_waits_for_the_ready_flag() {
+    let svc = Service::start(|_| {}).await;
+    let resp = svc.get("/healthz").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+
+    let resp = svc.get("/readyz").await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = json_of(resp).await;
+    assert_eq!(body["ready"], false);
+    assert!(body["reason"].as_str().unwrap().contains("playbooks"));
+
+    svc.state.ready.store(true, Ordering::Release);
+    let resp = svc.get("/readyz").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_export_firebreak_families_with_bounded_labels() {
+    let svc = Service::start(|_| {}).await;
+    assert_eq!(
+        svc.post("falco", fixtures::bytes(FALCO_SHELL))
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    let _ = svc.post_with("falco", Vec::new(), None).await;
+    let resp = svc.get("/metrics").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let page = resp.text().await.unwrap();
+    for line in [
+        "firebreak_findings_received_total{source=\"falco\"} 1",
+        "firebreak_http_requests_total{route=\"/v1/findings/{parser}\",status=\"202\"} 1",
+        "firebreak_http_requests_total{route=\"/v1/findings/{parser}\",status=\"401\"} 1",
+        "firebreak_ingest_batch_size_count 1",
+        "firebreak_queue_depth",
+    ] {
+        assert!(page.contains(line), "missing `{line}` in:\n{page}");
+    }
+    // No resource names or ids in labels.
+    assert!(!page.contains("kubecon"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn findings_grouped_into_one_commit_keep_the_route_they_arrived_on() {
+    let svc = Arc::new(Service::start(|_| {}).await);
+    let mut handles = Vec::new();
+    for t in 0..8 {
+        let svc = Arc::clone(&svc);
+        let route = if t % 2 == 0 { "falco" } else { "auto" };
+        handles.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..5 {
+                let resp = svc.post(route, sidekick(&format!("pod-{t}-{i}"))).await;
+                assert_eq!(resp.status(), StatusCode::ACCEPTED);
+                let id = json_of(resp).await["receipts"][0]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                out.push((id, format!("http:/v1/findings/{route}")));
+            }
+            out
+        }));
+    }
+    let mut expected = Vec::new();
+    for h in handles {
+        expected.extend(h.await.unwrap());
+    }
+    let audit = svc.store.audit_list(AuditQuery::default()).await.unwrap();
+    for (id, intake) in expected {
+        let rec = audit
+            .iter()
+            .find(|r| r.kind == "finding.received" && r.finding_id.as_deref() == Some(&*id))
+            .unwrap();
+        assert_eq!(rec.detail["intake"], intake.as_str());
+    }
+}
