@@ -9,6 +9,7 @@ pub mod input;
 pub mod output;
 mod playbooks;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +74,18 @@ pub enum Format {
 pub enum Command {
     /// Match findings against playbooks and plan (and, without --dry-run, apply) their steps.
     Run(RunArgs),
+    /// Run the service: authenticated HTTP ingest, durable ledger, engine, metrics.
+    Serve {
+        /// Directory of playbook files (default: `playbooks.dir`).
+        #[arg(long, value_name = "DIR")]
+        playbooks: Option<PathBuf>,
+        /// Listen address (default: `server.listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Plan and record every step, apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Work with scanner findings.
     #[command(subcommand)]
     Findings(FindingsCmd),
@@ -288,12 +301,12 @@ pub fn main(cli: Cli) -> ExitCode {
             return exit(Exit::Usage);
         }
     };
-    crate::telemetry::init(
-        &config.log,
-        crate::telemetry::Mode::Command,
-        cli.verbose,
-        cli.quiet,
-    );
+    let mode = if matches!(cli.command, Command::Serve { .. }) {
+        crate::telemetry::Mode::Service
+    } else {
+        crate::telemetry::Mode::Command
+    };
+    crate::telemetry::init(&config.log, mode, cli.verbose, cli.quiet);
     let code = dispatch(cli.command, &config);
     exit(code)
 }
@@ -305,6 +318,18 @@ fn exit(code: Exit) -> ExitCode {
 fn dispatch(command: Command, config: &Config) -> Exit {
     match command {
         Command::Run(args) => run::run(&args, config),
+        Command::Serve {
+            playbooks,
+            listen,
+            dry_run,
+        } => serve::serve(
+            &serve::ServeOptions {
+                playbooks,
+                listen,
+                dry_run,
+            },
+            config,
+        ),
         Command::Findings(FindingsCmd::Parse(args)) => findings::parse(&args),
         Command::Playbooks(PlaybooksCmd::Check { dir, format }) => playbooks::check(&dir, format),
         Command::Playbooks(PlaybooksCmd::Schema) => playbooks::schema(),

@@ -91,6 +91,9 @@ pub struct EngineConfig {
     pub concurrency: u32,
     /// Refuse every apply (plans still run) until switched off.
     pub kill_switch: bool,
+    /// Seconds a claimed finding or execution stays with one worker; after a crash another
+    /// worker (or the restarted process) takes the work over once the lease expires.
+    pub lease_seconds: u64,
 }
 
 impl Default for EngineConfig {
@@ -99,6 +102,7 @@ impl Default for EngineConfig {
             dry_run: false,
             concurrency: 8,
             kill_switch: false,
+            lease_seconds: 60,
         }
     }
 }

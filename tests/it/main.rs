@@ -13,5 +13,6 @@ mod parsers_securityhub;
 mod playbooks;
 mod registry;
 mod server;
+mod service;
 mod store;
 mod support;

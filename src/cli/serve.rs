@@ -1,0 +1,241 @@
+//! `firebreak serve`: the long-running service. Wires the store, the playbooks (hot reloaded),
+//! the group-commit intake behind the HTTP routes, and the durable engine worker; stops
+//! gracefully on SIGTERM or Ctrl-C: intake first, then in-flight work, within a bound.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::output;
+use crate::action::ActionCtx;
+use crate::config::Config;
+use crate::engine::RunOptions;
+use crate::engine::reload::{Reload, Reloader};
+use crate::engine::worker::{Worker, WorkerOptions};
+use crate::error::Exit;
+use crate::ingest::{Intake, IntakeConfig};
+use crate::playbook::{LoadError, load_dir};
+use crate::server::{AppState, router, serve_http};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::telemetry::metrics::Metrics;
+
+/// How long shutdown waits for in-flight work before exiting anyway.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
+
+/// `serve` options that override configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Playbook directory (else `playbooks.dir`).
+    pub playbooks: Option<PathBuf>,
+    /// Listen address (else `server.listen`); `127.0.0.1:0` picks a free port.
+    pub listen: Option<String>,
+    /// Plan only.
+    pub dry_run: bool,
+}
+
+/// Runs the service until a shutdown signal.
+pub fn serve(opts: &ServeOptions, config: &Config) -> Exit {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            output::error(&format!("cannot start the async runtime: {e}"), None);
+            return Exit::Usage;
+        }
+    };
+    rt.block_on(run(opts, config))
+}
+
+fn shutdown_signal(tx: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+        tracing::info!("shutdown requested: stopping intake, finishing in-flight work");
+        let _ = tx.send(true);
+    });
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn run(opts: &ServeOptions, config: &Config) -> Exit {
+    let store = match SqliteStore::open(&config.store.url).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            output::error(
+                &format!("cannot open the store {}: {e}", config.store.url),
+                Some("set store.url (or FIREBREAK_STORE__URL)"),
+            );
+            return Exit::Usage;
+        }
+    };
+    let dir = opts
+        .playbooks
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&config.playbooks.dir));
+    let set = match load_dir(&dir) {
+        Ok(set) => set,
+        Err(e) => {
+            let ds = match e {
+                LoadError::Invalid(ds) => ds,
+                LoadError::Unreadable(d) => vec![d],
+            };
+            output::diagnostics(&ds, super::Format::Table);
+            output::error(
+                "the playbooks have problems; the service did not start",
+                Some("fix them, then check with `firebreak playbooks check`"),
+            );
+            return Exit::Usage;
+        }
+    };
+    let ctx = match ActionCtx::from_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            output::error(&format!("cannot set up the HTTP client: {e}"), None);
+            return Exit::Usage;
+        }
+    };
+    let dry_run = opts.dry_run || config.engine.dry_run;
+    let listen = opts
+        .listen
+        .clone()
+        .unwrap_or_else(|| config.server.listen.clone());
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            output::error(
+                &format!("cannot listen on {listen}: {e}"),
+                Some("set server.listen or --listen"),
+            );
+            return Exit::Usage;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or(listen);
+
+    let shared = Arc::new(RwLock::new(Arc::new(set)));
+    let metrics = Arc::new(Metrics::new());
+    let wake = Arc::new(Notify::new());
+    let (intake, writer) = Intake::start(
+        Arc::clone(&store),
+        IntakeConfig::from_config(config, Arc::clone(&metrics)),
+        Arc::clone(&wake),
+    );
+    let state = AppState::new(
+        intake,
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        &config.server,
+    );
+    let ready = Arc::clone(&state.ready);
+    let app = router(state);
+
+    let (tx, rx) = watch::channel(false);
+    shutdown_signal(tx);
+
+    let worker = Worker::new(
+        Arc::clone(&store),
+        Arc::clone(&shared),
+        ctx,
+        WorkerOptions {
+            lease: Duration::from_secs(config.engine.lease_seconds.max(1)),
+            run: RunOptions {
+                dry_run,
+                kill_switch: config.engine.kill_switch,
+                ..RunOptions::default()
+            },
+            ..WorkerOptions::default()
+        },
+    );
+    let worker_task = tokio::spawn({
+        let (wake, stop) = (Arc::clone(&wake), stopped(rx.clone()));
+        async move { worker.run(wake, stop).await }
+    });
+    let reload_metrics = Arc::clone(&metrics);
+    let reload_task = tokio::spawn(Reloader::new(&dir, Arc::clone(&shared)).run(
+        Duration::from_secs(2),
+        move |r| {
+            reload_metrics.playbook_reload(match r {
+                Reload::Swapped { .. } => "swapped",
+                _ => "rejected",
+            });
+        },
+        stopped(rx.clone()),
+    ));
+
+    let playbooks = shared.read().map(|s| s.playbooks().len()).unwrap_or(0);
+    output::note(&format!("listening on {addr}"));
+    output::note(&format!(
+        "store {}; {playbooks} playbook(s) from {} (reloaded on change)",
+        config.store.url,
+        dir.display()
+    ));
+    if dry_run {
+        output::note("DRY-RUN: every step is planned and recorded, nothing is applied");
+    }
+    if config.server.tokens.is_empty() {
+        output::note(
+            "no server.tokens configured: POST /v1/findings/* answers 401 until FIREBREAK_SERVER__TOKENS is set",
+        );
+    }
+    match store.flag("kill_switch").await {
+        Ok(true) => output::note(
+            "the kill switch is ON (firebreak pause): nothing will be applied until `firebreak resume`",
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the kill switch"),
+    }
+    ready.store(true, Ordering::Release);
+
+    let served = serve_http(listener, app, stopped(rx)).await;
+    // HTTP has stopped accepting; the intake writer drains what was acknowledged… (it only acks
+    // after commit, so there is nothing unacknowledged to lose) and the worker finishes its round.
+    let drained = tokio::time::timeout(SHUTDOWN_BOUND, async {
+        let _ = writer.await;
+        let _ = worker_task.await;
+        let _ = reload_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "in-flight work did not finish within {SHUTDOWN_BOUND:?}; leases expire and another run resumes it"
+        );
+    }
+    match served {
+        Ok(()) => {
+            output::note("stopped");
+            Exit::Ok
+        }
+        Err(e) => {
+            output::error(&format!("the HTTP server failed: {e}"), None);
+            Exit::Failure
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! `firebreak serve` as a process: HTTP ingest to applied actions, graceful SIGTERM, and
+//! recovery after `kill -9` with no step applied twice.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use firebreak::store::sqlite::SqliteStore;
+use firebreak::store::{AuditQuery, Store};
+
+use crate::fixtures::{self, FALCO_SHELL};
+use crate::support::receiver::Receiver;
+
+const TOKEN: &str = "test-token-123";
+
+struct Service {
+    child: Child,
+    addr: String,
+}
+
+fn start(dir: &std::path::Path, playbooks: &std::path::Path) -> Service {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--playbooks"])
+        .arg(playbooks)
+        .env_clear()
+        .env(
+            "FIREBREAK_STORE__URL",
+            format!("sqlite://{}", dir.join("ledger.db").display()),
+        )
+        .env("FIREBREAK_SERVER__TOKENS", TOKEN)
+        .env("FIREBREAK_ENGINE__LEASE_SECONDS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(a) = line.strip_prefix("note: listening on ") {
+                    break a.trim().to_owned();
+                }
+            }
+            other => panic!("serve exited before listening: {other:?}"),
+        }
+    };
+    // Keep draining stderr so the service never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Service { child, addr }
+}
+
+fn playbook_dir(url: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("notify.yaml"),
+        format!("name: notify\nmatch: {{class: runtime-threat}}\nsteps:\n  - action: notify.webhook\n    with: {{url: \"{url}\"}}\n"),
+    )
+    .expect("write");
+    dir
+}
+
+async fn post(client: &reqwest::Client, addr: &str, body: Vec<u8>) -> reqwest::StatusCode {
+    client
+        .post(format!("http://{addr}/v1/findings/auto"))
+        .bearer_auth(TOKEN)
+        .body(body)
+        .send()
+        .await
+        .map(|r| r.status())
+        .unwrap_or(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+/// Distinct copies of a real Falco event (derived: only `output_fields.k8s.pod.name` changes,
+/// so each is a different pod and not deduplicated).
+fn events(n: usize) -> Vec<Vec<u8>> {
+    let base: serde_json::Value =
+        serde_json::from_slice(&fixtures::bytes(FALCO_SHELL)).expect("fixture");
+    (0..n)
+        .map(|i| {
+            let mut v = base.clone();
+            v["output_fields"]["k8s.pod.name"] = serde_json::Value::String(format!("kubecon-{i}"));
+            serde_json::to_vec(&v).expect("json")
+        })
+        .collect()
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_finding_is_acted_on_and_sigterm_stops_the_service_cleanly() {
+    let rx = Receiver::start().await;
+    let pbs = playbook_dir(&rx.url("/hook"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut svc = start(dir.path(), pbs.path());
+    let client = reqwest::Client::new();
+    assert_eq!(
+        post(&client, &svc.addr, events(1).remove(0)).await,
+        reqwest::StatusCode::ACCEPTED
+    );
+    wait_for("the webhook", Duration::from_secs(20), || {
+        rx.requests().len() == 1
+    })
+    .await;
+
+    let pid = svc.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = svc.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "serve did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_the_restarted_service_resumes_and_applies_no_step_twice() {
+    let rx = Receiver::start().await;
+    let pbs = playbook_dir(&rx.url("/hook"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = reqwest::Client::new();
+    let n = 60;
+
+    let mut first = start(dir.path(), pbs.path());
+    for body in events(n) {
+        assert_eq!(
+            post(&client, &first.addr, body).await,
+            reqwest::StatusCode::ACCEPTED
+        );
+    }
+    // Kill without warning while the engine is working through the acknowledged findings.
+    first.child.kill().expect("kill -9");
+    let _ = first.child.wait();
+    let delivered_before = rx.requests().len();
+    eprintln!("delivered before kill -9: {delivered_before}/{n}");
+
+    let mut second = start(dir.path(), pbs.path());
+    // The restarted worker takes over unclaimed work at once and the killed process's claims
+    // when their (2 s) leases expire; wait for everything.
+    let store = SqliteStore::open(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .expect("store");
+    let start_wait = Instant::now();
+    loop {
+        let audit = store
+            .audit_list(AuditQuery::default())
+            .await
+            .expect("audit");
+        let done = audit
+            .iter()
+            .filter(|a| a.kind == "execution.state" && a.detail["state"] == "applied")
+            .count();
+        if done == n {
+            break;
+        }
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(60),
+            "only {done}/{n} executions applied (delivered before kill: {delivered_before})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = second.child.kill();
+    let _ = second.child.wait();
+
+    let audit = store
+        .audit_list(AuditQuery::default())
+        .await
+        .expect("audit");
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a.kind == "finding.received")
+            .count(),
+        n,
+        "every acknowledged finding was kept"
+    );
+    let mut applied: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for a in audit.iter().filter(|a| a.kind == "step.applied") {
+        *applied
+            .entry(a.execution_id.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    assert_eq!(applied.len(), n, "every execution applied its step");
+    assert!(
+        applied.values().all(|c| *c == 1),
+        "a step was recorded applied twice: {applied:?}"
+    );
+    // Deliveries retried after the crash carry the same idempotency key, so the receiver sees
+    // each effect once.
+    let keys: std::collections::HashSet<String> = rx
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), n);
+    assert!(
+        store
+            .audit_verify()
+            .await
+            .expect("verify")
+            .problems
+            .is_empty()
+    );
+}
