@@ -173,7 +173,8 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
             },
             ..WorkerOptions::default()
         },
-    );
+    )
+    .with_metrics(Arc::clone(&metrics));
     let worker_task = tokio::spawn({
         let (wake, stop) = (Arc::clone(&wake), stopped(rx.clone()));
         async move { worker.run(wake, stop).await }

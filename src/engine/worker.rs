@@ -15,7 +15,8 @@ use tokio::sync::Notify;
 use super::{RunOptions, backoff};
 use crate::action::{ActionCtx, ActionError, Outcome, Plan, StepInput};
 use crate::playbook::{Decision, OnFailure, PlaybookSet, Step};
-use crate::store::{ClaimedExecution, ExecState, StepRow, Store, StoreError};
+use crate::store::{ClaimedExecution, ExecState, StepRow, Store, StoreError, now_ms};
+use crate::telemetry::metrics::Metrics;
 
 /// How the worker runs.
 #[derive(Debug, Clone)]
@@ -53,6 +54,7 @@ pub struct Worker<S: Store> {
     playbooks: SharedPlaybooks,
     ctx: ActionCtx,
     opts: WorkerOptions,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What one round did.
@@ -77,6 +79,20 @@ impl<S: Store> Worker<S> {
             playbooks,
             ctx,
             opts,
+            metrics: None,
+        }
+    }
+
+    /// Records matches, steps, guard drops and finding-to-action latency in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn metric(&self, f: impl FnOnce(&Metrics)) {
+        if let Some(m) = &self.metrics {
+            f(m);
         }
     }
 
@@ -128,7 +144,10 @@ impl<S: Store> Worker<S> {
                 .evaluate(f)
                 .into_iter()
                 .map(|ev| match ev.decision {
-                    Decision::Act => (ev.playbook.name.clone(), ExecState::Matched, None),
+                    Decision::Act => {
+                        self.metric(|m| m.matched(&ev.playbook.name));
+                        (ev.playbook.name.clone(), ExecState::Matched, None)
+                    }
                     Decision::Excluded(r) | Decision::WhenError(r) => {
                         (ev.playbook.name.clone(), ExecState::Skipped, Some(r))
                     }
@@ -164,6 +183,7 @@ impl<S: Store> Worker<S> {
                 .await;
         };
         if self.opts.run.kill_switch || self.store.flag("kill_switch").await? {
+            self.metric(|m| m.guard_drop("kill_switch"));
             return self
                 .store
                 .set_execution_state(
@@ -180,6 +200,7 @@ impl<S: Store> Worker<S> {
                 .await?;
         }
         let mut failed = false;
+        let mut first_action = exec.steps.iter().all(|s| s.status != "applied");
         for (i, step) in pb.steps.iter().enumerate() {
             let idx = u32::try_from(i).unwrap_or(u32::MAX);
             let previous = exec.steps.iter().find(|s| s.idx == idx);
@@ -195,6 +216,12 @@ impl<S: Store> Worker<S> {
                 params: &step.params,
             };
             let ok = self.run_step(&exec.id, &fid, idx, step, input).await?;
+            if ok && first_action && !self.opts.run.dry_run {
+                first_action = false;
+                #[allow(clippy::cast_precision_loss)] // milliseconds, far below 2^52
+                let seconds = (now_ms() - exec.received_at).max(0) as f64 / 1000.0;
+                self.metric(|m| m.finding_to_action(seconds));
+            }
             if !ok {
                 failed = true;
                 if step.on_failure == OnFailure::Stop {
@@ -250,6 +277,7 @@ impl<S: Store> Worker<S> {
             };
             self.store.save_step(exec_id, fid, &row).await?;
             if self.opts.run.dry_run {
+                self.metric(|m| m.step(&kind, "planned"));
                 return Ok(true);
             }
             match step.action.apply(&self.ctx, input, &plan).await {
@@ -276,6 +304,7 @@ impl<S: Store> Worker<S> {
         row.status = "applied".into();
         row.outcome = Some(serde_json::to_value(&outcome).unwrap_or_default());
         self.store.save_step(exec_id, fid, &row).await?;
+        self.metric(|m| m.step(&row.action, "applied"));
         Ok(true)
     }
 
@@ -294,6 +323,7 @@ impl<S: Store> Worker<S> {
         }
         row.error = Some(crate::redact::scrub(&e.to_string()).into_owned());
         self.store.save_step(exec_id, fid, &row).await?;
+        self.metric(|m| m.step(&row.action, "failed"));
         Ok(false)
     }
 }

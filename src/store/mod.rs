@@ -164,6 +164,8 @@ pub struct ClaimedExecution {
     pub state: ExecState,
     /// Steps recorded so far, by index.
     pub steps: Vec<StepRow>,
+    /// When the finding was received (Unix ms), for finding-to-action latency.
+    pub received_at: i64,
 }
 
 /// A recorded step.

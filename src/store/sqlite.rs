@@ -413,10 +413,11 @@ impl Store for SqliteStore {
             let id: String = row.try_get("id")?;
             let finding_id: String = row.try_get("finding_id")?;
             let state: String = row.try_get("state")?;
-            let body: String = sqlx::query_scalar("SELECT body FROM findings WHERE id = ?")
-                .bind(&finding_id)
-                .fetch_one(&self.readers)
-                .await?;
+            let (body, received_at): (String, i64) =
+                sqlx::query_as("SELECT body, received_at FROM findings WHERE id = ?")
+                    .bind(&finding_id)
+                    .fetch_one(&self.readers)
+                    .await?;
             let step_rows = sqlx::query(
                 "SELECT idx, action, status, plan, outcome, error, attempts FROM steps WHERE execution_id = ? ORDER BY idx",
             )
@@ -444,6 +445,7 @@ impl Store for SqliteStore {
                 state: ExecState::parse(&state)
                     .ok_or_else(|| corrupt("executions", format!("unknown state `{state}`")))?,
                 steps,
+                received_at,
             });
         }
         Ok(out)
