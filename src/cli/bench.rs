@@ -181,3 +181,199 @@ fn report(results: &[BenchResult], format: Format) {
         Format::Table => output::bench_table(results),
     }
 }
+
+/// Percentile (0..=100) of sorted durations.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The result of `bench ingest`.
+#[derive(Debug, Serialize)]
+pub struct IngestResult {
+    /// Requests sent (one finding each, as Falcosidekick posts them).
+    pub requests: usize,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// 202 answers.
+    pub accepted: usize,
+    /// Other answers.
+    pub refused: usize,
+    /// Durable findings per second over the whole run.
+    pub findings_per_second: f64,
+    /// Store commits made (group commit shares them).
+    pub commits: u64,
+    /// Median request latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile request latency, ms.
+    pub p99_ms: f64,
+    /// Resident memory of this process after the run, MiB (server and clients together).
+    pub rss_mib: Option<f64>,
+}
+
+fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `firebreak bench ingest FILE`: durable HTTP ingest through the real router, intake and a
+/// SQLite store (WAL, `synchronous=FULL`) in a temporary directory, with `concurrency` clients
+/// posting one record per request.
+pub fn ingest(file: &str, requests: usize, concurrency: usize, format: Format) -> Exit {
+    use std::sync::Arc;
+
+    use crate::config::Config;
+    use crate::ingest::{Intake, IntakeConfig};
+    use crate::redact::Redacted;
+    use crate::server::{AppState, router, serve_http};
+    use crate::store::sqlite::SqliteStore;
+    use crate::telemetry::metrics::Metrics;
+
+    let (source, bytes) = match input::read(file) {
+        Ok(x) => x,
+        Err(e) => {
+            output::error(&e, None);
+            return Exit::Usage;
+        }
+    };
+    let mut scratch = ParseReport::default();
+    let docs = decode(&source, &bytes, &mut scratch);
+    let Some(doc) = docs.first() else {
+        output::error(&format!("{source}: no JSON record to post"), None);
+        return Exit::Usage;
+    };
+    let body = serde_json::to_vec(&doc.value).unwrap_or_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            output::error(&format!("cannot start the async runtime: {e}"), None);
+            return Exit::Usage;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", ulid::Ulid::new()));
+    let result = rt.block_on(async {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let store = Arc::new(
+            SqliteStore::open(&format!("sqlite://{}", dir.join("bench.db").display()))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        let mut config = Config::default();
+        config.server.tokens = vec![Redacted::new("bench".to_owned())];
+        config.store.dedup_window_seconds = 0; // every request is a distinct finding to store
+        let metrics = Arc::new(Metrics::new());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (intake, writer) = Intake::start(
+            Arc::clone(&store),
+            IntakeConfig::from_config(&config, Arc::clone(&metrics)),
+            wake,
+        );
+        let state = AppState::new(intake, store, Arc::clone(&metrics), &config.server);
+        state
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_http(listener, router(state), async {
+            let _ = stop_rx.await;
+        }));
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(concurrency)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = format!("http://{addr}/v1/findings/{}", "auto");
+        let body = axum::body::Bytes::from(body);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency.max(1) {
+            let (client, url, body, next) =
+                (client.clone(), url.clone(), body.clone(), Arc::clone(&next));
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let (mut ok, mut refused) = (0usize, 0usize);
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+                    let t = Instant::now();
+                    let r = client
+                        .post(&url)
+                        .bearer_auth("bench")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    lat.push(t.elapsed());
+                    match r {
+                        Ok(resp) if resp.status() == reqwest::StatusCode::ACCEPTED => ok += 1,
+                        _ => refused += 1,
+                    }
+                }
+                (lat, ok, refused)
+            }));
+        }
+        let mut lat = Vec::new();
+        let (mut accepted, mut refused) = (0, 0);
+        for t in tasks {
+            if let Ok((l, o, r)) = t.await {
+                lat.extend(l);
+                accepted += o;
+                refused += r;
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        let _ = writer.await;
+        lat.sort();
+        #[allow(clippy::cast_precision_loss)]
+        let per_second = if elapsed > 0.0 {
+            accepted as f64 / elapsed
+        } else {
+            0.0
+        };
+        Ok::<IngestResult, String>(IngestResult {
+            requests,
+            concurrency,
+            accepted,
+            refused,
+            findings_per_second: per_second,
+            commits: metrics.commits(),
+            p50_ms: percentile(&lat, 50.0).as_secs_f64() * 1e3,
+            p99_ms: percentile(&lat, 99.0).as_secs_f64() * 1e3,
+            rss_mib: rss_mib(),
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(r) => {
+            match format {
+                Format::Json => output::json(&r),
+                Format::Table => output::ingest_bench(&r),
+            }
+            Exit::Ok
+        }
+        Err(e) => {
+            output::error(&format!("ingest benchmark failed: {e}"), None);
+            Exit::Failure
+        }
+    }
+}

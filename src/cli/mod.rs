@@ -173,6 +173,22 @@ pub enum BenchCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Durable HTTP ingest: clients post one record of FILE per request to the real router and
+    /// a SQLite store in a temp directory; reports findings/s, p50/p99 latency and RSS.
+    Ingest {
+        /// A scanner file; its first record is posted.
+        #[arg(value_name = "FILE")]
+        file: String,
+        /// Requests in total.
+        #[arg(long, default_value_t = 50_000)]
+        requests: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Evaluate N findings (replicated from FILE) against the playbooks in DIR.
     Match {
         /// Directory of playbooks.
@@ -367,6 +383,12 @@ fn dispatch(command: Command, config: &Config) -> Exit {
             iterations,
             format,
         }) => bench::parse(&file, records, iterations, format),
+        Command::Bench(BenchCmd::Ingest {
+            file,
+            requests,
+            concurrency,
+            format,
+        }) => bench::ingest(&file, requests, concurrency, format),
         Command::Bench(BenchCmd::Match {
             dir,
             file,

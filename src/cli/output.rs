@@ -313,6 +313,26 @@ pub fn verify_report(report: &crate::store::VerifyReport) {
     }
 }
 
+/// `bench ingest` results on stdout.
+pub fn ingest_bench(r: &super::bench::IngestResult) {
+    outln!(
+        "durable HTTP ingest (SQLite WAL, synchronous=FULL): {} requests, {} clients\n  {} accepted, {} refused => {:.0} findings/s in {} commits; latency p50 {:.2} ms, p99 {:.2} ms; RSS {} MiB",
+        r.requests,
+        r.concurrency,
+        r.accepted,
+        r.refused,
+        r.findings_per_second,
+        r.commits,
+        r.p50_ms,
+        r.p99_ms,
+        r.rss_mib
+            .map_or_else(|| "?".to_owned(), |m| format!("{m:.1}"))
+    );
+    if cfg!(debug_assertions) {
+        note("this is a debug build: run `cargo run --release -- bench …` for real numbers");
+    }
+}
+
 /// Benchmark results on stdout.
 pub fn bench_table(results: &[super::bench::BenchResult]) {
     for r in results {

@@ -544,6 +544,26 @@ fn bench_parse_and_match_report_throughput() {
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("records/s"), "{}", stdout(&o));
+    let o = firebreak(&[
+        "bench",
+        "ingest",
+        &fixture(FALCO_SHELL),
+        "--requests",
+        "200",
+        "--concurrency",
+        "8",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(doc["accepted"], 200, "{doc}");
+    assert!(
+        doc["commits"]
+            .as_u64()
+            .is_some_and(|c| (1..=200).contains(&c)),
+        "{doc}"
+    );
     let o = firebreak(&["bench", "parse", "/nonexistent.json"]);
     assert_eq!(code(&o), 2);
 }
