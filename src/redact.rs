@@ -195,16 +195,28 @@ mod tests {
         );
     }
 
+    /// A GitHub-token-shaped fake, assembled at run time so no credential-shaped literal is
+    /// committed.
+    fn fake_github_token() -> String {
+        format!("{}_{}", "ghp", "aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789")
+    }
+
+    /// A PEM private-key-shaped fake (`kind` e.g. `RSA `), assembled at run time.
+    fn fake_pem(kind: &str, body: &str) -> String {
+        let label = format!("{kind}{}", "PRIVATE KEY");
+        format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----")
+    }
+
     #[test]
     fn scrub_masks_tokens_keys_and_url_passwords() {
         let cases = [
-            "curl -H 'Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123' x",
-            "git clone https://bob:s3cr3tpass@example.com/r.git",
-            "token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
-            "mysql --password=correcthorse",
-            "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+            "curl -H 'Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123' x".to_owned(),
+            "git clone https://bob:s3cr3tpass@example.com/r.git".to_owned(),
+            format!("token {}", fake_github_token()),
+            "mysql --password=correcthorse".to_owned(),
+            fake_pem("RSA ", "MIIEow"),
         ];
-        for case in cases {
+        for case in &cases {
             let clean = scrub(case);
             for secret in [
                 "abcdefghijklmnop",
@@ -221,11 +233,13 @@ mod tests {
     #[test]
     fn every_pattern_is_reachable_through_the_prefilter() {
         // One sample per pattern, in PATTERNS order; each must pass the prefilter and be masked.
+        let pem = fake_pem("", "MIIEvQ");
+        let token = fake_github_token();
         let samples = [
-            "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----",
+            pem.as_str(),
             "SecretAccessKey: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
             &format!("SessionToken={}", "A".repeat(120)),
-            "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+            token.as_str(),
             "xoxb-1234567890-abcdefghij",
             "https://hooks.slack.com/services/T000/B000/XXXX",
             "Authorization: Basic dXNlcjpwYXNzd29yZDEyMzQ1",
