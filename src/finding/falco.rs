@@ -257,10 +257,7 @@ impl Parser for Falco {
             );
             return;
         }
-        match draft(v) {
-            Ok(d) => out.findings.push(d.build()),
-            Err((pointer, reason)) => out.reject(doc, self.id(), &pointer, reason),
-        }
+        out.accept(doc, self.id(), draft(v));
     }
 }
 

@@ -480,10 +480,7 @@ fn draft(v: &Value, base: &str) -> Result<FindingDraft, Reject> {
 
 impl GuardDuty {
     fn parse_one(&self, doc: &Document, v: &Value, base: &str, out: &mut ParseReport) {
-        match draft(v, base) {
-            Ok(d) => out.findings.push(d.build()),
-            Err((pointer, reason)) => out.reject(doc, self.id(), &pointer, reason),
-        }
+        out.accept(doc, self.id(), draft(v, base));
     }
 }
 

@@ -228,10 +228,7 @@ impl Parser for K8sEvent {
                 Err((pointer, reason)) => return out.reject(doc, self.id(), &pointer, reason),
             };
             for (i, item) in items.iter().enumerate() {
-                match draft(item, &format!("/items/{i}")) {
-                    Ok(d) => out.findings.push(d.build()),
-                    Err((pointer, reason)) => out.reject(doc, self.id(), &pointer, reason),
-                }
+                out.accept(doc, self.id(), draft(item, &format!("/items/{i}")));
             }
             return;
         }
@@ -246,10 +243,7 @@ impl Parser for K8sEvent {
                 ),
             );
         }
-        match draft(v, "") {
-            Ok(d) => out.findings.push(d.build()),
-            Err((pointer, reason)) => out.reject(doc, self.id(), &pointer, reason),
-        }
+        out.accept(doc, self.id(), draft(v, ""));
     }
 }
 

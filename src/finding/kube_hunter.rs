@@ -226,10 +226,11 @@ impl Parser for KubeHunter {
             Err((pointer, reason)) => return out.reject(doc, self.id(), &pointer, reason),
         };
         for (i, item) in items.iter().enumerate() {
-            match draft(item, &format!("/vulnerabilities/{i}")) {
-                Ok(d) => out.findings.push(d.build()),
-                Err((pointer, reason)) => out.reject(doc, self.id(), &pointer, reason),
-            }
+            out.accept(
+                doc,
+                self.id(),
+                draft(item, &format!("/vulnerabilities/{i}")),
+            );
         }
     }
 }

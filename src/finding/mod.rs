@@ -144,6 +144,19 @@ pub struct ParseReport {
 }
 
 impl ParseReport {
+    /// Keeps a parsed record as a finding, or rejects it at the pointer its parser named.
+    pub fn accept(
+        &mut self,
+        doc: &Document,
+        parser: &str,
+        record: Result<FindingDraft, (String, String)>,
+    ) {
+        match record {
+            Ok(d) => self.findings.push(d.build()),
+            Err((pointer, reason)) => self.reject(doc, parser, &pointer, reason),
+        }
+    }
+
     /// Records a rejection for `doc`'s record at `pointer`.
     pub fn reject(
         &mut self,

@@ -473,7 +473,12 @@ impl Shared<'_> {
 }
 
 /// `CVE-… in pkg 1.2.3: title`, leaving out what the record does not say.
-fn vuln_title(id: &str, pkg: Option<&str>, installed: Option<&str>, title: Option<&str>) -> String {
+pub(super) fn vuln_title(
+    id: &str,
+    pkg: Option<&str>,
+    installed: Option<&str>,
+    title: Option<&str>,
+) -> String {
     let mut out = id.to_owned();
     if let Some(pkg) = pkg {
         out.push_str(" in ");

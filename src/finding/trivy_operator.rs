@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::access::{join, kind, opt_obj, opt_str, req_str};
 use super::trivy::{
     Reject, SecretFieldNames, expect_object, misconfig_class, opt_array, opt_time, secret_draft,
-    severity_at,
+    severity_at, vuln_title,
 };
 use super::{Class, Document, FindingDraft, ParseReport, Parser, ResourceRef};
 
@@ -111,19 +111,7 @@ impl Report {
         let installed = opt_str(v, at, "installedVersion")?.filter(|s| !s.is_empty());
         let fixed = opt_str(v, at, "fixedVersion")?.filter(|s| !s.is_empty());
         let title = opt_str(v, at, "title")?.filter(|s| !s.is_empty());
-        let mut shown = id.to_owned();
-        if let Some(pkg) = pkg {
-            shown.push_str(" in ");
-            shown.push_str(pkg);
-            if let Some(installed) = installed {
-                shown.push(' ');
-                shown.push_str(installed);
-            }
-        }
-        if let Some(title) = title {
-            shown.push_str(": ");
-            shown.push_str(title);
-        }
+        let shown = vuln_title(id, pkg, installed, title);
         let mut d = self.draft(id, &shown, severity, Class::Vulnerability);
         for (key, value) in [
             ("package", pkg),

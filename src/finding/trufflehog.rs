@@ -296,10 +296,7 @@ impl Parser for Trufflehog {
     }
 
     fn parse(&self, doc: &Document, out: &mut ParseReport) {
-        match draft(&doc.value) {
-            Ok(d) => out.findings.push(d.build()),
-            Err((pointer, reason)) => out.reject(doc, self.id(), &pointer, reason),
-        }
+        out.accept(doc, self.id(), draft(&doc.value));
     }
 }
 
