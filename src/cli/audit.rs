@@ -7,31 +7,41 @@ use crate::error::Exit;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditQuery, Store};
 
-fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
-    tokio::runtime::Builder::new_current_thread()
+/// Opens the store named by `store.url` on a fresh runtime and runs `f` with it. Runtime and
+/// open failures are reported here (exit 2), so each command only handles its own work.
+fn with_store<F, Fut>(config: &Config, f: F) -> Exit
+where
+    F: FnOnce(SqliteStore) -> Fut,
+    Fut: std::future::Future<Output = Exit>,
+{
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
+    {
+        Ok(rt) => rt,
+        Err(e) => {
             output::error(&format!("cannot start the async runtime: {e}"), None);
-            Exit::Usage
-        })
-}
-
-async fn open(config: &Config) -> Result<SqliteStore, Exit> {
-    SqliteStore::open(&config.store.url).await.map_err(|e| {
-        output::error(
-            &format!("cannot open the store {}: {e}", config.store.url),
-            Some("set store.url (or FIREBREAK_STORE__URL)"),
-        );
-        Exit::Usage
+            return Exit::Usage;
+        }
+    };
+    rt.block_on(async {
+        match SqliteStore::open(&config.store.url).await {
+            Ok(store) => f(store).await,
+            Err(e) => {
+                output::error(
+                    &format!("cannot open the store {}: {e}", config.store.url),
+                    Some("set store.url (or FIREBREAK_STORE__URL)"),
+                );
+                Exit::Usage
+            }
+        }
     })
 }
 
-fn block<F: std::future::Future<Output = Exit>>(f: F) -> Exit {
-    match runtime() {
-        Ok(rt) => rt.block_on(f),
-        Err(code) => code,
-    }
+/// A failed read of the audit trail.
+fn read_failed(e: &crate::store::StoreError) -> Exit {
+    output::error(&format!("cannot read the audit trail: {e}"), None);
+    Exit::Failure
 }
 
 /// `audit list`.
@@ -42,11 +52,7 @@ pub fn list(
     limit: Option<i64>,
     format: Format,
 ) -> Exit {
-    block(async {
-        let store = match open(config).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    with_store(config, |store| async move {
         match store
             .audit_list(AuditQuery {
                 after_seq: after,
@@ -62,21 +68,14 @@ pub fn list(
                 }
                 Exit::Ok
             }
-            Err(e) => {
-                output::error(&format!("cannot read the audit trail: {e}"), None);
-                Exit::Failure
-            }
+            Err(e) => read_failed(&e),
         }
     })
 }
 
 /// `audit show SEQ`.
 pub fn show(config: &Config, seq: i64) -> Exit {
-    block(async {
-        let store = match open(config).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    with_store(config, |store| async move {
         match store
             .audit_list(AuditQuery {
                 after_seq: Some(seq - 1),
@@ -96,21 +95,14 @@ pub fn show(config: &Config, seq: i64) -> Exit {
                 );
                 Exit::Failure
             }
-            Err(e) => {
-                output::error(&format!("cannot read the audit trail: {e}"), None);
-                Exit::Failure
-            }
+            Err(e) => read_failed(&e),
         }
     })
 }
 
 /// `audit verify`: exit 0 when the chain is intact, 1 when it is not.
 pub fn verify(config: &Config, format: Format) -> Exit {
-    block(async {
-        let store = match open(config).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    with_store(config, |store| async move {
         match store.audit_verify().await {
             Ok(report) => {
                 let ok = report.problems.is_empty();
@@ -120,41 +112,27 @@ pub fn verify(config: &Config, format: Format) -> Exit {
                 }
                 if ok { Exit::Ok } else { Exit::Failure }
             }
-            Err(e) => {
-                output::error(&format!("cannot read the audit trail: {e}"), None);
-                Exit::Failure
-            }
+            Err(e) => read_failed(&e),
         }
     })
 }
 
 /// `audit export --jsonl`: every record, one JSON object per line, in chain order.
 pub fn export(config: &Config) -> Exit {
-    block(async {
-        let store = match open(config).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    with_store(config, |store| async move {
         match store.audit_list(AuditQuery::default()).await {
             Ok(records) => {
                 output::json_lines(&records);
                 Exit::Ok
             }
-            Err(e) => {
-                output::error(&format!("cannot read the audit trail: {e}"), None);
-                Exit::Failure
-            }
+            Err(e) => read_failed(&e),
         }
     })
 }
 
 /// `pause` / `resume`: sets the kill switch in the store (every engine sharing it obeys).
 pub fn kill_switch(config: &Config, on: bool, reason: Option<String>) -> Exit {
-    block(async {
-        let store = match open(config).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    with_store(config, |store| async move {
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         let by = match reason {
             Some(r) => format!("cli:{user}: {r}"),

@@ -74,21 +74,22 @@ fn replicate(source: &str, bytes: &[u8], n: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Reads FILE and replicates its records to `records` JSON lines; errors are reported here.
+fn replicated_input(file: &str, records: usize) -> Result<(String, Vec<u8>), Exit> {
+    let report = |e: String| {
+        output::error(&e, None);
+        Exit::Usage
+    };
+    let (source, bytes) = input::read(file).map_err(report)?;
+    let data = replicate(&source, &bytes, records).map_err(report)?;
+    Ok((source, data))
+}
+
 /// `firebreak bench parse FILE`: decode + parse + build (scrub, fingerprint) of N records.
 pub fn parse(file: &str, records: usize, iterations: u32, format: Format) -> Exit {
-    let (source, bytes) = match input::read(file) {
+    let (source, data) = match replicated_input(file, records) {
         Ok(x) => x,
-        Err(e) => {
-            output::error(&e, None);
-            return Exit::Usage;
-        }
-    };
-    let data = match replicate(&source, &bytes, records) {
-        Ok(d) => d,
-        Err(e) => {
-            output::error(&e, None);
-            return Exit::Usage;
-        }
+        Err(code) => return code,
     };
     let probe = parse_input(&source, &data, ParserChoice::Auto);
     if !probe.rejected.is_empty() {
@@ -139,19 +140,9 @@ pub fn matching(
             return Exit::Usage;
         }
     };
-    let (source, bytes) = match input::read(file) {
+    let (source, data) = match replicated_input(file, records) {
         Ok(x) => x,
-        Err(e) => {
-            output::error(&e, None);
-            return Exit::Usage;
-        }
-    };
-    let data = match replicate(&source, &bytes, records) {
-        Ok(d) => d,
-        Err(e) => {
-            output::error(&e, None);
-            return Exit::Usage;
-        }
+        Err(code) => return code,
     };
     let findings = parse_input(&source, &data, ParserChoice::Auto).findings;
     let name = format!(
