@@ -309,6 +309,12 @@ pub trait Action: Send + Sync {
     fn summary(&self) -> &'static str;
     /// Whether `rollback` can undo `apply`.
     fn reversible(&self) -> bool;
+    /// Whether `apply` takes the lock on the plan's target, so that no other action changes the
+    /// same target at the same time. True for everything that changes a resource; an action
+    /// that only sends a message may opt out.
+    fn locks_target(&self) -> bool {
+        true
+    }
     /// The permissions `apply` needs (least privilege files are generated from these).
     fn permissions(&self) -> &'static [Permission];
     /// An example `with:` block in YAML (docs and the registry test use it).

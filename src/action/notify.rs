@@ -223,6 +223,11 @@ impl Action for NotifyWebhook {
         false
     }
 
+    /// A message changes no resource: notifications about one target need not wait in line.
+    fn locks_target(&self) -> bool {
+        false
+    }
+
     fn permissions(&self) -> &'static [Permission] {
         const PERMISSIONS: &[Permission] = &[Permission::new(
             "network",

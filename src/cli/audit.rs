@@ -1,5 +1,6 @@
-//! `firebreak audit list|show|verify|export` and `firebreak pause|resume`: the ledger from the
-//! command line. They open the store named by `store.url`.
+//! `firebreak audit list|show|verify|export`, `firebreak approvals list|approve|deny` and
+//! `firebreak pause|resume`: the ledger from the command line. They open the store named by
+//! `store.url`.
 
 use super::{Format, output};
 use crate::config::Config;
@@ -130,13 +131,67 @@ pub fn export(config: &Config) -> Exit {
     })
 }
 
+/// Who is at the command line, for the audit trail.
+fn cli_user() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+/// `approvals list`.
+pub fn approvals(config: &Config, format: Format) -> Exit {
+    with_store(config, |store| async move {
+        match store.pending_approvals().await {
+            Ok(rows) => {
+                match format {
+                    Format::Json => output::json(&rows),
+                    Format::Table => output::approvals_table(&rows),
+                }
+                Exit::Ok
+            }
+            Err(e) => {
+                output::error(&format!("cannot read pending approvals: {e}"), None);
+                Exit::Failure
+            }
+        }
+    })
+}
+
+/// `approvals approve|deny EXECUTION --reason …`: exit 1 when it is not waiting.
+pub fn decide(config: &Config, execution: &str, approve: bool, reason: &str) -> Exit {
+    with_store(config, |store| async move {
+        match store.decide(execution, approve, &cli_user(), reason).await {
+            Ok(true) => {
+                output::note(if approve {
+                    "approved: the execution runs when an engine next claims it (audited)"
+                } else {
+                    "denied: the execution is cancelled (audited)"
+                });
+                Exit::Ok
+            }
+            Ok(false) => {
+                output::error(
+                    &format!("execution {execution} is not waiting for approval"),
+                    Some("`firebreak approvals list` shows what is waiting"),
+                );
+                Exit::Failure
+            }
+            Err(e) => {
+                output::error(&format!("cannot record the decision: {e}"), None);
+                Exit::Failure
+            }
+        }
+    })
+}
+
 /// `pause` / `resume`: sets the kill switch in the store (every engine sharing it obeys).
 pub fn kill_switch(config: &Config, on: bool, reason: Option<String>) -> Exit {
     with_store(config, |store| async move {
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let user = cli_user();
         let by = match reason {
-            Some(r) => format!("cli:{user}: {r}"),
-            None => format!("cli:{user}"),
+            Some(r) => format!("{user}: {r}"),
+            None => user,
         };
         match store.set_flag("kill_switch", on, &by).await {
             Ok(()) => {

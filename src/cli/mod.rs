@@ -101,6 +101,10 @@ pub enum Command {
     /// Read and verify the tamper-evident audit trail in the store.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Executions waiting for a person (held by a guard): list, approve or deny (break-glass,
+    /// audited).
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
     /// Turn the kill switch on: no engine sharing the store applies anything until `resume`.
     Pause {
         /// Why (recorded in the audit trail).
@@ -116,6 +120,33 @@ pub enum Command {
     /// Measure throughput of the hot paths with real input (use a release build).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+/// `firebreak approvals …`.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCmd {
+    /// List executions waiting for a person, oldest first.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Let a held execution run; it passes its playbook's guards once.
+    Approve {
+        /// The execution id (from `approvals list`).
+        execution: String,
+        /// Why (recorded in the audit trail with your user name).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Cancel a held execution.
+    Deny {
+        /// The execution id (from `approvals list`).
+        execution: String,
+        /// Why (recorded in the audit trail with your user name).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `firebreak audit …`.
@@ -375,6 +406,13 @@ fn dispatch(command: Command, config: &Config) -> Exit {
         Command::Audit(AuditCmd::Show { seq }) => audit::show(config, seq),
         Command::Audit(AuditCmd::Verify { format }) => audit::verify(config, format),
         Command::Audit(AuditCmd::Export { .. }) => audit::export(config),
+        Command::Approvals(ApprovalsCmd::List { format }) => audit::approvals(config, format),
+        Command::Approvals(ApprovalsCmd::Approve { execution, reason }) => {
+            audit::decide(config, &execution, true, &reason)
+        }
+        Command::Approvals(ApprovalsCmd::Deny { execution, reason }) => {
+            audit::decide(config, &execution, false, &reason)
+        }
         Command::Pause { reason } => audit::kill_switch(config, true, reason),
         Command::Resume { reason } => audit::kill_switch(config, false, reason),
         Command::Bench(BenchCmd::Parse {

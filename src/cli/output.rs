@@ -297,6 +297,32 @@ pub fn audit_table(records: &[crate::store::AuditRecord]) {
     }
 }
 
+/// Executions waiting for a person, as a table.
+pub fn approvals_table(rows: &[crate::store::PendingApproval]) {
+    if rows.is_empty() {
+        note("nothing is waiting for approval");
+        return;
+    }
+    outln!(
+        "{:<26}  {:<24}  {:<24}  REASON",
+        "EXECUTION",
+        "SINCE",
+        "PLAYBOOK"
+    );
+    for r in rows {
+        let at = chrono::DateTime::from_timestamp_millis(r.created_at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        outln!(
+            "{:<26}  {:<24}  {:<24}  {}",
+            r.execution_id,
+            at,
+            r.playbook,
+            clip(r.reason.as_deref().unwrap_or("-"), 120)
+        );
+    }
+}
+
 /// The result of `audit verify`.
 pub fn verify_report(report: &crate::store::VerifyReport) {
     if report.problems.is_empty() {

@@ -166,6 +166,7 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         ctx,
         WorkerOptions {
             lease: Duration::from_secs(config.engine.lease_seconds.max(1)),
+            concurrency: usize::try_from(config.engine.concurrency.max(1)).unwrap_or(1),
             run: RunOptions {
                 dry_run,
                 kill_switch: config.engine.kill_switch,

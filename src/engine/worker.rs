@@ -6,16 +6,30 @@
 //! `applying` after a crash is planned again against live state and applied again; actions are
 //! idempotent (a second apply of a done change is a no-op, and `notify.webhook` sends the same
 //! `Idempotency-Key`), so the effect happens once.
+//!
+//! Guards, in the order they are checked: the kill switch (every execution), then — once, when
+//! an execution first acts — the playbook's cooldown, blast radius and rate limit, decided
+//! atomically by [`Store::admit`] (an execution over a limit is held for a person or skipped,
+//! as `guards.on_limit` says, and audited either way); then, around each step's apply, a lock on
+//! the plan's target so one action at a time touches it (the loser is deferred, not failed).
+//! At most `concurrency` executions advance at once. A step with `after:` becomes a durable
+//! timer: the execution is parked as `scheduled` with a wake-up time in the store, and any
+//! engine that is running when it is due (a restarted one included) carries on.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 use super::{RunOptions, backoff};
 use crate::action::{ActionCtx, ActionError, Outcome, Plan, StepInput};
-use crate::playbook::{Decision, OnFailure, PlaybookSet, Step};
-use crate::store::{ClaimedExecution, ExecState, StepRow, Store, StoreError, now_ms};
+use crate::finding::Finding;
+use crate::playbook::{Decision, OnFailure, OnLimit, Playbook, PlaybookSet, Step};
+use crate::store::{Admission, ClaimedExecution, ExecState, StepRow, Store, StoreError, now_ms};
+
+/// How long an execution waits before trying again for a target another action holds.
+const LOCK_RETRY: Duration = Duration::from_millis(250);
 use crate::telemetry::metrics::Metrics;
 
 /// How the worker runs.
@@ -29,6 +43,8 @@ pub struct WorkerOptions {
     pub batch: u32,
     /// How often to look for work when nothing wakes the worker.
     pub poll: Duration,
+    /// Executions advanced at once (`engine.concurrency`): the global cap on actions in flight.
+    pub concurrency: usize,
     /// Retries, dry-run and the configured kill switch.
     pub run: RunOptions,
 }
@@ -40,6 +56,7 @@ impl Default for WorkerOptions {
             lease: Duration::from_secs(60),
             batch: 64,
             poll: Duration::from_millis(500),
+            concurrency: 8,
             run: RunOptions::default(),
         }
     }
@@ -158,15 +175,48 @@ impl<S: Store> Worker<S> {
                 .await?;
             round.findings += 1;
         }
-        for exec in self
+        let claimed = self
             .store
             .claim_executions(&self.opts.owner, self.opts.lease, self.opts.batch)
-            .await?
-        {
-            self.advance(&set, exec).await?;
-            round.executions += 1;
-        }
+            .await?;
+        round.executions = claimed.len();
+        let results: Vec<Result<(), StoreError>> = futures_util::stream::iter(claimed)
+            .map(|exec| self.advance(&set, exec))
+            .buffer_unordered(self.opts.concurrency.max(1))
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<(), StoreError>>()?;
         Ok(round)
+    }
+
+    /// Asks the playbook's guards whether `exec` may act; `false` when it was held or skipped.
+    async fn admitted(&self, pb: &Playbook, exec: &ClaimedExecution) -> Result<bool, StoreError> {
+        let fid = exec.finding.id.to_string();
+        let target = target_key(&exec.finding);
+        let g = &pb.guards;
+        let admission = Admission {
+            execution_id: &exec.id,
+            finding_id: &fid,
+            playbook: &pb.name,
+            target: &target,
+            max_targets_per_hour: g.max_targets_per_hour,
+            max_runs_per_hour: g.max_runs_per_hour,
+            cooldown: g.cooldown.map(|c| Duration::from_secs(c.0)),
+        };
+        let Some(denial) = self.store.admit(&admission).await? else {
+            return Ok(true);
+        };
+        self.metric(|m| m.guard_drop(denial.code()));
+        let (state, what) = match g.on_limit {
+            OnLimit::Hold => (ExecState::PendingApproval, "held for approval"),
+            OnLimit::Skip => (ExecState::Skipped, "skipped"),
+        };
+        tracing::warn!(playbook = %pb.name, execution = %exec.id, guard = denial.code(), "{what}: {denial}");
+        let reason = format!("{what}: {denial}");
+        self.store
+            .set_execution_state(&exec.id, &fid, state, Some(&reason))
+            .await?;
+        Ok(false)
     }
 
     async fn advance(&self, set: &PlaybookSet, exec: ClaimedExecution) -> Result<(), StoreError> {
@@ -194,6 +244,12 @@ impl<S: Store> Worker<S> {
                 )
                 .await;
         }
+        if exec.state == ExecState::Matched
+            && !self.opts.run.dry_run
+            && !self.admitted(pb, &exec).await?
+        {
+            return Ok(());
+        }
         if exec.state != ExecState::Applying && !self.opts.run.dry_run {
             self.store
                 .set_execution_state(&exec.id, &fid, ExecState::Applying, None)
@@ -209,13 +265,45 @@ impl<S: Store> Worker<S> {
             }) {
                 continue; // never applied (or planned) twice
             }
+            if let (Some(after), false) = (step.after, self.opts.run.dry_run) {
+                match previous {
+                    Some(s) if s.status == "scheduled" => {
+                        let due = s.due_at.unwrap_or(0);
+                        if due > now_ms() {
+                            return self.store.defer_execution(&exec.id, due).await;
+                        }
+                    }
+                    Some(s) if s.status == "applying" => {} // resumed after a crash: carry on
+                    _ => {
+                        let due = now_ms() + i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+                        let row = StepRow {
+                            idx,
+                            action: step.action.kind().to_owned(),
+                            status: "scheduled".into(),
+                            plan: None,
+                            outcome: None,
+                            error: None,
+                            attempts: 0,
+                            due_at: Some(due),
+                        };
+                        tracing::info!(execution = %exec.id, step = idx, action = %row.action, due_at = due, "step scheduled");
+                        return self.store.schedule_step(&exec.id, &fid, &row).await;
+                    }
+                }
+            }
             let input = StepInput {
                 finding: &exec.finding,
                 playbook: &pb.name,
                 step: i,
                 params: &step.params,
             };
-            let ok = self.run_step(&exec.id, &fid, idx, step, input).await?;
+            let ok = match self.run_step(&exec.id, &fid, idx, step, input).await? {
+                StepResult::Done(ok) => ok,
+                StepResult::TargetBusy => {
+                    let wake = now_ms() + i64::try_from(LOCK_RETRY.as_millis()).unwrap_or(250);
+                    return self.store.defer_execution(&exec.id, wake).await;
+                }
+            };
             if ok && first_action && !self.opts.run.dry_run {
                 first_action = false;
                 #[allow(clippy::cast_precision_loss)] // milliseconds, far below 2^52
@@ -239,7 +327,8 @@ impl<S: Store> Worker<S> {
             .await
     }
 
-    /// Plans, records, applies and records one step. Returns whether it succeeded.
+    /// Plans, records, applies and records one step, holding the lock on its target while it
+    /// applies.
     async fn run_step(
         &self,
         exec_id: &str,
@@ -247,7 +336,26 @@ impl<S: Store> Worker<S> {
         idx: u32,
         step: &Step,
         input: StepInput<'_>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<StepResult, StoreError> {
+        let mut locked = None;
+        let result = self
+            .plan_and_apply(exec_id, fid, idx, step, input, &mut locked)
+            .await;
+        if let Some(key) = locked {
+            self.store.unlock_target(&key, &self.opts.owner).await?;
+        }
+        result
+    }
+
+    async fn plan_and_apply(
+        &self,
+        exec_id: &str,
+        fid: &str,
+        idx: u32,
+        step: &Step,
+        input: StepInput<'_>,
+        locked: &mut Option<String>,
+    ) -> Result<StepResult, StoreError> {
         let kind = step.action.kind().to_owned();
         let mut row = StepRow {
             idx,
@@ -257,6 +365,7 @@ impl<S: Store> Worker<S> {
             outcome: None,
             error: None,
             attempts: 0,
+            due_at: None,
         };
         let mut replanned = false;
         loop {
@@ -269,6 +378,18 @@ impl<S: Store> Worker<S> {
                 }
                 Err(e) => return self.fail(exec_id, fid, row, None, &e).await,
             };
+            if !self.opts.run.dry_run && step.action.locks_target() && locked.is_none() {
+                if !self
+                    .store
+                    .lock_target(&plan.target, &self.opts.owner, exec_id, self.opts.lease)
+                    .await?
+                {
+                    tracing::info!(action = %kind, target = %plan.target, "another action holds the target; trying again shortly");
+                    self.metric(|m| m.guard_drop("target_locked"));
+                    return Ok(StepResult::TargetBusy);
+                }
+                *locked = Some(plan.target.clone());
+            }
             row.plan = Some(serde_json::to_value(&plan).unwrap_or_default());
             row.status = if self.opts.run.dry_run {
                 "planned".into()
@@ -278,7 +399,7 @@ impl<S: Store> Worker<S> {
             self.store.save_step(exec_id, fid, &row).await?;
             if self.opts.run.dry_run {
                 self.metric(|m| m.step(&kind, "planned"));
-                return Ok(true);
+                return Ok(StepResult::Done(true));
             }
             match step.action.apply(&self.ctx, input, &plan).await {
                 Ok(outcome) => return self.applied(exec_id, fid, row, outcome).await,
@@ -300,12 +421,12 @@ impl<S: Store> Worker<S> {
         fid: &str,
         mut row: StepRow,
         outcome: Outcome,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<StepResult, StoreError> {
         row.status = "applied".into();
         row.outcome = Some(serde_json::to_value(&outcome).unwrap_or_default());
         self.store.save_step(exec_id, fid, &row).await?;
         self.metric(|m| m.step(&row.action, "applied"));
-        Ok(true)
+        Ok(StepResult::Done(true))
     }
 
     async fn fail(
@@ -315,7 +436,7 @@ impl<S: Store> Worker<S> {
         mut row: StepRow,
         plan: Option<Plan>,
         e: &ActionError,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<StepResult, StoreError> {
         tracing::warn!(action = %row.action, error = %e, "step failed");
         row.status = "failed".into();
         if let Some(p) = plan {
@@ -324,6 +445,20 @@ impl<S: Store> Worker<S> {
         row.error = Some(crate::redact::scrub(&e.to_string()).into_owned());
         self.store.save_step(exec_id, fid, &row).await?;
         self.metric(|m| m.step(&row.action, "failed"));
-        Ok(false)
+        Ok(StepResult::Done(false))
     }
+}
+
+/// How a step attempt ended.
+enum StepResult {
+    /// Planned/applied (`true`) or failed (`false`), recorded.
+    Done(bool),
+    /// Another action holds the target: nothing recorded, try again shortly.
+    TargetBusy,
+}
+
+/// The key guards count targets by: the finding's primary resource, else its fingerprint.
+fn target_key(f: &Finding) -> String {
+    f.primary_resource()
+        .map_or_else(|| f.fingerprint.0.clone(), crate::finding::ResourceRef::key)
 }

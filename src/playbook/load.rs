@@ -487,6 +487,7 @@ fn compile(file: &Path, spec: PlaybookSpec) -> Result<(Playbook, u64), Vec<Diagn
             action: act,
             params,
             on_failure: step.on_failure,
+            after: step.after.map(|d| std::time::Duration::from_secs(d.0)),
         });
     }
 

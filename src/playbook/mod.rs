@@ -17,7 +17,7 @@ use std::path::PathBuf;
 pub(crate) use load::split_hint;
 pub use load::{LoadError, load_dir, load_str};
 pub use matcher::MatchResult;
-pub use spec::{ApprovalSpec, GuardsSpec, OnFailure, PlaybookSpec};
+pub use spec::{ApprovalSpec, GuardsSpec, OnFailure, OnLimit, PlaybookSpec};
 
 use crate::action::Action;
 use crate::finding::{Class, Finding};
@@ -61,6 +61,8 @@ pub struct Step {
     pub params: serde_json::Value,
     /// What a failure does to later steps.
     pub on_failure: OnFailure,
+    /// Delay after the previous step (a durable timer in the store).
+    pub after: Option<std::time::Duration>,
 }
 
 /// The verdict of one playbook for one finding (only for playbooks whose `match` held).

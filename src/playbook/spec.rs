@@ -195,17 +195,36 @@ pub struct ExcludeSpec {
     pub when: Option<Spanned<String>>,
 }
 
-/// `guards:` — limits enforced by the engine.
+/// `guards:` — limits enforced by the engine, per playbook, over a rolling hour. They are
+/// checked atomically in the store, so every replica and `firebreak run --store` share them.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuardsSpec {
-    /// At most this many distinct targets acted on per hour; the rest are held.
+    /// Blast radius: at most this many distinct targets acted on per rolling hour.
     #[serde(default)]
     pub max_targets_per_hour: Option<u32>,
+    /// Rate limit: at most this many executions that act per rolling hour.
+    #[serde(default)]
+    pub max_runs_per_hour: Option<u32>,
     /// Do not act on the same target again within this time (`30s`, `10m`, `2h`, `1d`).
     #[serde(default)]
     #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+(s|m|h|d)$"))]
     pub cooldown: Option<DurationSpec>,
+    /// What happens to an execution over a limit: `hold` (default) waits for a person
+    /// (`firebreak approvals approve|deny`), `skip` drops it. Either way it is audited.
+    #[serde(default)]
+    pub on_limit: OnLimit,
+}
+
+/// What a guard does with an execution over its playbook's limits.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimit {
+    /// Hold it for approval by a person.
+    #[default]
+    Hold,
+    /// Skip it.
+    Skip,
 }
 
 /// `approval:` — `none`, or a GitHub pull request that an allowed reviewer must approve.
@@ -265,6 +284,12 @@ pub struct StepSpec {
     /// What to do when this step fails: `stop` (default) skips the remaining steps.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// Run this step this long after the previous one finished (`30s`, `10m`, `24h`, `1d`),
+    /// e.g. delete an old access key after a grace period. The timer is kept in the store and
+    /// survives restarts.
+    #[serde(default)]
+    #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+(s|m|h|d)$"))]
+    pub after: Option<DurationSpec>,
 }
 
 /// What a failed step does to the steps after it.

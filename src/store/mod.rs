@@ -89,6 +89,8 @@ pub enum ExecState {
     PendingApproval,
     /// Steps being applied.
     Applying,
+    /// Waiting for a step's timer (`after:`); claimed again when it is due.
+    Scheduled,
     /// Every step applied.
     Applied,
     /// A step failed.
@@ -110,6 +112,7 @@ impl ExecState {
             ExecState::Planned => "planned",
             ExecState::PendingApproval => "pending_approval",
             ExecState::Applying => "applying",
+            ExecState::Scheduled => "scheduled",
             ExecState::Applied => "applied",
             ExecState::Failed => "failed",
             ExecState::Cancelled => "cancelled",
@@ -126,6 +129,7 @@ impl ExecState {
             ExecState::Planned,
             ExecState::PendingApproval,
             ExecState::Applying,
+            ExecState::Scheduled,
             ExecState::Applied,
             ExecState::Failed,
             ExecState::Cancelled,
@@ -185,6 +189,95 @@ pub struct StepRow {
     pub error: Option<String>,
     /// Attempts so far.
     pub attempts: u32,
+    /// For a `scheduled` step: when it is due (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<i64>,
+}
+
+/// What the guards are asked before an execution acts for the first time.
+#[derive(Debug, Clone)]
+pub struct Admission<'a> {
+    /// The execution.
+    pub execution_id: &'a str,
+    /// Its finding.
+    pub finding_id: &'a str,
+    /// Its playbook (limits are per playbook).
+    pub playbook: &'a str,
+    /// The target key (the finding's primary resource).
+    pub target: &'a str,
+    /// Blast radius: distinct targets per rolling hour.
+    pub max_targets_per_hour: Option<u32>,
+    /// Rate limit: executions per rolling hour.
+    pub max_runs_per_hour: Option<u32>,
+    /// No second action on the same target within this time.
+    pub cooldown: Option<Duration>,
+}
+
+/// Why a guard stopped an execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "guard", rename_all = "snake_case")]
+pub enum GuardDenial {
+    /// `max_targets_per_hour` distinct targets were already acted on.
+    BlastRadius {
+        /// The limit.
+        limit: u32,
+    },
+    /// `max_runs_per_hour` executions already acted.
+    RateLimit {
+        /// The limit.
+        limit: u32,
+    },
+    /// The same target was acted on less than `cooldown` ago.
+    Cooldown {
+        /// The cooldown, in seconds.
+        seconds: u64,
+    },
+}
+
+impl GuardDenial {
+    /// The bounded reason code used in metrics.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            GuardDenial::BlastRadius { .. } => "blast_radius",
+            GuardDenial::RateLimit { .. } => "rate_limit",
+            GuardDenial::Cooldown { .. } => "cooldown",
+        }
+    }
+}
+
+impl std::fmt::Display for GuardDenial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuardDenial::BlastRadius { limit } => write!(
+                f,
+                "blast radius: the playbook already acted on {limit} distinct targets in the last hour (guards.max_targets_per_hour)"
+            ),
+            GuardDenial::RateLimit { limit } => write!(
+                f,
+                "rate limit: the playbook already acted {limit} times in the last hour (guards.max_runs_per_hour)"
+            ),
+            GuardDenial::Cooldown { seconds } => write!(
+                f,
+                "cooldown: the playbook acted on this target less than {seconds}s ago (guards.cooldown)"
+            ),
+        }
+    }
+}
+
+/// An execution waiting for a person (held by a guard, or awaiting approval).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingApproval {
+    /// Execution id.
+    pub execution_id: String,
+    /// Finding id.
+    pub finding_id: String,
+    /// Playbook.
+    pub playbook: String,
+    /// Why it waits.
+    pub reason: Option<String>,
+    /// When it was created (Unix ms).
+    pub created_at: i64,
 }
 
 /// One audit event to append.
@@ -359,6 +452,63 @@ pub trait Store: Send + Sync + 'static {
 
     /// Duplicates counted for a finding.
     fn duplicates(&self, finding_id: &str) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Asks the playbook's guards, atomically, whether an execution may act; records it as
+    /// acting when it may. Idempotent per execution (a resumed execution is admitted again),
+    /// and an execution a person approved passes every limit. A denial is audited.
+    fn admit(
+        &self,
+        admission: &Admission<'_>,
+    ) -> impl Future<Output = Result<Option<GuardDenial>, StoreError>> + Send;
+
+    /// Takes the lock on `key` for `owner` until `lease` passes. Returns false when another
+    /// owner holds it. Taking a lock one already holds extends it.
+    fn lock_target(
+        &self,
+        key: &str,
+        owner: &str,
+        execution_id: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Releases `owner`'s lock on `key` (a no-op when it holds none).
+    fn unlock_target(
+        &self,
+        key: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Releases a claimed execution without changing its state, to be claimed again no
+    /// earlier than `wake_at` (Unix ms).
+    fn defer_execution(
+        &self,
+        execution_id: &str,
+        wake_at: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Schedules step `step.idx` (saved as `scheduled` with `due_at`): a durable timer row, the
+    /// execution set `scheduled` and released until then, and an audit line, in one transaction.
+    fn schedule_step(
+        &self,
+        execution_id: &str,
+        finding_id: &str,
+        step: &StepRow,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Executions waiting for a person, oldest first.
+    fn pending_approvals(
+        &self,
+    ) -> impl Future<Output = Result<Vec<PendingApproval>, StoreError>> + Send;
+
+    /// Decides a pending execution: approve (it runs, past its guards) or deny (cancelled).
+    /// Returns false when the execution is not pending. Audited with who and why.
+    fn decide(
+        &self,
+        execution_id: &str,
+        approve: bool,
+        by: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// Milliseconds since the Unix epoch.

@@ -14,15 +14,20 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
 
 use super::{
-    AuditEvent, AuditQuery, AuditRecord, ClaimedExecution, ClaimedFinding, ExecState, GENESIS,
-    IngestBatch, Receipt, StepRow, Store, StoreError, VerifyReport, audit_detail, audit_hash,
-    now_ms,
+    Admission, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution, ClaimedFinding, ExecState,
+    GENESIS, GuardDenial, IngestBatch, PendingApproval, Receipt, StepRow, Store, StoreError,
+    VerifyReport, audit_detail, audit_hash, now_ms,
 };
 use crate::finding::Finding;
 
 /// Migrations, in order; applied ones are recorded in `schema_migrations`.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("migrations/sqlite_0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("migrations/sqlite_0001_init.sql")),
+    (
+        "0002_guards_schedules",
+        include_str!("migrations/sqlite_0002_guards_schedules.sql"),
+    ),
+];
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -174,6 +179,109 @@ fn finding_summary(f: &Finding) -> Value {
         "class": f.class,
         "fingerprint": f.fingerprint,
     })
+}
+
+/// Upserts a step and appends its audit line, inside an open transaction. A step leaving
+/// `scheduled` marks its timer fired.
+async fn upsert_step(
+    conn: &mut SqliteConnection,
+    execution_id: &str,
+    finding_id: &str,
+    step: &StepRow,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    let plan_hash = step
+        .plan
+        .as_ref()
+        .and_then(|p| p.get("hash"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    sqlx::query(
+        "INSERT INTO steps (execution_id, idx, action, status, plan, plan_hash, outcome, error, attempts, updated_at, due_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (execution_id, idx) DO UPDATE SET status = excluded.status, plan = excluded.plan, \
+           plan_hash = excluded.plan_hash, outcome = excluded.outcome, error = excluded.error, \
+           attempts = excluded.attempts, updated_at = excluded.updated_at, due_at = excluded.due_at",
+    )
+    .bind(execution_id)
+    .bind(i64::from(step.idx))
+    .bind(&step.action)
+    .bind(&step.status)
+    .bind(step.plan.as_ref().map(audit_detail))
+    .bind(&plan_hash)
+    .bind(step.outcome.as_ref().map(audit_detail))
+    .bind(step.error.as_deref().map(|e| crate::redact::scrub(e).into_owned()))
+    .bind(i64::from(step.attempts))
+    .bind(now)
+    .bind(step.due_at)
+    .execute(&mut *conn)
+    .await?;
+    if step.status != "scheduled" {
+        sqlx::query(
+            "UPDATE schedules SET fired_at = ? WHERE execution_id = ? AND idx = ? AND fired_at IS NULL",
+        )
+        .bind(now)
+        .bind(execution_id)
+        .bind(i64::from(step.idx))
+        .execute(&mut *conn)
+        .await?;
+    }
+    append_audit(
+        conn,
+        &AuditEvent {
+            kind: format!("step.{}", step.status),
+            finding_id: Some(finding_id.to_owned()),
+            execution_id: Some(execution_id.to_owned()),
+            detail: serde_json::json!({
+                "step": step.idx,
+                "action": step.action,
+                "plan_hash": plan_hash,
+                "summary": step.plan.as_ref().and_then(|p| p.get("summary")).cloned(),
+                "outcome": step.outcome,
+                "error": step.error,
+                "attempts": step.attempts,
+                "due_at": step.due_at,
+            }),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sets an execution's state (releasing its lease when final) with an audit line, inside an
+/// open transaction.
+async fn set_state(
+    conn: &mut SqliteConnection,
+    execution_id: &str,
+    finding_id: &str,
+    state: ExecState,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    let release = state.is_final();
+    sqlx::query(
+        "UPDATE executions SET state = ?, reason = ?, updated_at = ?, \
+           lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END, \
+           lease_until = CASE WHEN ? THEN NULL ELSE lease_until END WHERE id = ?",
+    )
+    .bind(state.as_str())
+    .bind(reason)
+    .bind(now_ms())
+    .bind(release)
+    .bind(release)
+    .bind(execution_id)
+    .execute(&mut *conn)
+    .await?;
+    append_audit(
+        conn,
+        &AuditEvent {
+            kind: "execution.state".into(),
+            finding_id: Some(finding_id.to_owned()),
+            execution_id: Some(execution_id.to_owned()),
+            detail: serde_json::json!({ "state": state.as_str(), "reason": reason }),
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -397,12 +505,14 @@ impl Store for SqliteStore {
             let now = now_ms();
             sqlx::query(
                 "UPDATE executions SET lease_owner = ?, lease_until = ? WHERE id IN ( \
-                   SELECT id FROM executions WHERE state IN ('matched', 'applying') \
-                   AND (lease_until IS NULL OR lease_until < ?) ORDER BY created_at, id LIMIT ?) \
+                   SELECT id FROM executions WHERE state IN ('matched', 'applying', 'scheduled') \
+                   AND (lease_until IS NULL OR lease_until < ?) AND (wake_at IS NULL OR wake_at <= ?) \
+                   ORDER BY created_at, id LIMIT ?) \
                  RETURNING id, finding_id, playbook, state",
             )
             .bind(owner)
             .bind(now + ms(lease))
+            .bind(now)
             .bind(now)
             .bind(i64::from(limit))
             .fetch_all(&mut *w)
@@ -419,7 +529,7 @@ impl Store for SqliteStore {
                     .fetch_one(&self.readers)
                     .await?;
             let step_rows = sqlx::query(
-                "SELECT idx, action, status, plan, outcome, error, attempts FROM steps WHERE execution_id = ? ORDER BY idx",
+                "SELECT idx, action, status, plan, outcome, error, attempts, due_at FROM steps WHERE execution_id = ? ORDER BY idx",
             )
             .bind(&id)
             .fetch_all(&self.readers)
@@ -436,6 +546,7 @@ impl Store for SqliteStore {
                     outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
                     error: s.try_get("error")?,
                     attempts: u32::try_from(s.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                    due_at: s.try_get("due_at")?,
                 });
             }
             out.push(ClaimedExecution {
@@ -459,49 +570,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
-        let plan_hash = step
-            .plan
-            .as_ref()
-            .and_then(|p| p.get("hash"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        sqlx::query(
-            "INSERT INTO steps (execution_id, idx, action, status, plan, plan_hash, outcome, error, attempts, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (execution_id, idx) DO UPDATE SET status = excluded.status, plan = excluded.plan, \
-               plan_hash = excluded.plan_hash, outcome = excluded.outcome, error = excluded.error, \
-               attempts = excluded.attempts, updated_at = excluded.updated_at",
-        )
-        .bind(execution_id)
-        .bind(i64::from(step.idx))
-        .bind(&step.action)
-        .bind(&step.status)
-        .bind(step.plan.as_ref().map(audit_detail))
-        .bind(&plan_hash)
-        .bind(step.outcome.as_ref().map(audit_detail))
-        .bind(step.error.as_deref().map(|e| crate::redact::scrub(e).into_owned()))
-        .bind(i64::from(step.attempts))
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        append_audit(
-            &mut tx,
-            &AuditEvent {
-                kind: format!("step.{}", step.status),
-                finding_id: Some(finding_id.to_owned()),
-                execution_id: Some(execution_id.to_owned()),
-                detail: serde_json::json!({
-                    "step": step.idx,
-                    "action": step.action,
-                    "plan_hash": plan_hash,
-                    "summary": step.plan.as_ref().and_then(|p| p.get("summary")).cloned(),
-                    "outcome": step.outcome,
-                    "error": step.error,
-                    "attempts": step.attempts,
-                }),
-            },
-        )
-        .await?;
+        upsert_step(&mut tx, execution_id, finding_id, step).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -515,34 +584,10 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
-        let release = state.is_final();
-        sqlx::query(
-            "UPDATE executions SET state = ?, reason = ?, updated_at = ?, \
-               lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END, \
-               lease_until = CASE WHEN ? THEN NULL ELSE lease_until END WHERE id = ?",
-        )
-        .bind(state.as_str())
-        .bind(reason)
-        .bind(now_ms())
-        .bind(release)
-        .bind(release)
-        .bind(execution_id)
-        .execute(&mut *tx)
-        .await?;
-        append_audit(
-            &mut tx,
-            &AuditEvent {
-                kind: "execution.state".into(),
-                finding_id: Some(finding_id.to_owned()),
-                execution_id: Some(execution_id.to_owned()),
-                detail: serde_json::json!({ "state": state.as_str(), "reason": reason }),
-            },
-        )
-        .await?;
+        set_state(&mut tx, execution_id, finding_id, state, reason).await?;
         tx.commit().await?;
         Ok(())
     }
-
     async fn audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
@@ -694,5 +739,287 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.readers)
                 .await?;
         Ok(n.unwrap_or(0))
+    }
+
+    async fn admit(&self, a: &Admission<'_>) -> Result<Option<GuardDenial>, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_ms();
+        let admitted: Option<i64> =
+            sqlx::query_scalar("SELECT at FROM acted WHERE execution_id = ?")
+                .bind(a.execution_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if admitted.is_some() {
+            return Ok(None); // resumed: admitted before
+        }
+        let approved: Option<String> =
+            sqlx::query_scalar("SELECT approved_by FROM executions WHERE id = ?")
+                .bind(a.execution_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+        let hour_ago = now - 3_600_000;
+        let mut denial = None;
+        if approved.is_none() {
+            if let Some(cooldown) = a.cooldown {
+                let recent: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM acted WHERE playbook = ? AND target = ? AND at > ?",
+                )
+                .bind(a.playbook)
+                .bind(a.target)
+                .bind(now - ms(cooldown))
+                .fetch_one(&mut *tx)
+                .await?;
+                if recent > 0 {
+                    denial = Some(GuardDenial::Cooldown {
+                        seconds: cooldown.as_secs(),
+                    });
+                }
+            }
+            if let (None, Some(limit)) = (&denial, a.max_targets_per_hour) {
+                let (distinct, known): (i64, i64) = sqlx::query_as(
+                    "SELECT COUNT(DISTINCT target), COALESCE(SUM(target = ?), 0) FROM acted WHERE playbook = ? AND at > ?",
+                )
+                .bind(a.target)
+                .bind(a.playbook)
+                .bind(hour_ago)
+                .fetch_one(&mut *tx)
+                .await?;
+                if known == 0 && distinct >= i64::from(limit) {
+                    denial = Some(GuardDenial::BlastRadius { limit });
+                }
+            }
+            if let (None, Some(limit)) = (&denial, a.max_runs_per_hour) {
+                let runs: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM acted WHERE playbook = ? AND at > ?")
+                        .bind(a.playbook)
+                        .bind(hour_ago)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if runs >= i64::from(limit) {
+                    denial = Some(GuardDenial::RateLimit { limit });
+                }
+            }
+        }
+        match &denial {
+            None => {
+                sqlx::query(
+                    "INSERT INTO acted (execution_id, playbook, target, at) VALUES (?, ?, ?, ?)",
+                )
+                .bind(a.execution_id)
+                .bind(a.playbook)
+                .bind(a.target)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(by) = approved {
+                    append_audit(
+                        &mut tx,
+                        &AuditEvent {
+                            kind: "guard.waived".into(),
+                            finding_id: Some(a.finding_id.to_owned()),
+                            execution_id: Some(a.execution_id.to_owned()),
+                            detail: serde_json::json!({ "playbook": a.playbook, "target": a.target, "approved_by": by }),
+                        },
+                    )
+                    .await?;
+                }
+            }
+            Some(d) => {
+                append_audit(
+                    &mut tx,
+                    &AuditEvent {
+                        kind: "guard.denied".into(),
+                        finding_id: Some(a.finding_id.to_owned()),
+                        execution_id: Some(a.execution_id.to_owned()),
+                        detail: serde_json::json!({
+                            "playbook": a.playbook,
+                            "target": a.target,
+                            "reason": d.to_string(),
+                            "limit": d,
+                        }),
+                    },
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(denial)
+    }
+
+    async fn lock_target(
+        &self,
+        key: &str,
+        owner: &str,
+        execution_id: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut w = self.writer.lock().await;
+        let now = now_ms();
+        let taken = sqlx::query(
+            "INSERT INTO locks (key, owner, execution_id, until) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, execution_id = excluded.execution_id, \
+               until = excluded.until WHERE locks.until < ? OR (locks.owner = excluded.owner AND locks.execution_id = excluded.execution_id)",
+        )
+        .bind(key)
+        .bind(owner)
+        .bind(execution_id)
+        .bind(now + ms(lease))
+        .bind(now)
+        .execute(&mut *w)
+        .await?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+
+    async fn unlock_target(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().await;
+        sqlx::query("DELETE FROM locks WHERE key = ? AND owner = ?")
+            .bind(key)
+            .bind(owner)
+            .execute(&mut *w)
+            .await?;
+        Ok(())
+    }
+
+    async fn defer_execution(&self, execution_id: &str, wake_at: i64) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().await;
+        sqlx::query(
+            "UPDATE executions SET wake_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+        )
+        .bind(wake_at)
+        .bind(now_ms())
+        .bind(execution_id)
+        .execute(&mut *w)
+        .await?;
+        Ok(())
+    }
+
+    async fn schedule_step(
+        &self,
+        execution_id: &str,
+        finding_id: &str,
+        step: &StepRow,
+    ) -> Result<(), StoreError> {
+        let due = step.due_at.unwrap_or_else(now_ms);
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO schedules (execution_id, idx, action, due_at, created_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (execution_id, idx) DO NOTHING",
+        )
+        .bind(execution_id)
+        .bind(i64::from(step.idx))
+        .bind(&step.action)
+        .bind(due)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        upsert_step(&mut tx, execution_id, finding_id, step).await?;
+        let reason = format!("step {} ({}) is due at {due}", step.idx, step.action);
+        set_state(
+            &mut tx,
+            execution_id,
+            finding_id,
+            ExecState::Scheduled,
+            Some(&reason),
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE executions SET wake_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
+        )
+        .bind(due)
+        .bind(execution_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn pending_approvals(&self) -> Result<Vec<PendingApproval>, StoreError> {
+        let rows: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT id, finding_id, playbook, reason, created_at FROM executions \
+             WHERE state = 'pending_approval' ORDER BY created_at, id",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(execution_id, finding_id, playbook, reason, created_at)| PendingApproval {
+                    execution_id,
+                    finding_id,
+                    playbook,
+                    reason,
+                    created_at,
+                },
+            )
+            .collect())
+    }
+
+    async fn decide(
+        &self,
+        execution_id: &str,
+        approve: bool,
+        by: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let finding: Option<String> = sqlx::query_scalar(
+            "SELECT finding_id FROM executions WHERE id = ? AND state = 'pending_approval'",
+        )
+        .bind(execution_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(finding_id) = finding else {
+            return Ok(false);
+        };
+        append_audit(
+            &mut tx,
+            &AuditEvent {
+                kind: if approve {
+                    "approval.granted"
+                } else {
+                    "approval.denied"
+                }
+                .into(),
+                finding_id: Some(finding_id.clone()),
+                execution_id: Some(execution_id.to_owned()),
+                detail: serde_json::json!({ "by": by, "reason": reason, "via": "cli" }),
+            },
+        )
+        .await?;
+        let why = format!(
+            "{} by {by}: {reason}",
+            if approve { "approved" } else { "denied" }
+        );
+        if approve {
+            sqlx::query("UPDATE executions SET approved_by = ?, wake_at = NULL, lease_owner = NULL, lease_until = NULL WHERE id = ?")
+                .bind(by)
+                .bind(execution_id)
+                .execute(&mut *tx)
+                .await?;
+            set_state(
+                &mut tx,
+                execution_id,
+                &finding_id,
+                ExecState::Matched,
+                Some(&why),
+            )
+            .await?;
+        } else {
+            set_state(
+                &mut tx,
+                execution_id,
+                &finding_id,
+                ExecState::Cancelled,
+                Some(&why),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }

@@ -229,6 +229,7 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
         outcome: Some(serde_json::json!({"result": "applied"})),
         error: None,
         attempts: 1,
+        due_at: None,
     };
     store.save_step(&ids[0], &fid, &step).await.unwrap();
     store
