@@ -136,6 +136,12 @@ impl<S: Store> Worker<S> {
                     }
                 }
             }
+            if let Some(m) = &self.metrics {
+                match self.store.waiting_executions().await {
+                    Ok(counts) => m.set_executions(&counts),
+                    Err(e) => tracing::warn!(error = %e, "cannot count executions for metrics"),
+                }
+            }
             tokio::select! {
                 () = &mut shutdown => break,
                 () = wake.notified() => {}

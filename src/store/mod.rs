@@ -450,6 +450,12 @@ pub trait Store: Send + Sync + 'static {
     /// How many findings wait to be matched and executions wait for work (queue depth).
     fn backlog(&self) -> impl Future<Output = Result<(i64, i64), StoreError>> + Send;
 
+    /// How many executions are in each state that still has work or waits (`matched`,
+    /// `applying`, `scheduled`, `pending_approval`), every one of them listed.
+    fn waiting_executions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, StoreError>> + Send;
+
     /// Duplicates counted for a finding.
     fn duplicates(&self, finding_id: &str) -> impl Future<Output = Result<i64, StoreError>> + Send;
 

@@ -732,6 +732,22 @@ impl Store for SqliteStore {
         Ok((findings, executions))
     }
 
+    async fn waiting_executions(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM executions \
+             WHERE state IN ('matched', 'applying', 'scheduled', 'pending_approval') GROUP BY state",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(["matched", "applying", "scheduled", "pending_approval"]
+            .into_iter()
+            .map(|state| {
+                let n = rows.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+                (state.to_owned(), n)
+            })
+            .collect())
+    }
+
     async fn duplicates(&self, finding_id: &str) -> Result<i64, StoreError> {
         let n: Option<i64> =
             sqlx::query_scalar("SELECT count FROM duplicates WHERE finding_id = ?")

@@ -54,6 +54,12 @@ struct ReasonLabel {
     reason: String,
 }
 
+/// `{state}`: an execution state (`matched`, `applying`, `scheduled`, `pending_approval`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
 /// `{outcome}`: `ok` / `error` (commits), `loaded` / `rejected` (playbook reloads).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -78,6 +84,8 @@ pub struct Metrics {
     finding_to_action_seconds: Histogram,
     guard_drops: Family<ReasonLabel, Counter>,
     playbook_reloads: Family<OutcomeLabel, Counter>,
+    executions: Family<StateLabel, Gauge>,
+    approvals_pending: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -113,6 +121,8 @@ impl Metrics {
         let finding_to_action_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 20));
         let guard_drops = Family::<ReasonLabel, Counter>::default();
         let playbook_reloads = Family::<OutcomeLabel, Counter>::default();
+        let executions = Family::<StateLabel, Gauge>::default();
+        let approvals_pending = Gauge::default();
 
         registry.register(
             "findings_received",
@@ -180,6 +190,17 @@ impl Metrics {
             playbook_reloads.clone(),
         );
 
+        registry.register(
+            "executions",
+            "Executions in the store that still have work or wait, by state",
+            executions.clone(),
+        );
+        registry.register(
+            "approvals_pending",
+            "Executions waiting for a person (held by a guard or awaiting approval)",
+            approvals_pending.clone(),
+        );
+
         Self {
             registry,
             findings_received,
@@ -195,6 +216,8 @@ impl Metrics {
             finding_to_action_seconds,
             guard_drops,
             playbook_reloads,
+            executions,
+            approvals_pending,
         }
     }
 
@@ -276,6 +299,20 @@ impl Metrics {
     pub fn set_queue_depth(&self, depth: usize) {
         self.queue_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// How many executions are in each non-final state (from the store).
+    pub fn set_executions(&self, counts: &[(String, i64)]) {
+        for (state, n) in counts {
+            self.executions
+                .get_or_create(&StateLabel {
+                    state: state.clone(),
+                })
+                .set(*n);
+            if state == "pending_approval" {
+                self.approvals_pending.set(*n);
+            }
+        }
     }
 
     /// Playbook `playbook` matched a finding (one execution created).

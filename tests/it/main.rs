@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod engine;
 mod fixtures;
+mod guards;
 mod notify;
 mod parsers;
 mod parsers_k8s;
