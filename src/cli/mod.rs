@@ -101,8 +101,7 @@ pub enum Command {
     /// Read and verify the tamper-evident audit trail in the store.
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// Executions waiting for a person (held by a guard): list, approve or deny (break-glass,
-    /// audited).
+    /// List, approve or deny executions held for a person (break-glass, audited).
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
     /// Turn the kill switch on: no engine sharing the store applies anything until `resume`.
@@ -255,6 +254,9 @@ pub struct RunArgs {
     /// Plan only: show what would change, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Do not record in the store (`store.url`): no shared history, dedup, guards or locks.
+    #[arg(long)]
+    pub no_store: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -391,6 +393,8 @@ fn dispatch(command: Command, config: &Config) -> Exit {
                 finding,
                 parser,
                 dry_run: true,
+                // Testing playbooks is a rehearsal: it leaves no trace in the ledger.
+                no_store: true,
                 format,
             };
             run::run(&args, config)

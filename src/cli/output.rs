@@ -202,7 +202,12 @@ pub fn run_table(doc: &RunDocument<'_>) {
             f.source,
             clip(&f.rule, 80)
         );
-        if execs.is_empty() && idle.is_empty() {
+        let duplicate = doc
+            .report
+            .duplicates
+            .iter()
+            .any(|d| d.finding_id == f.id.to_string());
+        if execs.is_empty() && idle.is_empty() && !duplicate {
             outln!("  no playbook matched");
         }
         for e in execs {
@@ -213,8 +218,15 @@ pub fn run_table(doc: &RunDocument<'_>) {
                     StepStatus::Applied => "applied",
                     StepStatus::Failed => "FAILED",
                     StepStatus::Skipped => "skipped",
+                    StepStatus::Scheduled => "scheduled",
                 };
                 outln!("    {}. {:<28} {}", i + 1, s.action, status);
+                if let Some(due) = s.due_at.and_then(chrono::DateTime::from_timestamp_millis) {
+                    outln!(
+                        "       due: {} (carried out by `firebreak serve` on the same store)",
+                        due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    );
+                }
                 if let Some(p) = &s.plan {
                     outln!(
                         "       plan: {}{}",
@@ -233,6 +245,17 @@ pub fn run_table(doc: &RunDocument<'_>) {
                     outln!("       error: {err}");
                 }
             }
+        }
+        if let Some(d) = doc
+            .report
+            .duplicates
+            .iter()
+            .find(|d| d.finding_id == f.id.to_string())
+        {
+            outln!(
+                "  duplicate of finding {} (within store.dedup_window_seconds): not acted on again",
+                d.original_id
+            );
         }
         for n in idle {
             outln!(

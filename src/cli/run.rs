@@ -3,12 +3,19 @@
 use serde::Serialize;
 
 use super::{Format, RunArgs, input, output};
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::action::ActionCtx;
 use crate::config::Config;
+use crate::engine::worker::WorkerOptions;
 use crate::engine::{self, RunOptions, RunReport};
 use crate::error::Exit;
-use crate::finding::{Finding, ParserChoice, Rejection, parse_input};
+use crate::finding::{Finding, ParseReport, ParserChoice, Rejection, parse_input};
+use crate::playbook::PlaybookSet;
 use crate::playbook::{LoadError, load_dir};
+use crate::store::IngestBatch;
+use crate::store::sqlite::SqliteStore;
 
 /// The JSON document `run --format json` prints.
 #[derive(Serialize)]
@@ -87,9 +94,32 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
             return Exit::Usage;
         }
     };
-    let report = runtime.block_on(engine::run(&set, &ctx, &parsed.findings, &opts, &|| {
-        progress.tick()
-    }));
+    let report = if args.no_store {
+        runtime.block_on(engine::run(&set, &ctx, &parsed.findings, &opts, &|| {
+            progress.tick();
+        }))
+    } else {
+        let recorded = runtime.block_on(recorded_run(
+            config,
+            set,
+            ctx,
+            &source,
+            &parsed,
+            opts,
+            &|n| (0..n).for_each(|_| progress.tick()),
+        ));
+        match recorded {
+            Ok(report) => report,
+            Err(e) => {
+                progress.finish();
+                output::error(
+                    &format!("store {}: {e}", config.store.url),
+                    Some("set store.url (or FIREBREAK_STORE__URL), or run with --no-store"),
+                );
+                return Exit::Usage;
+            }
+        }
+    };
     progress.finish();
 
     let doc = RunDocument {
@@ -107,4 +137,59 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
     } else {
         Exit::Ok
     }
+}
+
+/// Errors of a recorded run: opening the store, or a write to it.
+#[derive(Debug, thiserror::Error)]
+enum RecordedError {
+    #[error("cannot open: {0}")]
+    Open(crate::store::StoreError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Runs through the store named by `store.url`, sharing history, dedup, guards, locks and the
+/// audit trail with `firebreak serve`.
+async fn recorded_run(
+    config: &Config,
+    set: PlaybookSet,
+    ctx: ActionCtx,
+    source: &str,
+    parsed: &ParseReport,
+    run: RunOptions,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<RunReport, RecordedError> {
+    let store = Arc::new(
+        SqliteStore::open(&config.store.url)
+            .await
+            .map_err(RecordedError::Open)?,
+    );
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let batch = IngestBatch {
+        intake: format!("cli:{user}:{source}"),
+        findings: parsed.findings.clone(),
+        rejected: parsed.rejected.clone(),
+        ..IngestBatch::default()
+    };
+    let opts = WorkerOptions {
+        lease: Duration::from_secs(config.engine.lease_seconds.max(1)),
+        concurrency: usize::try_from(config.engine.concurrency.max(1)).unwrap_or(1),
+        run,
+        ..WorkerOptions::default()
+    };
+    let report = engine::recorded::run(
+        store,
+        Arc::new(set),
+        ctx,
+        batch,
+        Duration::from_secs(config.store.dedup_window_seconds),
+        opts,
+        progress,
+    )
+    .await?;
+    output::note(&format!(
+        "recorded in {} (`firebreak audit list` shows the trail)",
+        crate::redact::scrub(&config.store.url)
+    ));
+    Ok(report)
 }

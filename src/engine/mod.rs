@@ -5,6 +5,7 @@
 //! durable, leased worker of `firebreak serve` drives the same [`execute_step`] so both paths
 //! plan and apply identically.
 
+pub mod recorded;
 pub mod reload;
 pub mod worker;
 
@@ -52,6 +53,8 @@ pub enum StepStatus {
     Failed,
     /// Not run (an earlier step failed, or the kill switch is on).
     Skipped,
+    /// Waiting for its timer (`after:`); the service carries it out when due.
+    Scheduled,
 }
 
 /// What happened to one step.
@@ -69,6 +72,9 @@ pub struct StepReport {
     pub error: Option<String>,
     /// How many apply/plan attempts were made.
     pub attempts: u32,
+    /// For a scheduled step: when it is due (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<i64>,
 }
 
 /// One playbook run against one finding.
@@ -100,6 +106,18 @@ pub struct RunReport {
     pub executions: Vec<Execution>,
     /// Matches that did not act.
     pub not_acted: Vec<NotActed>,
+    /// Findings counted on an earlier one within the dedup window (only with a store).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<Duplicate>,
+}
+
+/// A finding that was a duplicate of one already in the store, and was not acted on again.
+#[derive(Debug, Clone, Serialize)]
+pub struct Duplicate {
+    /// The finding as parsed now.
+    pub finding_id: String,
+    /// The stored finding it was counted on.
+    pub original_id: String,
 }
 
 impl RunReport {
@@ -177,6 +195,7 @@ async fn run_playbook(
                 outcome: None,
                 error: Some(why.clone()),
                 attempts: 0,
+                due_at: None,
             });
             continue;
         }
@@ -213,6 +232,7 @@ pub async fn execute_step(
         outcome: None,
         error: Some(crate::redact::scrub(&e.to_string()).into_owned()),
         attempts,
+        due_at: None,
     };
     loop {
         attempts += 1;
@@ -235,6 +255,7 @@ pub async fn execute_step(
                 outcome: None,
                 error: None,
                 attempts,
+                due_at: None,
             };
         }
         match step.action.apply(ctx, input, &plan).await {
@@ -247,6 +268,7 @@ pub async fn execute_step(
                     outcome: Some(outcome),
                     error: None,
                     attempts,
+                    due_at: None,
                 };
             }
             Err(ActionError::Drift(why)) if !replanned => {

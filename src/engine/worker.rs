@@ -21,12 +21,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use super::{RunOptions, backoff};
 use crate::action::{ActionCtx, ActionError, Outcome, Plan, StepInput};
 use crate::finding::Finding;
 use crate::playbook::{Decision, OnFailure, OnLimit, Playbook, PlaybookSet, Step};
 use crate::store::{Admission, ClaimedExecution, ExecState, StepRow, Store, StoreError, now_ms};
+
+/// The reason recorded on an execution the kill switch stopped.
+pub const KILL_SWITCH_REASON: &str = "kill switch is on";
 
 /// How long an execution waits before trying again for a target another action holds.
 const LOCK_RETRY: Duration = Duration::from_millis(250);
@@ -47,6 +51,9 @@ pub struct WorkerOptions {
     pub concurrency: usize,
     /// Retries, dry-run and the configured kill switch.
     pub run: RunOptions,
+    /// Work only on findings recorded with this scope (`firebreak run` sets its own); `None`
+    /// is the service's shared queue.
+    pub scope: Option<String>,
 }
 
 impl Default for WorkerOptions {
@@ -58,6 +65,7 @@ impl Default for WorkerOptions {
             poll: Duration::from_millis(500),
             concurrency: 8,
             run: RunOptions::default(),
+            scope: None,
         }
     }
 }
@@ -159,12 +167,18 @@ impl<S: Store> Worker<S> {
         let set = self.playbooks();
         for claimed in self
             .store
-            .claim_findings(&self.opts.owner, self.opts.lease, self.opts.batch)
+            .claim_findings(
+                &self.opts.owner,
+                self.opts.lease,
+                self.opts.batch,
+                self.opts.scope.as_deref(),
+            )
             .await?
         {
             let f = &claimed.finding;
-            let matches: Vec<(String, ExecState, Option<String>)> = set
-                .evaluate(f)
+            let span = tracing::debug_span!("match", finding = %f.id, source = %f.source);
+            let matches: Vec<(String, ExecState, Option<String>)> = span
+                .in_scope(|| set.evaluate(f))
                 .into_iter()
                 .map(|ev| match ev.decision {
                     Decision::Act => {
@@ -183,11 +197,28 @@ impl<S: Store> Worker<S> {
         }
         let claimed = self
             .store
-            .claim_executions(&self.opts.owner, self.opts.lease, self.opts.batch)
+            .claim_executions(
+                &self.opts.owner,
+                self.opts.lease,
+                self.opts.batch,
+                self.opts.scope.as_deref(),
+            )
             .await?;
         round.executions = claimed.len();
         let results: Vec<Result<(), StoreError>> = futures_util::stream::iter(claimed)
-            .map(|exec| self.advance(&set, exec))
+            .map(|exec| {
+                // One span per finding's execution; steps get child spans (never a guard held
+                // across an await: the futures are instrumented).
+                let span = tracing::info_span!(
+                    "execution",
+                    finding = %exec.finding.id,
+                    source = %exec.finding.source,
+                    rule = %exec.finding.rule,
+                    playbook = %exec.playbook,
+                    execution = %exec.id,
+                );
+                self.advance(&set, exec).instrument(span)
+            })
             .buffer_unordered(self.opts.concurrency.max(1))
             .collect()
             .await;
@@ -242,12 +273,7 @@ impl<S: Store> Worker<S> {
             self.metric(|m| m.guard_drop("kill_switch"));
             return self
                 .store
-                .set_execution_state(
-                    &exec.id,
-                    &fid,
-                    ExecState::Skipped,
-                    Some("kill switch is on"),
-                )
+                .set_execution_state(&exec.id, &fid, ExecState::Skipped, Some(KILL_SWITCH_REASON))
                 .await;
         }
         if exec.state == ExecState::Matched
@@ -303,7 +329,12 @@ impl<S: Store> Worker<S> {
                 step: i,
                 params: &step.params,
             };
-            let ok = match self.run_step(&exec.id, &fid, idx, step, input).await? {
+            let span = tracing::info_span!("step", idx, action = step.action.kind());
+            let ok = match self
+                .run_step(&exec.id, &fid, idx, step, input)
+                .instrument(span)
+                .await?
+            {
                 StepResult::Done(ok) => ok,
                 StepResult::TargetBusy => {
                     let wake = now_ms() + i64::try_from(LOCK_RETRY.as_millis()).unwrap_or(250);

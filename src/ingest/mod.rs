@@ -274,6 +274,7 @@ impl<S: Store> Writer<S> {
             intake,
             findings: Vec::new(),
             rejected: Vec::new(),
+            ..IngestBatch::default()
         };
         let mut pending = Vec::with_capacity(jobs.len());
         for job in jobs {

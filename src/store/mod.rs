@@ -57,6 +57,12 @@ pub struct IngestBatch {
     pub findings: Vec<Finding>,
     /// Rejected records.
     pub rejected: Vec<Rejection>,
+    /// Only engines claiming with this scope work on these findings (`firebreak run` uses its
+    /// own); `None` is the service's shared queue.
+    pub scope: Option<String>,
+    /// Recorded by a dry run: stored and audited, but never deduplicated against and never the
+    /// original a later real finding is counted on, so a rehearsal cannot suppress the real run.
+    pub dry_run: bool,
 }
 
 /// What the store did with one finding.
@@ -170,6 +176,21 @@ pub struct ClaimedExecution {
     pub steps: Vec<StepRow>,
     /// When the finding was received (Unix ms), for finding-to-action latency.
     pub received_at: i64,
+}
+
+/// A stored execution with its steps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExecutionRow {
+    /// Execution id.
+    pub id: String,
+    /// Playbook.
+    pub playbook: String,
+    /// State.
+    pub state: ExecState,
+    /// Why it is in that state, when recorded.
+    pub reason: Option<String>,
+    /// Steps recorded, by index.
+    pub steps: Vec<StepRow>,
 }
 
 /// A recorded step.
@@ -376,12 +397,14 @@ pub trait Store: Send + Sync + 'static {
         dedup_window: Duration,
     ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
 
-    /// Claims up to `limit` findings in state `new` (or whose lease expired) for `owner`.
+    /// Claims up to `limit` findings in state `new` (or whose lease expired) for `owner`,
+    /// only those recorded with `scope` (`None`: the service's shared queue).
     fn claim_findings(
         &self,
         owner: &str,
         lease: Duration,
         limit: u32,
+        scope: Option<&str>,
     ) -> impl Future<Output = Result<Vec<ClaimedFinding>, StoreError>> + Send;
 
     /// Marks a claimed finding matched and creates one execution per playbook (idempotent:
@@ -393,13 +416,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Claims up to `limit` executions that still have work (non-final state, lease free or
-    /// expired).
+    /// expired, not waiting for a timer or a lock) whose finding was recorded with `scope`.
     fn claim_executions(
         &self,
         owner: &str,
         lease: Duration,
         limit: u32,
+        scope: Option<&str>,
     ) -> impl Future<Output = Result<Vec<ClaimedExecution>, StoreError>> + Send;
+
+    /// Executions of findings in `scope` that could still advance now or soon (`matched` or
+    /// `applying`, e.g. waiting for a target lock).
+    fn waiting_in_scope(&self, scope: &str)
+    -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Hands the real (not dry-run) findings of `scope` to the service's shared queue, so what
+    /// still waits (a scheduled step, a held execution) is carried out by `serve`. Returns how
+    /// many executions were still unfinished.
+    fn release_scope(&self, scope: &str) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Every execution of a finding with its steps, oldest first (for reports).
+    fn executions_of(
+        &self,
+        finding_id: &str,
+    ) -> impl Future<Output = Result<Vec<ExecutionRow>, StoreError>> + Send;
 
     /// Upserts a step record and appends its audit line, in one transaction.
     fn save_step(

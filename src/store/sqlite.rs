@@ -15,8 +15,8 @@ use tokio::sync::Mutex;
 
 use super::{
     Admission, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution, ClaimedFinding, ExecState,
-    GENESIS, GuardDenial, IngestBatch, PendingApproval, Receipt, StepRow, Store, StoreError,
-    VerifyReport, audit_detail, audit_hash, now_ms,
+    ExecutionRow, GENESIS, GuardDenial, IngestBatch, PendingApproval, Receipt, StepRow, Store,
+    StoreError, VerifyReport, audit_detail, audit_hash, now_ms,
 };
 use crate::finding::Finding;
 
@@ -66,6 +66,32 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl SqliteStore {
+    /// The recorded steps of an execution, by index.
+    async fn steps_of(&self, execution_id: &str) -> Result<Vec<StepRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idx, action, status, plan, outcome, error, attempts, due_at FROM steps WHERE execution_id = ? ORDER BY idx",
+        )
+        .bind(execution_id)
+        .fetch_all(&self.readers)
+        .await?;
+        let mut steps = Vec::with_capacity(rows.len());
+        for s in rows {
+            let plan: Option<String> = s.try_get("plan")?;
+            let outcome: Option<String> = s.try_get("outcome")?;
+            steps.push(StepRow {
+                idx: u32::try_from(s.try_get::<i64, _>("idx")?).unwrap_or(u32::MAX),
+                action: s.try_get("action")?,
+                status: s.try_get("status")?,
+                plan: plan.and_then(|p| serde_json::from_str(&p).ok()),
+                outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
+                error: s.try_get("error")?,
+                attempts: u32::try_from(s.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                due_at: s.try_get("due_at")?,
+            });
+        }
+        Ok(steps)
+    }
+
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`) and migrates it.
     ///
     /// # Errors
@@ -296,11 +322,12 @@ impl Store for SqliteStore {
         let since = now - ms(dedup_window);
         let mut receipts = Vec::with_capacity(batch.findings.len());
         for f in &batch.findings {
-            let original: Option<String> = if dedup_window.is_zero() {
+            let original: Option<String> = if dedup_window.is_zero() || batch.dry_run {
                 None
             } else {
                 sqlx::query_scalar(
-                    "SELECT id FROM findings WHERE fingerprint = ? AND received_at >= ? ORDER BY received_at LIMIT 1",
+                    "SELECT id FROM findings WHERE fingerprint = ? AND received_at >= ? AND dry_run = 0 \
+                     ORDER BY received_at LIMIT 1",
                 )
                 .bind(&f.fingerprint.0)
                 .bind(since)
@@ -341,8 +368,8 @@ impl Store for SqliteStore {
             }
             let body = serde_json::to_string(f).map_err(|e| corrupt("findings", e.to_string()))?;
             sqlx::query(
-                "INSERT INTO findings (id, fingerprint, source, rule, severity, class, intake, received_at, body, state) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'new')",
+                "INSERT INTO findings (id, fingerprint, source, rule, severity, class, intake, received_at, body, state, scope, dry_run) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'new', ?, ?)",
             )
             .bind(f.id.to_string())
             .bind(&f.fingerprint.0)
@@ -353,10 +380,15 @@ impl Store for SqliteStore {
             .bind(&batch.intake)
             .bind(now)
             .bind(&body)
+            .bind(&batch.scope)
+            .bind(batch.dry_run)
             .execute(&mut *tx)
             .await?;
             let mut detail = finding_summary(f);
             detail["intake"] = Value::String(batch.intake.clone());
+            if batch.dry_run {
+                detail["dry_run"] = Value::Bool(true);
+            }
             append_audit(
                 &mut tx,
                 &AuditEvent {
@@ -409,17 +441,20 @@ impl Store for SqliteStore {
         owner: &str,
         lease: Duration,
         limit: u32,
+        scope: Option<&str>,
     ) -> Result<Vec<ClaimedFinding>, StoreError> {
         let mut w = self.writer.lock().await;
         let now = now_ms();
         let rows = sqlx::query(
             "UPDATE findings SET lease_owner = ?, lease_until = ? WHERE id IN ( \
-               SELECT id FROM findings WHERE state = 'new' AND (lease_until IS NULL OR lease_until < ?) \
+               SELECT id FROM findings WHERE state = 'new' AND scope IS ? \
+               AND (lease_until IS NULL OR lease_until < ?) \
                ORDER BY received_at, id LIMIT ?) \
              RETURNING body, received_at",
         )
         .bind(owner)
         .bind(now + ms(lease))
+        .bind(scope)
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&mut *w)
@@ -499,19 +534,22 @@ impl Store for SqliteStore {
         owner: &str,
         lease: Duration,
         limit: u32,
+        scope: Option<&str>,
     ) -> Result<Vec<ClaimedExecution>, StoreError> {
         let rows = {
             let mut w = self.writer.lock().await;
             let now = now_ms();
             sqlx::query(
                 "UPDATE executions SET lease_owner = ?, lease_until = ? WHERE id IN ( \
-                   SELECT id FROM executions WHERE state IN ('matched', 'applying', 'scheduled') \
-                   AND (lease_until IS NULL OR lease_until < ?) AND (wake_at IS NULL OR wake_at <= ?) \
-                   ORDER BY created_at, id LIMIT ?) \
+                   SELECT e.id FROM executions e JOIN findings f ON f.id = e.finding_id \
+                   WHERE e.state IN ('matched', 'applying', 'scheduled') AND f.scope IS ? \
+                   AND (e.lease_until IS NULL OR e.lease_until < ?) AND (e.wake_at IS NULL OR e.wake_at <= ?) \
+                   ORDER BY e.created_at, e.id LIMIT ?) \
                  RETURNING id, finding_id, playbook, state",
             )
             .bind(owner)
             .bind(now + ms(lease))
+            .bind(scope)
             .bind(now)
             .bind(now)
             .bind(i64::from(limit))
@@ -528,27 +566,7 @@ impl Store for SqliteStore {
                     .bind(&finding_id)
                     .fetch_one(&self.readers)
                     .await?;
-            let step_rows = sqlx::query(
-                "SELECT idx, action, status, plan, outcome, error, attempts, due_at FROM steps WHERE execution_id = ? ORDER BY idx",
-            )
-            .bind(&id)
-            .fetch_all(&self.readers)
-            .await?;
-            let mut steps = Vec::with_capacity(step_rows.len());
-            for s in step_rows {
-                let plan: Option<String> = s.try_get("plan")?;
-                let outcome: Option<String> = s.try_get("outcome")?;
-                steps.push(StepRow {
-                    idx: u32::try_from(s.try_get::<i64, _>("idx")?).unwrap_or(u32::MAX),
-                    action: s.try_get("action")?,
-                    status: s.try_get("status")?,
-                    plan: plan.and_then(|p| serde_json::from_str(&p).ok()),
-                    outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
-                    error: s.try_get("error")?,
-                    attempts: u32::try_from(s.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                    due_at: s.try_get("due_at")?,
-                });
-            }
+            let steps = self.steps_of(&id).await?;
             out.push(ClaimedExecution {
                 id,
                 finding: decode_finding(&body)?,
@@ -557,6 +575,69 @@ impl Store for SqliteStore {
                     .ok_or_else(|| corrupt("executions", format!("unknown state `{state}`")))?,
                 steps,
                 received_at,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn waiting_in_scope(&self, scope: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM executions e JOIN findings f ON f.id = e.finding_id \
+             WHERE f.scope = ? AND e.state IN ('matched', 'applying')",
+        )
+        .bind(scope)
+        .fetch_one(&self.readers)
+        .await?)
+    }
+
+    async fn release_scope(&self, scope: &str) -> Result<i64, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let unfinished: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM executions e JOIN findings f ON f.id = e.finding_id \
+             WHERE f.scope = ? AND f.dry_run = 0 \
+             AND e.state IN ('matched', 'applying', 'scheduled', 'pending_approval')",
+        )
+        .bind(scope)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE findings SET scope = NULL WHERE scope = ? AND dry_run = 0")
+            .bind(scope)
+            .execute(&mut *tx)
+            .await?;
+        if unfinished > 0 {
+            append_audit(
+                &mut tx,
+                &AuditEvent {
+                    kind: "run.handed_over".into(),
+                    finding_id: None,
+                    execution_id: None,
+                    detail: serde_json::json!({ "scope": scope, "executions": unfinished }),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(unfinished)
+    }
+
+    async fn executions_of(&self, finding_id: &str) -> Result<Vec<ExecutionRow>, StoreError> {
+        let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, playbook, state, reason FROM executions WHERE finding_id = ? ORDER BY created_at, id",
+        )
+        .bind(finding_id)
+        .fetch_all(&self.readers)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, playbook, state, reason) in rows {
+            let steps = self.steps_of(&id).await?;
+            out.push(ExecutionRow {
+                state: ExecState::parse(&state)
+                    .ok_or_else(|| corrupt("executions", format!("unknown state `{state}`")))?,
+                id,
+                playbook,
+                reason,
+                steps,
             });
         }
         Ok(out)

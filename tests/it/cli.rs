@@ -9,10 +9,16 @@ use crate::support::receiver::Receiver;
 
 /// Runs the binary with a clean environment plus `env`, feeding `stdin`.
 fn firebreak_with(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
+    // Each invocation gets a ledger of its own unless the test names one: `run` records into
+    // the store by default, and tests must not share one through the working directory.
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let store_url = format!("sqlite://{}", ledger.path().join("firebreak.db").display());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_firebreak"));
-    cmd.args(args)
-        .env_clear()
-        .envs(env.iter().copied())
+    cmd.args(args).env_clear();
+    if !env.iter().any(|(k, _)| *k == "FIREBREAK_STORE__URL") {
+        cmd.env("FIREBREAK_STORE__URL", &store_url);
+    }
+    cmd.envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

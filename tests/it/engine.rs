@@ -69,6 +69,7 @@ async fn ingest(store: &SqliteStore, n: usize) {
                 intake: "test".into(),
                 findings,
                 rejected: vec![],
+                ..IngestBatch::default()
             },
             Duration::ZERO,
         )

@@ -58,6 +58,7 @@ impl Ledger {
                     intake: "test".into(),
                     findings,
                     rejected: vec![],
+                    ..IngestBatch::default()
                 },
                 Duration::ZERO,
             )

@@ -31,6 +31,7 @@ fn batch(findings: Vec<Finding>) -> IngestBatch {
         intake: "test".into(),
         findings,
         rejected: Vec::new(),
+        ..IngestBatch::default()
     }
 }
 
@@ -110,6 +111,7 @@ async fn rejected_records_are_kept_with_their_reason() {
                 intake: "test".into(),
                 findings: vec![],
                 rejected: report.rejected,
+                ..IngestBatch::default()
             },
             HOUR,
         )
@@ -143,7 +145,10 @@ async fn leases_give_each_finding_to_one_worker_until_they_expire() {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = s.claim_findings(&format!("w{w}"), HOUR, 3).await.unwrap();
+                let got = s
+                    .claim_findings(&format!("w{w}"), HOUR, 3, None)
+                    .await
+                    .unwrap();
                 if got.is_empty() {
                     break mine;
                 }
@@ -161,7 +166,7 @@ async fn leases_give_each_finding_to_one_worker_until_they_expire() {
     // Leases held: nothing left. An expired lease is claimable again.
     assert!(
         store
-            .claim_findings("late", HOUR, 10)
+            .claim_findings("late", HOUR, 10, None)
             .await
             .unwrap()
             .is_empty()
@@ -173,7 +178,7 @@ async fn leases_give_each_finding_to_one_worker_until_they_expire() {
         .unwrap();
     assert_eq!(
         fresh
-            .claim_findings("a", Duration::ZERO, 10)
+            .claim_findings("a", Duration::ZERO, 10, None)
             .await
             .unwrap()
             .len(),
@@ -181,7 +186,11 @@ async fn leases_give_each_finding_to_one_worker_until_they_expire() {
     );
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
-        fresh.claim_findings("b", HOUR, 10).await.unwrap().len(),
+        fresh
+            .claim_findings("b", HOUR, 10, None)
+            .await
+            .unwrap()
+            .len(),
         1,
         "expired lease reclaimed"
     );
@@ -193,7 +202,7 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
     let f = copy_of(FALCO_SHELL);
     let fid = f.id.to_string();
     store.record(batch(vec![f]), HOUR).await.unwrap();
-    let claimed = store.claim_findings("w", HOUR, 10).await.unwrap();
+    let claimed = store.claim_findings("w", HOUR, 10, None).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let ids = store
         .record_matches(
@@ -216,7 +225,7 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
         .await
         .unwrap();
     assert_eq!(again[0], ids[0]);
-    let execs = store.claim_executions("w", HOUR, 10).await.unwrap();
+    let execs = store.claim_executions("w", HOUR, 10, None).await.unwrap();
     assert_eq!(execs.len(), 1, "skipped executions have no work");
     assert_eq!(execs[0].playbook, "alert");
     let step = StepRow {
@@ -238,7 +247,7 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
         .unwrap();
     assert!(
         store
-            .claim_executions("w2", Duration::ZERO, 10)
+            .claim_executions("w2", Duration::ZERO, 10, None)
             .await
             .unwrap()
             .is_empty(),

@@ -40,3 +40,10 @@ CREATE TABLE schedules (
     PRIMARY KEY (execution_id, idx)
 );
 CREATE INDEX schedules_due ON schedules (fired_at, due_at);
+
+-- Findings recorded by `firebreak run` belong to that run: only an engine with the same scope
+-- claims them (a service never applies what a manual dry-run recorded). NULL = the service's.
+ALTER TABLE findings ADD COLUMN scope TEXT;
+-- Recorded by a dry run: kept for the audit trail, never a dedup original for a real run.
+ALTER TABLE findings ADD COLUMN dry_run INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX findings_scope ON findings (scope, state);
