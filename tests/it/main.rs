@@ -14,5 +14,6 @@ mod playbooks;
 mod registry;
 mod server;
 mod service;
+mod sqs;
 mod store;
 mod support;
