@@ -105,6 +105,7 @@ fn start() -> Result<Moto, String> {
             if let Ok(Some(status)) = child.try_wait() {
                 let mut text = String::new();
                 let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
+                let _ = std::fs::remove_file(&log);
                 last = format!(
                     "moto ({} -m moto.server) exited with {status} before answering:\n{}",
                     python.display(),
@@ -120,6 +121,8 @@ fn start() -> Result<Moto, String> {
             )
             .is_ok()
             {
+                // Its log only matters when moto fails to start; moto keeps the open file.
+                let _ = std::fs::remove_file(&log);
                 return Ok(Moto {
                     endpoint: format!("http://127.0.0.1:{port}"),
                     _child: Mutex::new(child),
