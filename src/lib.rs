@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod engine;
 pub mod error;

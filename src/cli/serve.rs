@@ -1,6 +1,7 @@
 //! `firebreak serve`: the long-running service. Wires the store, the playbooks (hot reloaded),
-//! the group-commit intake behind the HTTP routes, and the durable engine worker; stops
-//! gracefully on SIGTERM or Ctrl-C: intake first, then in-flight work, within a bound.
+//! the group-commit intake behind the HTTP routes and the SQS pollers, and the durable engine
+//! worker; stops gracefully on SIGTERM or Ctrl-C: intake first, then in-flight work, within a
+//! bound.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -8,14 +9,17 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 use super::output;
 use crate::action::ActionCtx;
+use crate::clients::aws::Aws;
 use crate::config::Config;
 use crate::engine::RunOptions;
 use crate::engine::reload::{Reload, Reloader};
 use crate::engine::worker::{Worker, WorkerOptions};
 use crate::error::Exit;
+use crate::ingest::sqs::{SqsPoller, SqsSource};
 use crate::ingest::{Intake, IntakeConfig};
 use crate::playbook::{LoadError, load_dir};
 use crate::server::{AppState, router, serve_http};
@@ -35,6 +39,61 @@ pub struct ServeOptions {
     pub listen: Option<String>,
     /// Plan only.
     pub dry_run: bool,
+}
+
+/// Checks every `ingest.sqs` entry; all problems are returned.
+fn sqs_sources(config: &Config) -> Result<Vec<SqsSource>, Vec<String>> {
+    let mut sources = Vec::new();
+    let mut problems = Vec::new();
+    for (i, q) in config.ingest.sqs.iter().enumerate() {
+        match SqsSource::from_config(i, q) {
+            Ok(s) => sources.push(s),
+            Err(p) => problems.extend(p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(sources)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Starts one poller per queue when AWS is usable; says loudly when it is not. Credentials are
+/// only probed when a queue is configured (the probe may wait on the EC2 metadata service).
+async fn start_sqs(
+    config: &Config,
+    sources: Vec<SqsSource>,
+    intake: &Intake,
+    metrics: &Arc<Metrics>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    if sources.is_empty() {
+        return Vec::new();
+    }
+    let aws = Aws::load(&config.aws).await;
+    if let Some(why) = aws.unusable() {
+        output::note(&format!(
+            "{why}: AWS actions plan only; SQS intake OFF for {} queue(s)",
+            sources.len()
+        ));
+        return Vec::new();
+    }
+    let names: Vec<&str> = sources.iter().map(|s| s.queue_name.as_str()).collect();
+    output::note(&format!(
+        "SQS intake: polling {} queue(s) ({}) in {}",
+        sources.len(),
+        names.join(", "),
+        aws.region().unwrap_or("?")
+    ));
+    let client = aws.sqs();
+    sources
+        .into_iter()
+        .map(|source| {
+            let poller =
+                SqsPoller::new(client.clone(), source, intake.clone(), Arc::clone(metrics));
+            tokio::spawn(poller.run(stopped(stop.clone())))
+        })
+        .collect()
 }
 
 /// Runs the service until a shutdown signal.
@@ -120,6 +179,19 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
             return Exit::Usage;
         }
     };
+    let sqs_sources = match sqs_sources(config) {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in &problems {
+                output::error(p, None);
+            }
+            output::error(
+                "the SQS intake configuration has problems; the service did not start",
+                Some("fix ingest.sqs in the --config file (see config/default.yaml)"),
+            );
+            return Exit::Usage;
+        }
+    };
     let dry_run = opts.dry_run || config.engine.dry_run;
     let listen = opts
         .listen
@@ -140,6 +212,9 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         .map(|a| a.to_string())
         .unwrap_or(listen);
 
+    let (tx, rx) = watch::channel(false);
+    shutdown_signal(tx);
+
     let shared = Arc::new(RwLock::new(Arc::new(set)));
     let metrics = Arc::new(Metrics::new());
     let wake = Arc::new(Notify::new());
@@ -148,6 +223,7 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         IntakeConfig::from_config(config, Arc::clone(&metrics)),
         Arc::clone(&wake),
     );
+    let intake_for_sqs = intake.clone();
     let state = AppState::new(
         intake,
         Arc::clone(&store),
@@ -155,10 +231,9 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         &config.server,
     );
     let ready = Arc::clone(&state.ready);
+    let pollers = start_sqs(config, sqs_sources, &intake_for_sqs, &metrics, &rx).await;
+    drop(intake_for_sqs);
     let app = router(state);
-
-    let (tx, rx) = watch::channel(false);
-    shutdown_signal(tx);
 
     let worker = Worker::new(
         Arc::clone(&store),
@@ -220,6 +295,11 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
     // HTTP has stopped accepting; the intake writer drains what was acknowledged… (it only acks
     // after commit, so there is nothing unacknowledged to lose) and the worker finishes its round.
     let drained = tokio::time::timeout(SHUTDOWN_BOUND, async {
+        // Pollers finish the batch they hold (commit, delete) and drop their intake handles;
+        // only then can the writer drain and stop.
+        for p in pollers {
+            let _ = p.await;
+        }
         let _ = writer.await;
         let _ = worker_task.await;
         let _ = reload_task.await;

@@ -59,6 +59,10 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// Where playbooks are loaded from.
     pub playbooks: PlaybooksConfig,
+    /// AWS clients (SQS intake now; IAM, S3, Security Hub actions later).
+    pub aws: AwsConfig,
+    /// Intake sources other than the HTTP route (SQS queues).
+    pub ingest: IngestConfig,
 }
 
 /// `store:` section.
@@ -281,6 +285,63 @@ impl Default for PlaybooksConfig {
     }
 }
 
+/// `aws:` section: what every AWS SDK client is built with (see `crate::clients::aws`).
+/// Credentials are never configured here: they come from the SDK's default chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    /// Region for every AWS client; empty: the SDK's default chain (`AWS_REGION`, profile, …).
+    pub region: String,
+    /// Send every AWS API call here instead of the AWS endpoint (moto in tests, a VPC or
+    /// FIPS endpoint); empty: the AWS endpoint for the region.
+    pub endpoint_url: String,
+}
+
+/// `ingest:` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// SQS queues to poll (EventBridge → SQS carries GuardDuty and Security Hub findings).
+    pub sqs: Vec<SqsQueueConfig>,
+}
+
+/// One SQS queue polled by `firebreak serve` (`ingest.sqs[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqsQueueConfig {
+    /// The queue URL (`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`). Required.
+    pub queue_url: String,
+    /// `auto` (sniff each message body) or a parser id (`firebreak parsers list`).
+    pub parser: String,
+    /// Long-poll wait of each `ReceiveMessage`, 0–20 seconds.
+    pub wait_seconds: u32,
+    /// Messages per `ReceiveMessage`, 1–10.
+    pub max_messages: u32,
+    /// Seconds a received message stays hidden from other consumers; extended while its batch
+    /// is being recorded, so it only needs to cover one extension period (1–43200).
+    pub visibility_timeout_seconds: u32,
+    /// Seconds a poison message (every record rejected) is hidden after each receive, doubled
+    /// per receive (capped at one hour), so it never loops hot.
+    pub poison_retry_seconds: u32,
+    /// Receives after which a poison message is deleted (after its rejection was recorded) when
+    /// the queue has no redrive policy; with one, the queue moves it to its dead-letter queue.
+    pub max_receives: u32,
+}
+
+impl Default for SqsQueueConfig {
+    fn default() -> Self {
+        Self {
+            queue_url: String::new(),
+            parser: "auto".to_owned(),
+            wait_seconds: 20,
+            max_messages: 10,
+            visibility_timeout_seconds: 60,
+            poison_retry_seconds: 60,
+            max_receives: 5,
+        }
+    }
+}
+
 /// Why configuration could not be loaded: every problem found, each with where it came from
 /// (the file, `<env>` or `<flag>`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -465,7 +526,16 @@ enum EnvKey {
 }
 
 /// The section names, for recognising `FIREBREAK_<SECTION>_…` typos.
-const SECTIONS: [&str; 6] = ["store", "engine", "log", "server", "notify", "playbooks"];
+const SECTIONS: [&str; 8] = [
+    "store",
+    "engine",
+    "log",
+    "server",
+    "notify",
+    "playbooks",
+    "aws",
+    "ingest",
+];
 
 fn env_key(name: &str, defaults: &serde_json::Value) -> EnvKey {
     let Some(rest) = name

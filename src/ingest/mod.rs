@@ -9,9 +9,11 @@
 //!
 //! This module must not know what bytes *mean* (that is [`crate::finding`]), must not block a
 //! caller when the queue is full (it answers [`IntakeError::Busy`] at once), and must never
-//! acknowledge input before it is committed. The HTTP route lives in [`http`].
+//! acknowledge input before it is committed. The HTTP route lives in [`http`], the SQS poller
+//! in [`sqs`].
 
 pub mod http;
+pub mod sqs;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::finding::{Finding, ParserChoice, Rejection, parse_input};
+use crate::finding::{Finding, ParseReport, ParserChoice, Rejection, parse_input};
 use crate::store::{IngestBatch, Receipt, Store, StoreError};
 use crate::telemetry::metrics::Metrics;
 
@@ -178,6 +180,21 @@ impl Intake {
             });
         }
         let report = parse_input(&intake, bytes, choice);
+        self.submit_parsed(intake, report).await
+    }
+
+    /// Queues an already parsed `report` for `intake` and waits until it is committed: for
+    /// transports that must look at what a payload holds before deciding what to record (the
+    /// SQS poller records a poison message's rejection only once). Same errors as
+    /// [`Intake::submit`].
+    ///
+    /// # Errors
+    /// [`IntakeError::Busy`], [`IntakeError::Store`] or [`IntakeError::Closed`].
+    pub async fn submit_parsed(
+        &self,
+        intake: String,
+        report: ParseReport,
+    ) -> Result<Submitted, IntakeError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             intake,

@@ -66,6 +66,13 @@ struct OutcomeLabel {
     outcome: String,
 }
 
+/// `{operation}`: an SQS API call or step that failed (`receive`, `delete`,
+/// `change_visibility`, `get_attributes`, `commit`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: String,
+}
+
 /// Firebreak's metric families and the registry that renders them.
 ///
 /// Cheap to share behind an `Arc`; every recording method takes `&self`.
@@ -86,6 +93,8 @@ pub struct Metrics {
     playbook_reloads: Family<OutcomeLabel, Counter>,
     executions: Family<StateLabel, Gauge>,
     approvals_pending: Gauge,
+    sqs_messages: Family<OutcomeLabel, Counter>,
+    sqs_errors: Family<OperationLabel, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -123,6 +132,8 @@ impl Metrics {
         let playbook_reloads = Family::<OutcomeLabel, Counter>::default();
         let executions = Family::<StateLabel, Gauge>::default();
         let approvals_pending = Gauge::default();
+        let sqs_messages = Family::<OutcomeLabel, Counter>::default();
+        let sqs_errors = Family::<OperationLabel, Counter>::default();
 
         registry.register(
             "findings_received",
@@ -189,6 +200,18 @@ impl Metrics {
             "Playbook set reloads, by outcome",
             playbook_reloads.clone(),
         );
+        registry.register(
+            "sqs_messages",
+            "SQS messages, by outcome: received, deleted (after the commit), poison (every record \
+             rejected), poison_deleted (no redrive policy, max_receives reached), retained (left \
+             on the queue after a failed commit)",
+            sqs_messages.clone(),
+        );
+        registry.register(
+            "sqs_errors",
+            "Failed SQS calls and commits of SQS batches, by operation",
+            sqs_errors.clone(),
+        );
 
         registry.register(
             "executions",
@@ -218,6 +241,8 @@ impl Metrics {
             playbook_reloads,
             executions,
             approvals_pending,
+            sqs_messages,
+            sqs_errors,
         }
     }
 
@@ -358,6 +383,46 @@ impl Metrics {
             })
             .inc();
     }
+
+    /// `n` SQS messages had `outcome` (`received`, `deleted`, `poison`, `poison_deleted`,
+    /// `retained`). Queue names are not a label: they are configuration, not bounded.
+    pub fn sqs_messages(&self, outcome: &str, n: u64) {
+        self.sqs_messages
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// How many SQS messages had `outcome` so far.
+    #[must_use]
+    pub fn sqs_message_count(&self, outcome: &str) -> u64 {
+        self.sqs_messages
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .get()
+    }
+
+    /// An SQS `operation` failed (`receive`, `delete`, `change_visibility`, `get_attributes`,
+    /// `commit`).
+    pub fn sqs_error(&self, operation: &str) {
+        self.sqs_errors
+            .get_or_create(&OperationLabel {
+                operation: operation.to_owned(),
+            })
+            .inc();
+    }
+
+    /// How many times the SQS `operation` failed so far.
+    #[must_use]
+    pub fn sqs_error_count(&self, operation: &str) -> u64 {
+        self.sqs_errors
+            .get_or_create(&OperationLabel {
+                operation: operation.to_owned(),
+            })
+            .get()
+    }
 }
 
 #[cfg(test)]
@@ -379,6 +444,8 @@ mod tests {
         m.finding_to_action(1.5);
         m.guard_drop("kill_switch");
         m.playbook_reload("loaded");
+        m.sqs_messages("deleted", 3);
+        m.sqs_error("receive");
         let text = m.render();
         for name in [
             "firebreak_findings_received_total{source=\"falco\"} 2",
@@ -394,6 +461,8 @@ mod tests {
             "firebreak_finding_to_action_seconds_count 1",
             "firebreak_guard_drops_total{reason=\"kill_switch\"} 1",
             "firebreak_playbook_reloads_total{outcome=\"loaded\"} 1",
+            "firebreak_sqs_messages_total{outcome=\"deleted\"} 3",
+            "firebreak_sqs_errors_total{operation=\"receive\"} 1",
         ] {
             assert!(text.contains(name), "missing `{name}` in:\n{text}");
         }

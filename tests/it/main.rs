@@ -15,5 +15,6 @@ mod playbooks;
 mod registry;
 mod server;
 mod service;
+mod sqs;
 mod store;
 mod support;

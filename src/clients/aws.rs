@@ -1,0 +1,181 @@
+//! AWS SDK configuration: region, an optional endpoint override and credentials from the SDK's
+//! default chain, built once and shared by every AWS client (SQS now; IAM, S3 and Security Hub
+//! are built from the same [`Aws`] with one more method each).
+//!
+//! The default chain reads the process environment and `~/.aws` (environment variables,
+//! profiles, web identity, ECS and EC2 instance roles); that is the SDK's business and the only
+//! place Firebreak lets it happen. Tests pass static credentials and point `endpoint_url` at
+//! moto instead. Whether credentials were found is probed once, with a bound, at [`Aws::load`]:
+//! [`Aws::credentials`] tells the service whether AWS actions can run or only plan.
+
+use std::fmt;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::ProvideCredentials;
+
+use crate::config::AwsConfig;
+
+/// How long the credential probe may take: the default chain ends with the EC2 metadata
+/// service, which on a machine outside AWS only fails after its own timeouts.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the credential chain produced credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialStatus {
+    /// Credentials were found (which ones is never shown).
+    Found,
+    /// No credentials: why (the chain's own message, which names no secret).
+    Missing {
+        /// What the chain reported.
+        reason: String,
+    },
+}
+
+impl CredentialStatus {
+    /// Whether AWS calls can be signed.
+    #[must_use]
+    pub fn found(&self) -> bool {
+        matches!(self, Self::Found)
+    }
+}
+
+impl fmt::Display for CredentialStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Found => f.write_str("credentials found"),
+            Self::Missing { reason } => write!(f, "no credentials ({reason})"),
+        }
+    }
+}
+
+/// The shared AWS SDK configuration and what the credential probe found.
+#[derive(Clone)]
+pub struct Aws {
+    sdk: SdkConfig,
+    credentials: CredentialStatus,
+}
+
+impl fmt::Debug for Aws {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Aws")
+            .field("region", &self.region())
+            .field("endpoint_url", &self.sdk.endpoint_url())
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Aws {
+    /// Builds the configuration from `cfg` with credentials from the default chain, and probes
+    /// the chain once (bounded by a few seconds).
+    pub async fn load(cfg: &AwsConfig) -> Self {
+        Self::build(cfg, None).await
+    }
+
+    /// Builds the configuration from `cfg` with fixed `credentials` (tests against moto; never
+    /// read from configuration files).
+    pub async fn with_credentials(cfg: &AwsConfig, credentials: Credentials) -> Self {
+        Self::build(cfg, Some(credentials)).await
+    }
+
+    async fn build(cfg: &AwsConfig, credentials: Option<Credentials>) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if !cfg.region.trim().is_empty() {
+            loader = loader.region(Region::new(cfg.region.trim().to_owned()));
+        }
+        if !cfg.endpoint_url.trim().is_empty() {
+            loader = loader.endpoint_url(cfg.endpoint_url.trim());
+        }
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(c);
+        }
+        let sdk = loader.load().await;
+        let credentials = probe(&sdk).await;
+        Self { sdk, credentials }
+    }
+
+    /// What the credential probe found.
+    #[must_use]
+    pub fn credentials(&self) -> &CredentialStatus {
+        &self.credentials
+    }
+
+    /// The region clients use, if one was configured or found.
+    #[must_use]
+    pub fn region(&self) -> Option<&str> {
+        self.sdk.region().map(Region::as_ref)
+    }
+
+    /// Why AWS clients cannot work, if they cannot: no region or no credentials.
+    #[must_use]
+    pub fn unusable(&self) -> Option<String> {
+        if let CredentialStatus::Missing { reason } = &self.credentials {
+            return Some(format!("no AWS credentials found: {reason}"));
+        }
+        if self.region().is_none() {
+            return Some("no AWS region: set aws.region or AWS_REGION".to_owned());
+        }
+        None
+    }
+
+    /// The shared SDK configuration (for a client this module has no method for yet).
+    #[must_use]
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.sdk
+    }
+
+    /// An SQS client.
+    #[must_use]
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk)
+    }
+}
+
+/// Asks the configured provider for credentials once, within [`PROBE_TIMEOUT`].
+async fn probe(sdk: &SdkConfig) -> CredentialStatus {
+    let Some(provider) = sdk.credentials_provider() else {
+        return CredentialStatus::Missing {
+            reason: "no credentials provider is configured".to_owned(),
+        };
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, provider.provide_credentials()).await {
+        Ok(Ok(_)) => CredentialStatus::Found,
+        // The error's Display is the chain's summary; it names providers, never secrets.
+        Ok(Err(e)) => CredentialStatus::Missing {
+            reason: e.to_string(),
+        },
+        Err(_) => CredentialStatus::Missing {
+            reason: format!(
+                "the credential chain did not answer within {}s",
+                PROBE_TIMEOUT.as_secs()
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn moto_like() -> AwsConfig {
+        AwsConfig {
+            region: "us-east-1".to_owned(),
+            endpoint_url: "http://127.0.0.1:1".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn static_credentials_are_found_and_never_shown() {
+        let secret = ["not", "a", "real", "secret"].join("-");
+        let creds = Credentials::new("AKIDEXAMPLE", secret.clone(), None, None, "static");
+        let aws = Aws::with_credentials(&moto_like(), creds).await;
+        assert!(aws.credentials().found(), "{:?}", aws.credentials());
+        assert_eq!(aws.unusable(), None);
+        assert_eq!(aws.region(), Some("us-east-1"));
+        assert_eq!(aws.sdk_config().endpoint_url(), Some("http://127.0.0.1:1"));
+        assert!(!format!("{aws:?}").contains(&secret));
+    }
+}
