@@ -368,3 +368,165 @@ pub fn ingest(file: &str, requests: usize, concurrency: usize, format: Format) -
         }
     }
 }
+
+/// The result of `bench action`.
+#[derive(Debug, Serialize)]
+pub struct ActionResult {
+    /// Findings submitted, one at a time.
+    pub findings: usize,
+    /// Actions that reached the receiver.
+    pub applied: usize,
+    /// Median time from submitting a finding to the receiver getting its webhook, ms.
+    pub p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub p99_ms: f64,
+    /// The same, measured to the durable ack of the finding only (the ingest share), median ms.
+    pub ack_p50_ms: f64,
+    /// Resident memory with store, intake, engine and receiver up but idle, MiB.
+    pub idle_rss_mib: Option<f64>,
+    /// Resident memory after the run, MiB.
+    pub loaded_rss_mib: Option<f64>,
+}
+
+/// `firebreak bench action FILE`: finding-to-first-action latency through the real intake,
+/// store and engine worker, with `notify.webhook` posting to a receiver on loopback.
+pub fn action(file: &str, findings: usize, format: Format) -> Exit {
+    use std::sync::{Arc, RwLock};
+
+    use crate::action::ActionCtx;
+    use crate::config::Config;
+    use crate::engine::worker::{Worker, WorkerOptions};
+    use crate::finding::ParserChoice;
+    use crate::ingest::{Intake, IntakeConfig};
+    use crate::store::sqlite::SqliteStore;
+    use crate::telemetry::metrics::Metrics;
+
+    let (_, bytes) = match input::read(file) {
+        Ok(x) => x,
+        Err(e) => {
+            output::error(&e, None);
+            return Exit::Usage;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            output::error(&format!("cannot start the async runtime: {e}"), None);
+            return Exit::Usage;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", ulid::Ulid::new()));
+    let result = rt.block_on(async {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        // The local peer: every POST is one applied action.
+        let (hit_tx, mut hit_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        let app = axum::Router::new().fallback(move || {
+            let hit_tx = hit_tx.clone();
+            async move {
+                let _ = hit_tx.send(Instant::now());
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let peer = listener.local_addr().map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+
+        let store = Arc::new(
+            SqliteStore::open(&format!("sqlite://{}", dir.join("bench.db").display()))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        let mut config = Config::default();
+        config.store.dedup_window_seconds = 0; // every submission is a new finding to act on
+        let yaml = format!(
+            "name: bench\nmatch: {{class: [credential-exposure, exposed-dashboard, cryptomining, public-storage, runtime-threat, misconfiguration, vulnerability, other]}}\nsteps:\n  - action: notify.webhook\n    with: {{url: \"http://{peer}/hook\"}}\n"
+        );
+        let (pb, _) = crate::playbook::load_str(std::path::Path::new("bench.yaml"), &yaml)
+            .map_err(|ds| format!("{ds:?}"))?;
+        let set = Arc::new(RwLock::new(Arc::new(crate::playbook::PlaybookSet::new(
+            vec![pb],
+        ))));
+        let metrics = Arc::new(Metrics::new());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (intake, writer) = Intake::start(
+            Arc::clone(&store),
+            IntakeConfig::from_config(&config, Arc::clone(&metrics)),
+            Arc::clone(&wake),
+        );
+        let ctx = ActionCtx::from_config(&config).map_err(|e| e.to_string())?;
+        let worker = Worker::new(Arc::clone(&store), set, ctx, WorkerOptions::default())
+            .with_metrics(Arc::clone(&metrics));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let engine = tokio::spawn(async move {
+            worker
+                .run(wake, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let idle_rss = rss_mib();
+
+        let mut total = Vec::with_capacity(findings);
+        let mut acks = Vec::with_capacity(findings);
+        for _ in 0..findings {
+            let t = Instant::now();
+            let submitted = intake
+                .submit("bench".into(), ParserChoice::Auto, &bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            if submitted.accepted() == 0 {
+                return Err(format!("{file}: no finding to act on"));
+            }
+            acks.push(t.elapsed());
+            // Wait for this finding's action (and any extra from a multi-record file).
+            for _ in 0..submitted.accepted() {
+                match tokio::time::timeout(Duration::from_secs(10), hit_rx.recv()).await {
+                    Ok(Some(at)) => {
+                        if total.len() < acks.len() {
+                            total.push(at.duration_since(t));
+                        }
+                    }
+                    _ => return Err("no action reached the receiver within 10 s".into()),
+                }
+            }
+        }
+        let loaded_rss = rss_mib();
+        let _ = stop_tx.send(());
+        let _ = engine.await;
+        drop(intake);
+        let _ = writer.await;
+        total.sort();
+        acks.sort();
+        Ok::<ActionResult, String>(ActionResult {
+            findings,
+            applied: total.len(),
+            p50_ms: percentile(&total, 50.0).as_secs_f64() * 1e3,
+            p99_ms: percentile(&total, 99.0).as_secs_f64() * 1e3,
+            ack_p50_ms: percentile(&acks, 50.0).as_secs_f64() * 1e3,
+            idle_rss_mib: idle_rss,
+            loaded_rss_mib: loaded_rss,
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Ok(r) => {
+            match format {
+                Format::Json => output::json(&r),
+                Format::Table => output::action_bench(&r),
+            }
+            Exit::Ok
+        }
+        Err(e) => {
+            output::error(&format!("action benchmark failed: {e}"), None);
+            Exit::Failure
+        }
+    }
+}

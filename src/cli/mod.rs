@@ -219,6 +219,20 @@ pub enum BenchCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Finding received → first action applied: submits findings of FILE one at a time through
+    /// the durable intake (SQLite, `synchronous=FULL`) to a running engine whose playbook
+    /// notifies a local HTTP receiver; reports p50/p99 and idle and loaded RSS.
+    Action {
+        /// A scanner file; its first record is submitted.
+        #[arg(value_name = "FILE")]
+        file: String,
+        /// Findings, one after the other.
+        #[arg(long, default_value_t = 500)]
+        findings: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Evaluate N findings (replicated from FILE) against the playbooks in DIR.
     Match {
         /// Directory of playbooks.
@@ -431,6 +445,11 @@ fn dispatch(command: Command, config: &Config) -> Exit {
             concurrency,
             format,
         }) => bench::ingest(&file, requests, concurrency, format),
+        Command::Bench(BenchCmd::Action {
+            file,
+            findings,
+            format,
+        }) => bench::action(&file, findings, format),
         Command::Bench(BenchCmd::Match {
             dir,
             file,

@@ -363,6 +363,24 @@ pub fn verify_report(report: &crate::store::VerifyReport) {
 }
 
 /// `bench ingest` results on stdout.
+pub fn action_bench(r: &super::bench::ActionResult) {
+    let mib = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |m| format!("{m:.1} MiB"));
+    outln!(
+        "finding -> first action applied: {} findings, {} actions; p50 {:.2} ms, p99 {:.2} ms (durable ack p50 {:.2} ms)",
+        r.findings,
+        r.applied,
+        r.p50_ms,
+        r.p99_ms,
+        r.ack_p50_ms
+    );
+    outln!(
+        "RSS: idle {}, after the run {}",
+        mib(r.idle_rss_mib),
+        mib(r.loaded_rss_mib)
+    );
+}
+
+/// The result of `bench ingest`.
 pub fn ingest_bench(r: &super::bench::IngestResult) {
     outln!(
         "durable HTTP ingest (SQLite WAL, synchronous=FULL): {} requests, {} clients\n  {} accepted, {} refused => {:.0} findings/s in {} commits; latency p50 {:.2} ms, p99 {:.2} ms; RSS {} MiB",

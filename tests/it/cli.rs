@@ -1,5 +1,6 @@
 //! The `firebreak` binary as a user runs it: exit codes, stdout/stderr, bad input.
 
+use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -626,4 +627,119 @@ fn pause_resume_and_audit_commands_share_the_store_and_detect_tampering() {
     let o = firebreak_with(&["audit", "verify"], &env, b"");
     assert_eq!(code(&o), 1, "tampering exits 1");
     assert!(stdout(&o).contains("TAMPERED: record 1"), "{}", stdout(&o));
+}
+
+/// `firebreak run` against a named store; returns the parsed JSON document and the exit code.
+fn run_in_store(pb: &Path, store: &str, extra: &[&str], env: &[(&str, &str)]) -> (i32, Value) {
+    let dir = pb.to_string_lossy();
+    let finding = fixture(FALCO_SHELL);
+    let mut args = vec![
+        "run",
+        "--playbooks",
+        &dir,
+        "--finding",
+        &finding,
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let mut env = env.to_vec();
+    env.push(("FIREBREAK_STORE__URL", store));
+    let o = firebreak_with(&args, &env, b"");
+    let doc = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&o), stderr(&o)));
+    (code(&o), doc)
+}
+
+fn audit_kinds(store: &str) -> Vec<Value> {
+    let o = firebreak_with(
+        &["audit", "list", "--format", "json"],
+        &[("FIREBREAK_STORE__URL", store)],
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    serde_json::from_str::<Vec<Value>>(&stdout(&o)).expect("audit JSON")
+}
+
+#[test]
+fn run_records_its_findings_and_plans_in_the_store_and_a_dry_run_never_dedups_a_later_one() {
+    let pb = playbook_dir("http://127.0.0.1:9/never");
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", ledger.path().join("l.db").display());
+    for _ in 0..2 {
+        let (code, doc) = run_in_store(pb.path(), &store, &["--dry-run"], &[]);
+        assert_eq!(code, 0);
+        assert_eq!(doc["executions"][0]["steps"][0]["status"], "planned");
+        assert!(doc.get("duplicates").is_none(), "{doc}");
+    }
+    let audit = audit_kinds(&store);
+    let received: Vec<&Value> = audit
+        .iter()
+        .filter(|a| a["kind"] == "finding.received")
+        .collect();
+    assert_eq!(received.len(), 2, "both rehearsals are recorded");
+    assert!(received.iter().all(|a| a["detail"]["dry_run"] == true));
+    assert_eq!(
+        audit.iter().filter(|a| a["kind"] == "step.planned").count(),
+        2
+    );
+
+    // --no-store leaves the ledger alone.
+    let before = audit.len();
+    let (code, _) = run_in_store(pb.path(), &store, &["--dry-run", "--no-store"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(audit_kinds(&store).len(), before);
+}
+
+#[test]
+fn a_real_run_held_by_a_cooldown_is_listed_and_approved_from_the_cli() {
+    let pb = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        pb.path().join("guarded.yaml"),
+        "name: guarded\nmatch: {class: runtime-threat}\nguards: {cooldown: 1h}\nsteps:\n  - action: notify.webhook\n    with: {url: \"http://127.0.0.1:9/closed\"}\n",
+    )
+    .expect("write playbook");
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", ledger.path().join("l.db").display());
+    let env = [("FIREBREAK_STORE__DEDUP_WINDOW_SECONDS", "0")];
+    let (first, doc) = run_in_store(pb.path(), &store, &[], &env);
+    assert_eq!(first, 1, "the webhook port is closed: the step fails");
+    assert_eq!(doc["executions"][0]["steps"][0]["status"], "failed");
+
+    let (second, doc) = run_in_store(pb.path(), &store, &[], &env);
+    assert_eq!(second, 0, "held is not a failure");
+    let reason = doc["not_acted"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("held for approval: cooldown"), "{doc}");
+
+    let list = firebreak_with(
+        &["approvals", "list", "--format", "json"],
+        &[("FIREBREAK_STORE__URL", &store)],
+        b"",
+    );
+    let pending: Vec<Value> = serde_json::from_str(&stdout(&list)).expect("JSON");
+    assert_eq!(pending.len(), 1);
+    let id = pending[0]["execution_id"].as_str().expect("id").to_owned();
+    let approve = firebreak_with(
+        &["approvals", "approve", &id, "--reason", "on-call confirmed"],
+        &[("FIREBREAK_STORE__URL", &store)],
+        b"",
+    );
+    assert_eq!(code(&approve), 0, "{}", stderr(&approve));
+    let again = firebreak_with(
+        &["approvals", "deny", &id, "--reason", "changed my mind"],
+        &[("FIREBREAK_STORE__URL", &store)],
+        b"",
+    );
+    assert_eq!(code(&again), 1, "already decided");
+    assert!(stderr(&again).contains("not waiting"), "{}", stderr(&again));
+    let audit = audit_kinds(&store);
+    assert!(
+        audit.iter().any(
+            |a| a["kind"] == "approval.granted" && a["detail"]["reason"] == "on-call confirmed"
+        )
+    );
+    assert!(
+        audit.iter().any(|a| a["kind"] == "run.handed_over"),
+        "the held execution was handed to the service"
+    );
 }
