@@ -5,6 +5,7 @@
 //! use a small pool. Ingest batches are grouped by the caller (see `crate::ingest`), so many
 //! concurrent requests share one commit.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -139,58 +140,120 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Rows per multi-row INSERT: 12 columns × 400 rows stays well below SQLite's limit of
+/// 32,766 bound variables.
+const ROWS_PER_INSERT: usize = 400;
+
 /// Appends one audit record inside an open transaction.
 async fn append_audit(
     conn: &mut SqliteConnection,
     event: &AuditEvent,
 ) -> Result<AuditRecord, StoreError> {
+    let mut records = append_audit_many(conn, std::slice::from_ref(event)).await?;
+    records
+        .pop()
+        .ok_or_else(|| corrupt("audit", "appending one record returned none"))
+}
+
+/// Appends `events` in order inside an open transaction: one read of the chain's head, the
+/// hashes computed in memory, multi-row inserts, and one update of the separately kept head.
+async fn append_audit_many(
+    conn: &mut SqliteConnection,
+    events: &[AuditEvent],
+) -> Result<Vec<AuditRecord>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *conn)
             .await?;
-    let (seq, prev_hash) = match head {
-        Some((seq, hash)) => (seq + 1, hash),
-        None => (1, GENESIS.to_owned()),
+    let (mut seq, mut prev_hash) = match head {
+        Some((seq, hash)) => (seq, hash),
+        None => (0, GENESIS.to_owned()),
     };
     let at = now_ms();
-    let detail = audit_detail(&event.detail);
-    let hash = audit_hash(
-        &prev_hash,
-        seq,
-        at,
-        &event.kind,
-        event.finding_id.as_deref(),
-        event.execution_id.as_deref(),
-        &detail,
-    );
-    sqlx::query(
-        "INSERT INTO audit (seq, at, kind, finding_id, execution_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(seq)
-    .bind(at)
-    .bind(&event.kind)
-    .bind(&event.finding_id)
-    .bind(&event.execution_id)
-    .bind(&detail)
-    .bind(&prev_hash)
-    .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
+    let mut records = Vec::with_capacity(events.len());
+    let mut details = Vec::with_capacity(events.len());
+    for event in events {
+        seq += 1;
+        let detail = audit_detail(&event.detail);
+        let hash = audit_hash(
+            &prev_hash,
+            seq,
+            at,
+            &event.kind,
+            event.finding_id.as_deref(),
+            event.execution_id.as_deref(),
+            &detail,
+        );
+        records.push(AuditRecord {
+            seq,
+            at,
+            kind: event.kind.clone(),
+            finding_id: event.finding_id.clone(),
+            execution_id: event.execution_id.clone(),
+            detail: Value::Null, // filled below, after the text was bound
+            prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+            hash,
+        });
+        details.push(detail);
+    }
+    let rows: Vec<(&AuditRecord, &String)> = records.iter().zip(&details).collect();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit (seq, at, kind, finding_id, execution_id, detail, prev_hash, hash) ",
+        );
+        q.push_values(chunk, |mut b, (r, detail)| {
+            b.push_bind(r.seq)
+                .push_bind(r.at)
+                .push_bind(r.kind.clone())
+                .push_bind(r.finding_id.clone())
+                .push_bind(r.execution_id.clone())
+                .push_bind((*detail).clone())
+                .push_bind(r.prev_hash.clone())
+                .push_bind(r.hash.clone());
+        });
+        q.build().execute(&mut *conn).await?;
+    }
     // The head is kept apart from the chain so that deleting the newest records is detected.
     sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-        .bind(format!("{seq}:{hash}"))
+        .bind(format!("{seq}:{prev_hash}"))
         .execute(&mut *conn)
         .await?;
-    Ok(AuditRecord {
-        seq,
-        at,
-        kind: event.kind.clone(),
-        finding_id: event.finding_id.clone(),
-        execution_id: event.execution_id.clone(),
-        detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
-        prev_hash,
-        hash,
-    })
+    for (r, detail) in records.iter_mut().zip(details) {
+        r.detail = serde_json::from_str(&detail).unwrap_or(Value::String(detail));
+    }
+    Ok(records)
+}
+
+/// For each fingerprint in `findings`, the earliest real (not dry-run) finding stored with it
+/// since `since`, looked up in chunks rather than one statement per finding.
+async fn originals_since(
+    conn: &mut SqliteConnection,
+    findings: &[Finding],
+    since: i64,
+) -> Result<HashMap<String, String>, StoreError> {
+    let mut fps: Vec<&str> = findings.iter().map(|f| f.fingerprint.0.as_str()).collect();
+    fps.sort_unstable();
+    fps.dedup();
+    let mut out = HashMap::new();
+    for chunk in fps.chunks(ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT fingerprint, id FROM findings WHERE dry_run = 0 AND received_at >= ",
+        );
+        q.push_bind(since).push(" AND fingerprint IN (");
+        let mut sep = q.separated(", ");
+        for fp in chunk {
+            sep.push_bind((*fp).to_owned());
+        }
+        q.push(") ORDER BY received_at, id");
+        let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        for (fp, id) in rows {
+            out.entry(fp).or_insert(id);
+        }
+    }
+    Ok(out)
 }
 
 fn decode_finding(body: &str) -> Result<Finding, StoreError> {
@@ -316,122 +379,124 @@ impl Store for SqliteStore {
         batch: IngestBatch,
         dedup_window: Duration,
     ) -> Result<Vec<Receipt>, StoreError> {
+        // Statements per batch, not per finding: with sqlx every statement is a round trip to
+        // the connection's thread, so rows are written with multi-row INSERTs and the audit
+        // chain is extended in memory from one read of its head.
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
-        let since = now - ms(dedup_window);
+        let dedup = !dedup_window.is_zero() && !batch.dry_run;
+        let mut originals = if dedup {
+            originals_since(&mut tx, &batch.findings, now - ms(dedup_window)).await?
+        } else {
+            HashMap::new()
+        };
         let mut receipts = Vec::with_capacity(batch.findings.len());
+        let mut fresh: Vec<(&Finding, String)> = Vec::with_capacity(batch.findings.len());
+        let mut dup_counts: Vec<(String, i64)> = Vec::new();
+        let mut events = Vec::with_capacity(batch.findings.len() + 2);
         for f in &batch.findings {
-            let original: Option<String> = if dedup_window.is_zero() || batch.dry_run {
-                None
-            } else {
-                sqlx::query_scalar(
-                    "SELECT id FROM findings WHERE fingerprint = ? AND received_at >= ? AND dry_run = 0 \
-                     ORDER BY received_at LIMIT 1",
-                )
-                .bind(&f.fingerprint.0)
-                .bind(since)
-                .fetch_optional(&mut *tx)
-                .await?
-            };
-            if let Some(original) = original {
-                let count: i64 = sqlx::query_scalar(
-                    "INSERT INTO duplicates (finding_id, count, last_seen_at) VALUES (?, 1, ?) \
-                     ON CONFLICT (finding_id) DO UPDATE SET count = count + 1, last_seen_at = excluded.last_seen_at \
-                     RETURNING count",
-                )
-                .bind(&original)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                if count == 1 {
-                    // One line per storm: the first duplicate says deduplication started.
-                    append_audit(
-                        &mut tx,
-                        &AuditEvent {
-                            kind: "finding.deduplicated".into(),
-                            finding_id: Some(original.clone()),
-                            execution_id: None,
-                            detail: serde_json::json!({
-                                "window_seconds": dedup_window.as_secs(),
-                                "note": "further copies within the window are counted, not stored or acted on",
-                            }),
-                        },
-                    )
-                    .await?;
+            if dedup {
+                if let Some(original) = originals.get(&f.fingerprint.0) {
+                    match dup_counts.iter_mut().find(|(id, _)| id == original) {
+                        Some((_, n)) => *n += 1,
+                        None => dup_counts.push((original.clone(), 1)),
+                    }
+                    receipts.push(Receipt {
+                        id: original.clone(),
+                        duplicate: true,
+                    });
+                    continue;
                 }
-                receipts.push(Receipt {
-                    id: original,
-                    duplicate: true,
-                });
-                continue;
+                originals.insert(f.fingerprint.0.clone(), f.id.to_string());
             }
             let body = serde_json::to_string(f).map_err(|e| corrupt("findings", e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO findings (id, fingerprint, source, rule, severity, class, intake, received_at, body, state, scope, dry_run) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'new', ?, ?)",
-            )
-            .bind(f.id.to_string())
-            .bind(&f.fingerprint.0)
-            .bind(&f.source)
-            .bind(&f.rule)
-            .bind(f.severity.as_str())
-            .bind(f.class.as_str())
-            .bind(&batch.intake)
-            .bind(now)
-            .bind(&body)
-            .bind(&batch.scope)
-            .bind(batch.dry_run)
-            .execute(&mut *tx)
-            .await?;
             let mut detail = finding_summary(f);
             detail["intake"] = Value::String(batch.intake.clone());
             if batch.dry_run {
                 detail["dry_run"] = Value::Bool(true);
             }
-            append_audit(
-                &mut tx,
-                &AuditEvent {
-                    kind: "finding.received".into(),
-                    finding_id: Some(f.id.to_string()),
-                    execution_id: None,
-                    detail,
-                },
-            )
-            .await?;
+            events.push(AuditEvent {
+                kind: "finding.received".into(),
+                finding_id: Some(f.id.to_string()),
+                execution_id: None,
+                detail,
+            });
             receipts.push(Receipt {
                 id: f.id.to_string(),
                 duplicate: false,
             });
+            fresh.push((f, body));
         }
-        for r in &batch.rejected {
-            sqlx::query(
-                "INSERT INTO rejected (received_at, intake, source, parser, record_index, line, pointer, reason) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        for chunk in fresh.chunks(ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO findings (id, fingerprint, source, rule, severity, class, intake, received_at, body, state, scope, dry_run) ",
+            );
+            q.push_values(chunk, |mut b, (f, body)| {
+                b.push_bind(f.id.to_string())
+                    .push_bind(f.fingerprint.0.clone())
+                    .push_bind(f.source.clone())
+                    .push_bind(f.rule.clone())
+                    .push_bind(f.severity.as_str())
+                    .push_bind(f.class.as_str())
+                    .push_bind(batch.intake.clone())
+                    .push_bind(now)
+                    .push_bind(body.clone())
+                    .push_bind("new")
+                    .push_bind(batch.scope.clone())
+                    .push_bind(batch.dry_run);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        for (original, n) in &dup_counts {
+            let count: i64 = sqlx::query_scalar(
+                "INSERT INTO duplicates (finding_id, count, last_seen_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (finding_id) DO UPDATE SET count = count + excluded.count, last_seen_at = excluded.last_seen_at \
+                 RETURNING count",
             )
+            .bind(original)
+            .bind(*n)
             .bind(now)
-            .bind(&batch.intake)
-            .bind(&r.source)
-            .bind(&r.parser)
-            .bind(i64::try_from(r.index).unwrap_or(i64::MAX))
-            .bind(r.line.and_then(|l| i64::try_from(l).ok()))
-            .bind(&r.pointer)
-            .bind(&r.reason)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            if count == *n {
+                // One line per storm: the first duplicates say deduplication started.
+                events.push(AuditEvent {
+                    kind: "finding.deduplicated".into(),
+                    finding_id: Some(original.clone()),
+                    execution_id: None,
+                    detail: serde_json::json!({
+                        "window_seconds": dedup_window.as_secs(),
+                        "note": "further copies within the window are counted, not stored or acted on",
+                    }),
+                });
+            }
+        }
+        for chunk in batch.rejected.chunks(ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO rejected (received_at, intake, source, parser, record_index, line, pointer, reason) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(now)
+                    .push_bind(batch.intake.clone())
+                    .push_bind(r.source.clone())
+                    .push_bind(r.parser.clone())
+                    .push_bind(i64::try_from(r.index).unwrap_or(i64::MAX))
+                    .push_bind(r.line.and_then(|l| i64::try_from(l).ok()))
+                    .push_bind(r.pointer.clone())
+                    .push_bind(r.reason.clone());
+            });
+            q.build().execute(&mut *tx).await?;
         }
         if !batch.rejected.is_empty() {
-            append_audit(
-                &mut tx,
-                &AuditEvent {
-                    kind: "input.rejected".into(),
-                    finding_id: None,
-                    execution_id: None,
-                    detail: serde_json::json!({ "intake": batch.intake, "records": batch.rejected.len() }),
-                },
-            )
-            .await?;
+            events.push(AuditEvent {
+                kind: "input.rejected".into(),
+                finding_id: None,
+                execution_id: None,
+                detail: serde_json::json!({ "intake": batch.intake, "records": batch.rejected.len() }),
+            });
         }
+        append_audit_many(&mut tx, &events).await?;
         tx.commit().await?;
         Ok(receipts)
     }
