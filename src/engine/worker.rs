@@ -165,6 +165,7 @@ impl<S: Store> Worker<S> {
     pub async fn round(&self) -> Result<Round, StoreError> {
         let mut round = Round::default();
         let set = self.playbooks();
+        let mut fresh = Vec::new();
         for claimed in self
             .store
             .claim_findings(
@@ -190,20 +191,41 @@ impl<S: Store> Worker<S> {
                     }
                 })
                 .collect();
-            self.store
-                .record_matches(&f.id.to_string(), &matches)
+            // New executions come back leased to this worker: advance them in this round
+            // without a second claim (one transaction less between a finding and its action).
+            let recorded = self
+                .store
+                .record_matches(
+                    &f.id.to_string(),
+                    &matches,
+                    Some((&self.opts.owner, self.opts.lease)),
+                )
                 .await?;
+            for (m, (playbook, _, _)) in recorded.into_iter().zip(&matches) {
+                if m.leased {
+                    fresh.push(ClaimedExecution {
+                        id: m.id,
+                        finding: claimed.finding.clone(),
+                        playbook: playbook.clone(),
+                        state: ExecState::Matched,
+                        steps: Vec::new(),
+                        received_at: claimed.received_at,
+                    });
+                }
+            }
             round.findings += 1;
         }
-        let claimed = self
-            .store
-            .claim_executions(
-                &self.opts.owner,
-                self.opts.lease,
-                self.opts.batch,
-                self.opts.scope.as_deref(),
-            )
-            .await?;
+        let mut claimed = fresh;
+        claimed.extend(
+            self.store
+                .claim_executions(
+                    &self.opts.owner,
+                    self.opts.lease,
+                    self.opts.batch,
+                    self.opts.scope.as_deref(),
+                )
+                .await?,
+        );
         round.executions = claimed.len();
         let results: Vec<Result<(), StoreError>> = futures_util::stream::iter(claimed)
             .map(|exec| {
@@ -276,13 +298,15 @@ impl<S: Store> Worker<S> {
                 .set_execution_state(&exec.id, &fid, ExecState::Skipped, Some(KILL_SWITCH_REASON))
                 .await;
         }
-        if exec.state == ExecState::Matched
-            && !self.opts.run.dry_run
-            && !self.admitted(pb, &exec).await?
-        {
-            return Ok(());
+        let mut applying = exec.state == ExecState::Applying;
+        if exec.state == ExecState::Matched && !self.opts.run.dry_run {
+            // Admission sets the execution `applying` in the same transaction.
+            if !self.admitted(pb, &exec).await? {
+                return Ok(());
+            }
+            applying = true;
         }
-        if exec.state != ExecState::Applying && !self.opts.run.dry_run {
+        if !applying && !self.opts.run.dry_run {
             self.store
                 .set_execution_state(&exec.id, &fid, ExecState::Applying, None)
                 .await?;

@@ -83,6 +83,15 @@ pub struct ClaimedFinding {
     pub received_at: i64,
 }
 
+/// One execution [`Store::record_matches`] recorded or found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchRecord {
+    /// Execution id.
+    pub id: String,
+    /// True when it was created now and leased to the caller.
+    pub leased: bool,
+}
+
 /// States of an execution (one playbook run for one finding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -408,12 +417,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<ClaimedFinding>, StoreError>> + Send;
 
     /// Marks a claimed finding matched and creates one execution per playbook (idempotent:
-    /// an existing execution for the same finding and playbook is kept). Returns their ids.
+    /// an existing execution for the same finding and playbook is kept). With `lease`
+    /// (`owner`, duration), the executions it creates in state `matched` are leased to that
+    /// owner in the same transaction, so the caller can advance them without claiming them
+    /// again. Returns one record per playbook, in order.
     fn record_matches(
         &self,
         finding_id: &str,
         playbooks: &[(String, ExecState, Option<String>)],
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+        lease: Option<(&str, Duration)>,
+    ) -> impl Future<Output = Result<Vec<MatchRecord>, StoreError>> + Send;
 
     /// Claims up to `limit` executions that still have work (non-final state, lease free or
     /// expired, not waiting for a timer or a lock) whose finding was recorded with `scope`.
@@ -499,9 +512,10 @@ pub trait Store: Send + Sync + 'static {
     /// Duplicates counted for a finding.
     fn duplicates(&self, finding_id: &str) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
-    /// Asks the playbook's guards, atomically, whether an execution may act; records it as
-    /// acting when it may. Idempotent per execution (a resumed execution is admitted again),
-    /// and an execution a person approved passes every limit. A denial is audited.
+    /// Asks the playbook's guards, atomically, whether an execution may act; when it may,
+    /// records it as acting and sets it `applying` (audited), in the same transaction.
+    /// Idempotent per execution (a resumed execution is admitted again), and an execution a
+    /// person approved passes every limit. A denial is audited; the state is then the caller's.
     fn admit(
         &self,
         admission: &Admission<'_>,

@@ -16,8 +16,8 @@ use tokio::sync::Mutex;
 
 use super::{
     Admission, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution, ClaimedFinding, ExecState,
-    ExecutionRow, GENESIS, GuardDenial, IngestBatch, PendingApproval, Receipt, StepRow, Store,
-    StoreError, VerifyReport, audit_detail, audit_hash, now_ms,
+    ExecutionRow, GENESIS, GuardDenial, IngestBatch, MatchRecord, PendingApproval, Receipt,
+    StepRow, Store, StoreError, VerifyReport, audit_detail, audit_hash, now_ms,
 };
 use crate::finding::Finding;
 
@@ -544,7 +544,8 @@ impl Store for SqliteStore {
         &self,
         finding_id: &str,
         playbooks: &[(String, ExecState, Option<String>)],
-    ) -> Result<Vec<String>, StoreError> {
+        lease: Option<(&str, Duration)>,
+    ) -> Result<Vec<MatchRecord>, StoreError> {
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
@@ -558,12 +559,14 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(id) = existing {
-                ids.push(id);
+                ids.push(MatchRecord { id, leased: false });
                 continue;
             }
             let id = ulid::Ulid::new().to_string();
+            let leased = lease.filter(|_| *state == ExecState::Matched);
             sqlx::query(
-                "INSERT INTO executions (id, finding_id, playbook, state, reason, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO executions (id, finding_id, playbook, state, reason, created_at, updated_at, lease_owner, lease_until) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&id)
             .bind(finding_id)
@@ -572,6 +575,8 @@ impl Store for SqliteStore {
             .bind(reason)
             .bind(now)
             .bind(now)
+            .bind(leased.map(|(owner, _)| owner))
+            .bind(leased.map(|(_, d)| now + ms(d)))
             .execute(&mut *tx)
             .await?;
             append_audit(
@@ -584,7 +589,10 @@ impl Store for SqliteStore {
                 },
             )
             .await?;
-            ids.push(id);
+            ids.push(MatchRecord {
+                id,
+                leased: leased.is_some(),
+            });
         }
         sqlx::query("UPDATE findings SET state = 'matched', lease_owner = NULL, lease_until = NULL WHERE id = ?")
             .bind(finding_id)
@@ -966,6 +974,14 @@ impl Store for SqliteStore {
         }
         match &denial {
             None => {
+                set_state(
+                    &mut tx,
+                    a.execution_id,
+                    a.finding_id,
+                    ExecState::Applying,
+                    None,
+                )
+                .await?;
                 sqlx::query(
                     "INSERT INTO acted (execution_id, playbook, target, at) VALUES (?, ?, ?, ?)",
                 )

@@ -215,13 +215,14 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
                     Some("exclude[0] applies".into()),
                 ),
             ],
+            None,
         )
         .await
         .unwrap();
     assert_eq!(ids.len(), 2);
     // Idempotent: recording the same matches again creates nothing new.
     let again = store
-        .record_matches(&fid, &[("alert".into(), ExecState::Matched, None)])
+        .record_matches(&fid, &[("alert".into(), ExecState::Matched, None)], None)
         .await
         .unwrap();
     assert_eq!(again[0], ids[0]);
@@ -240,9 +241,9 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
         attempts: 1,
         due_at: None,
     };
-    store.save_step(&ids[0], &fid, &step).await.unwrap();
+    store.save_step(&ids[0].id, &fid, &step).await.unwrap();
     store
-        .set_execution_state(&ids[0], &fid, ExecState::Applied, None)
+        .set_execution_state(&ids[0].id, &fid, ExecState::Applied, None)
         .await
         .unwrap();
     assert!(
