@@ -190,8 +190,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// The result of `bench ingest`.
 #[derive(Debug, Serialize)]
 pub struct IngestResult {
-    /// Requests sent (one finding each, as Falcosidekick posts them).
+    /// Requests sent.
     pub requests: usize,
+    /// Findings in each request body (JSON lines).
+    pub findings_per_request: usize,
     /// Concurrent clients.
     pub concurrency: usize,
     /// 202 answers.
@@ -225,7 +227,14 @@ fn rss_mib() -> Option<f64> {
 /// `firebreak bench ingest FILE`: durable HTTP ingest through the real router, intake and a
 /// SQLite store (WAL, `synchronous=FULL`) in a temporary directory, with `concurrency` clients
 /// posting one record per request.
-pub fn ingest(file: &str, requests: usize, concurrency: usize, format: Format) -> Exit {
+pub fn ingest(
+    file: &str,
+    requests: usize,
+    concurrency: usize,
+    per_request: usize,
+    rate: f64,
+    format: Format,
+) -> Exit {
     use std::sync::Arc;
 
     use crate::config::Config;
@@ -248,7 +257,14 @@ pub fn ingest(file: &str, requests: usize, concurrency: usize, format: Format) -
         output::error(&format!("{source}: no JSON record to post"), None);
         return Exit::Usage;
     };
-    let body = serde_json::to_vec(&doc.value).unwrap_or_default();
+    // `per_request` copies of the record as JSON lines: one POST carries that many findings
+    // (Falcosidekick posts one; a forwarder or EventBridge batch posts many).
+    let line = serde_json::to_vec(&doc.value).unwrap_or_default();
+    let mut body = Vec::with_capacity((line.len() + 1) * per_request.max(1));
+    for _ in 0..per_request.max(1) {
+        body.extend_from_slice(&line);
+        body.push(b'\n');
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -304,7 +320,17 @@ pub fn ingest(file: &str, requests: usize, concurrency: usize, format: Format) -
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let (mut ok, mut refused) = (0usize, 0usize);
-                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= requests {
+                        break;
+                    }
+                    if rate > 0.0 {
+                        // Paced: request n is due n/rate seconds after the start.
+                        #[allow(clippy::cast_precision_loss)]
+                        let due = start + Duration::from_secs_f64(n as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
                     let t = Instant::now();
                     let r = client
                         .post(&url)
@@ -337,12 +363,13 @@ pub fn ingest(file: &str, requests: usize, concurrency: usize, format: Format) -
         lat.sort();
         #[allow(clippy::cast_precision_loss)]
         let per_second = if elapsed > 0.0 {
-            accepted as f64 / elapsed
+            (accepted * per_request.max(1)) as f64 / elapsed
         } else {
             0.0
         };
         Ok::<IngestResult, String>(IngestResult {
             requests,
+            findings_per_request: per_request.max(1),
             concurrency,
             accepted,
             refused,
@@ -380,8 +407,12 @@ pub struct ActionResult {
     pub p50_ms: f64,
     /// 99th percentile of the same, ms.
     pub p99_ms: f64,
-    /// The same, measured to the durable ack of the finding only (the ingest share), median ms.
+    /// Median time from submitting to the durable ack of the finding (the ingest share), ms.
     pub ack_p50_ms: f64,
+    /// Median time from the durable ack (the finding is received) to its action, ms.
+    pub engine_p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub engine_p99_ms: f64,
     /// Resident memory with store, intake, engine and receiver up but idle, MiB.
     pub idle_rss_mib: Option<f64>,
     /// Resident memory after the run, MiB.
@@ -464,7 +495,7 @@ pub fn action(file: &str, findings: usize, format: Format) -> Exit {
         let worker = Worker::new(Arc::clone(&store), set, ctx, WorkerOptions::default())
             .with_metrics(Arc::clone(&metrics));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let engine = tokio::spawn(async move {
+        let engine_task = tokio::spawn(async move {
             worker
                 .run(wake, async {
                     let _ = stop_rx.await;
@@ -476,6 +507,7 @@ pub fn action(file: &str, findings: usize, format: Format) -> Exit {
 
         let mut total = Vec::with_capacity(findings);
         let mut acks = Vec::with_capacity(findings);
+        let mut engine = Vec::with_capacity(findings);
         for _ in 0..findings {
             let t = Instant::now();
             let submitted = intake
@@ -485,13 +517,15 @@ pub fn action(file: &str, findings: usize, format: Format) -> Exit {
             if submitted.accepted() == 0 {
                 return Err(format!("{file}: no finding to act on"));
             }
-            acks.push(t.elapsed());
+            let acked = Instant::now();
+            acks.push(acked.duration_since(t));
             // Wait for this finding's action (and any extra from a multi-record file).
             for _ in 0..submitted.accepted() {
                 match tokio::time::timeout(Duration::from_secs(10), hit_rx.recv()).await {
                     Ok(Some(at)) => {
                         if total.len() < acks.len() {
                             total.push(at.duration_since(t));
+                            engine.push(at.saturating_duration_since(acked));
                         }
                     }
                     _ => return Err("no action reached the receiver within 10 s".into()),
@@ -500,17 +534,20 @@ pub fn action(file: &str, findings: usize, format: Format) -> Exit {
         }
         let loaded_rss = rss_mib();
         let _ = stop_tx.send(());
-        let _ = engine.await;
+        let _ = engine_task.await;
         drop(intake);
         let _ = writer.await;
         total.sort();
         acks.sort();
+        engine.sort();
         Ok::<ActionResult, String>(ActionResult {
             findings,
             applied: total.len(),
             p50_ms: percentile(&total, 50.0).as_secs_f64() * 1e3,
             p99_ms: percentile(&total, 99.0).as_secs_f64() * 1e3,
             ack_p50_ms: percentile(&acks, 50.0).as_secs_f64() * 1e3,
+            engine_p50_ms: percentile(&engine, 50.0).as_secs_f64() * 1e3,
+            engine_p99_ms: percentile(&engine, 99.0).as_secs_f64() * 1e3,
             idle_rss_mib: idle_rss,
             loaded_rss_mib: loaded_rss,
         })

@@ -215,6 +215,12 @@ pub enum BenchCmd {
         /// Concurrent clients.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Findings per request body (JSON lines); 1 is how Falcosidekick posts.
+        #[arg(long, default_value_t = 1)]
+        per_request: usize,
+        /// Requests per second to send at (paced); 0 sends as fast as the clients can.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
@@ -443,8 +449,10 @@ fn dispatch(command: Command, config: &Config) -> Exit {
             file,
             requests,
             concurrency,
+            per_request,
+            rate,
             format,
-        }) => bench::ingest(&file, requests, concurrency, format),
+        }) => bench::ingest(&file, requests, concurrency, per_request, rate, format),
         Command::Bench(BenchCmd::Action {
             file,
             findings,
