@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::finding::{Finding, ParseReport, ParserChoice, Rejection, parse_input};
-use crate::store::{IngestBatch, Receipt, Store, StoreError};
+use crate::store::{IngestBatch, PreparedFinding, Receipt, Store, StoreError, prepare_finding};
 use crate::telemetry::metrics::Metrics;
 
 /// How the intake queues and groups work.
@@ -103,6 +103,7 @@ type Reply = oneshot::Sender<Result<Submitted, IntakeError>>;
 struct Job {
     intake: String,
     findings: Vec<Finding>,
+    prepared: Vec<PreparedFinding>,
     rejected: Vec<Rejection>,
     reply: Reply,
 }
@@ -195,10 +196,18 @@ impl Intake {
         intake: String,
         report: ParseReport,
     ) -> Result<Submitted, IntakeError> {
+        // Encoded here, in the submitting task, so the one writer only binds and commits.
+        let prepared = report
+            .findings
+            .iter()
+            .map(|f| prepare_finding(f, &intake, false))
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map_err(|e| IntakeError::Store(Arc::new(e)))?;
         let (reply, answer) = oneshot::channel();
         let job = Job {
             intake,
             findings: report.findings,
+            prepared,
             rejected: report.rejected,
             reply,
         };
@@ -301,6 +310,7 @@ impl<S: Store> Writer<S> {
                 reply: job.reply,
             });
             batch.findings.extend(job.findings);
+            batch.prepared.extend(job.prepared);
             batch.rejected.extend(job.rejected);
         }
         let sources: Vec<String> = batch.findings.iter().map(|f| f.source.clone()).collect();

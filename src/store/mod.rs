@@ -63,6 +63,49 @@ pub struct IngestBatch {
     /// Recorded by a dry run: stored and audited, but never deduplicated against and never the
     /// original a later real finding is counted on, so a rehearsal cannot suppress the real run.
     pub dry_run: bool,
+    /// The findings already encoded for the store ([`prepare_finding`]), one per finding, or
+    /// empty to have the store encode them. Intakes encode in the submitting task, so the one
+    /// writer that commits for everybody only binds what others prepared.
+    pub prepared: Vec<PreparedFinding>,
+}
+
+/// A finding encoded for the ledger: its stored body and its `finding.received` audit detail.
+#[derive(Debug, Clone)]
+pub struct PreparedFinding {
+    /// The canonical finding as JSON.
+    pub body: String,
+    /// The audit detail, scrubbed and in canonical JSON.
+    pub received_detail: String,
+}
+
+/// Encodes `f` as it is stored and audited when it arrives through `intake`.
+///
+/// # Errors
+/// The finding cannot be serialised (a bug).
+pub fn prepare_finding(
+    f: &Finding,
+    intake: &str,
+    dry_run: bool,
+) -> Result<PreparedFinding, StoreError> {
+    let body = serde_json::to_string(f).map_err(|e| StoreError::Corrupt {
+        table: "findings",
+        reason: e.to_string(),
+    })?;
+    let mut detail = serde_json::json!({
+        "source": f.source,
+        "rule": f.rule,
+        "severity": f.severity,
+        "class": f.class,
+        "fingerprint": f.fingerprint,
+        "intake": intake,
+    });
+    if dry_run {
+        detail["dry_run"] = Value::Bool(true);
+    }
+    Ok(PreparedFinding {
+        body,
+        received_detail: audit_detail(&detail),
+    })
 }
 
 /// What the store did with one finding.

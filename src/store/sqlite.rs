@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use super::{
     Admission, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution, ClaimedFinding, ExecState,
     ExecutionRow, GENESIS, GuardDenial, IngestBatch, MatchRecord, PendingApproval, Receipt,
-    StepRow, Store, StoreError, VerifyReport, audit_detail, audit_hash, now_ms,
+    StepRow, Store, StoreError, VerifyReport, audit_detail, audit_hash, now_ms, prepare_finding,
 };
 use crate::finding::Finding;
 
@@ -34,7 +34,17 @@ const MIGRATIONS: &[(&str, &str)] = &[
 pub struct SqliteStore {
     writer: Mutex<SqliteConnection>,
     readers: SqlitePool,
+    checkpointer: tokio::task::JoinHandle<()>,
 }
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.checkpointer.abort();
+    }
+}
+
+/// How often the WAL is copied back into the database file, off the commit path.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,13 +111,35 @@ impl SqliteStore {
         let opts = options(url)?;
         let mut writer = SqliteConnection::connect_with(&opts).await?;
         migrate(&mut writer).await?;
+        // Commits only append to the WAL (and fsync it); copying it back into the database
+        // file — SQLite's automatic checkpoint, which would otherwise run inside whichever
+        // commit crosses 1,000 pages — is done by a background task on its own connection.
+        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+            .execute(&mut writer)
+            .await?;
+        let mut checkpoint_conn = SqliteConnection::connect_with(&opts).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await?;
+        let checkpointer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // PASSIVE never blocks writers or readers; a failure is retried next tick.
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&mut checkpoint_conn)
+                    .await
+                {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                }
+            }
+        });
         Ok(Self {
             writer: Mutex::new(writer),
             readers,
+            checkpointer,
         })
     }
 }
@@ -144,24 +176,55 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
 /// 32,766 bound variables.
 const ROWS_PER_INSERT: usize = 400;
 
+/// An audit record about to be appended: its detail already scrubbed and rendered.
+struct Entry {
+    kind: String,
+    finding_id: Option<String>,
+    execution_id: Option<String>,
+    detail: String,
+}
+
+impl From<&AuditEvent> for Entry {
+    fn from(e: &AuditEvent) -> Self {
+        Entry {
+            kind: e.kind.clone(),
+            finding_id: e.finding_id.clone(),
+            execution_id: e.execution_id.clone(),
+            detail: audit_detail(&e.detail),
+        }
+    }
+}
+
 /// Appends one audit record inside an open transaction.
 async fn append_audit(
     conn: &mut SqliteConnection,
     event: &AuditEvent,
 ) -> Result<AuditRecord, StoreError> {
-    let mut records = append_audit_many(conn, std::slice::from_ref(event)).await?;
-    records
+    let entry = Entry::from(event);
+    let (seq, at, prev_hash, hash) = append_audit_many(conn, std::slice::from_ref(&entry))
+        .await?
         .pop()
-        .ok_or_else(|| corrupt("audit", "appending one record returned none"))
+        .ok_or_else(|| corrupt("audit", "appending one record returned none"))?;
+    Ok(AuditRecord {
+        seq,
+        at,
+        kind: entry.kind,
+        finding_id: entry.finding_id,
+        execution_id: entry.execution_id,
+        detail: serde_json::from_str(&entry.detail).unwrap_or(Value::Null),
+        prev_hash,
+        hash,
+    })
 }
 
-/// Appends `events` in order inside an open transaction: one read of the chain's head, the
+/// Appends `entries` in order inside an open transaction: one read of the chain's head, the
 /// hashes computed in memory, multi-row inserts, and one update of the separately kept head.
+/// Returns each record's `(seq, at, prev_hash, hash)`.
 async fn append_audit_many(
     conn: &mut SqliteConnection,
-    events: &[AuditEvent],
-) -> Result<Vec<AuditRecord>, StoreError> {
-    if events.is_empty() {
+    entries: &[Entry],
+) -> Result<Vec<(i64, i64, String, String)>, StoreError> {
+    if entries.is_empty() {
         return Ok(Vec::new());
     }
     let head: Option<(i64, String)> =
@@ -173,46 +236,39 @@ async fn append_audit_many(
         None => (0, GENESIS.to_owned()),
     };
     let at = now_ms();
-    let mut records = Vec::with_capacity(events.len());
-    let mut details = Vec::with_capacity(events.len());
-    for event in events {
+    let mut chain = Vec::with_capacity(entries.len());
+    for e in entries {
         seq += 1;
-        let detail = audit_detail(&event.detail);
         let hash = audit_hash(
             &prev_hash,
             seq,
             at,
-            &event.kind,
-            event.finding_id.as_deref(),
-            event.execution_id.as_deref(),
-            &detail,
+            &e.kind,
+            e.finding_id.as_deref(),
+            e.execution_id.as_deref(),
+            &e.detail,
         );
-        records.push(AuditRecord {
+        chain.push((
             seq,
             at,
-            kind: event.kind.clone(),
-            finding_id: event.finding_id.clone(),
-            execution_id: event.execution_id.clone(),
-            detail: Value::Null, // filled below, after the text was bound
-            prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+            std::mem::replace(&mut prev_hash, hash.clone()),
             hash,
-        });
-        details.push(detail);
+        ));
     }
-    let rows: Vec<(&AuditRecord, &String)> = records.iter().zip(&details).collect();
+    let rows: Vec<(&Entry, &(i64, i64, String, String))> = entries.iter().zip(&chain).collect();
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO audit (seq, at, kind, finding_id, execution_id, detail, prev_hash, hash) ",
         );
-        q.push_values(chunk, |mut b, (r, detail)| {
-            b.push_bind(r.seq)
-                .push_bind(r.at)
-                .push_bind(r.kind.clone())
-                .push_bind(r.finding_id.clone())
-                .push_bind(r.execution_id.clone())
-                .push_bind((*detail).clone())
-                .push_bind(r.prev_hash.clone())
-                .push_bind(r.hash.clone());
+        q.push_values(chunk, |mut b, (e, (seq, at, prev, hash))| {
+            b.push_bind(*seq)
+                .push_bind(*at)
+                .push_bind(e.kind.as_str())
+                .push_bind(e.finding_id.as_deref())
+                .push_bind(e.execution_id.as_deref())
+                .push_bind(e.detail.as_str())
+                .push_bind(prev.as_str())
+                .push_bind(hash.as_str());
         });
         q.build().execute(&mut *conn).await?;
     }
@@ -221,10 +277,7 @@ async fn append_audit_many(
         .bind(format!("{seq}:{prev_hash}"))
         .execute(&mut *conn)
         .await?;
-    for (r, detail) in records.iter_mut().zip(details) {
-        r.detail = serde_json::from_str(&detail).unwrap_or(Value::String(detail));
-    }
-    Ok(records)
+    Ok(chain)
 }
 
 /// For each fingerprint in `findings`, the earliest real (not dry-run) finding stored with it
@@ -258,16 +311,6 @@ async fn originals_since(
 
 fn decode_finding(body: &str) -> Result<Finding, StoreError> {
     serde_json::from_str(body).map_err(|e| corrupt("findings", e.to_string()))
-}
-
-fn finding_summary(f: &Finding) -> Value {
-    serde_json::json!({
-        "source": f.source,
-        "rule": f.rule,
-        "severity": f.severity,
-        "class": f.class,
-        "fingerprint": f.fingerprint,
-    })
 }
 
 /// Upserts a step and appends its audit line, inside an open transaction. A step leaving
@@ -376,7 +419,7 @@ async fn set_state(
 impl Store for SqliteStore {
     async fn record(
         &self,
-        batch: IngestBatch,
+        mut batch: IngestBatch,
         dedup_window: Duration,
     ) -> Result<Vec<Receipt>, StoreError> {
         // Statements per batch, not per finding: with sqlx every statement is a round trip to
@@ -394,8 +437,11 @@ impl Store for SqliteStore {
         let mut receipts = Vec::with_capacity(batch.findings.len());
         let mut fresh: Vec<(&Finding, String)> = Vec::with_capacity(batch.findings.len());
         let mut dup_counts: Vec<(String, i64)> = Vec::new();
-        let mut events = Vec::with_capacity(batch.findings.len() + 2);
+        let mut events: Vec<Entry> = Vec::with_capacity(batch.findings.len() + 2);
+        let mut prepared = std::mem::take(&mut batch.prepared).into_iter();
+        let encoded = prepared.len() == batch.findings.len();
         for f in &batch.findings {
+            let ready = if encoded { prepared.next() } else { None };
             if dedup {
                 if let Some(original) = originals.get(&f.fingerprint.0) {
                     match dup_counts.iter_mut().find(|(id, _)| id == original) {
@@ -410,18 +456,17 @@ impl Store for SqliteStore {
                 }
                 originals.insert(f.fingerprint.0.clone(), f.id.to_string());
             }
-            let body = serde_json::to_string(f).map_err(|e| corrupt("findings", e.to_string()))?;
-            let mut detail = finding_summary(f);
-            detail["intake"] = Value::String(batch.intake.clone());
-            if batch.dry_run {
-                detail["dry_run"] = Value::Bool(true);
-            }
-            events.push(AuditEvent {
+            let p = match ready {
+                Some(p) => p,
+                None => prepare_finding(f, &batch.intake, batch.dry_run)?,
+            };
+            events.push(Entry {
                 kind: "finding.received".into(),
                 finding_id: Some(f.id.to_string()),
                 execution_id: None,
-                detail,
+                detail: p.received_detail,
             });
+            let body = p.body;
             receipts.push(Receipt {
                 id: f.id.to_string(),
                 duplicate: false,
@@ -461,7 +506,7 @@ impl Store for SqliteStore {
             .await?;
             if count == *n {
                 // One line per storm: the first duplicates say deduplication started.
-                events.push(AuditEvent {
+                events.push(Entry::from(&AuditEvent {
                     kind: "finding.deduplicated".into(),
                     finding_id: Some(original.clone()),
                     execution_id: None,
@@ -469,7 +514,7 @@ impl Store for SqliteStore {
                         "window_seconds": dedup_window.as_secs(),
                         "note": "further copies within the window are counted, not stored or acted on",
                     }),
-                });
+                }));
             }
         }
         for chunk in batch.rejected.chunks(ROWS_PER_INSERT) {
@@ -489,12 +534,12 @@ impl Store for SqliteStore {
             q.build().execute(&mut *tx).await?;
         }
         if !batch.rejected.is_empty() {
-            events.push(AuditEvent {
+            events.push(Entry::from(&AuditEvent {
                 kind: "input.rejected".into(),
                 finding_id: None,
                 execution_id: None,
                 detail: serde_json::json!({ "intake": batch.intake, "records": batch.rejected.len() }),
-            });
+            }));
         }
         append_audit_many(&mut tx, &events).await?;
         tx.commit().await?;
