@@ -176,6 +176,9 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
 /// 32,766 bound variables.
 const ROWS_PER_INSERT: usize = 400;
 
+/// A record's place in the chain: `(seq, at, prev_hash, hash)`.
+type Link = (i64, i64, String, String);
+
 /// An audit record about to be appended: its detail already scrubbed and rendered.
 struct Entry {
     kind: String,
@@ -223,7 +226,7 @@ async fn append_audit(
 async fn append_audit_many(
     conn: &mut SqliteConnection,
     entries: &[Entry],
-) -> Result<Vec<(i64, i64, String, String)>, StoreError> {
+) -> Result<Vec<Link>, StoreError> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
@@ -255,7 +258,7 @@ async fn append_audit_many(
             hash,
         ));
     }
-    let rows: Vec<(&Entry, &(i64, i64, String, String))> = entries.iter().zip(&chain).collect();
+    let rows: Vec<(&Entry, &Link)> = entries.iter().zip(&chain).collect();
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO audit (seq, at, kind, finding_id, execution_id, detail, prev_hash, hash) ",
