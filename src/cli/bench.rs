@@ -265,15 +265,9 @@ pub fn ingest(
         body.extend_from_slice(&line);
         body.push(b'\n');
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            output::error(&format!("cannot start the async runtime: {e}"), None);
-            return Exit::Usage;
-        }
+        Err(exit) => return exit,
     };
     let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", ulid::Ulid::new()));
     let result = rt.block_on(async {
@@ -439,15 +433,9 @@ pub fn action(file: &str, findings: usize, format: Format) -> Exit {
             return Exit::Usage;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            output::error(&format!("cannot start the async runtime: {e}"), None);
-            return Exit::Usage;
-        }
+        Err(exit) => return exit,
     };
     let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", ulid::Ulid::new()));
     let result = rt.block_on(async {

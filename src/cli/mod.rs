@@ -380,6 +380,18 @@ pub fn main(cli: Cli) -> ExitCode {
     exit(code)
 }
 
+/// The multi-threaded Tokio runtime a command runs on; when it cannot start, the error is
+/// printed and the command exits 2.
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            output::error(&format!("cannot start the async runtime: {e}"), None);
+            Exit::Usage
+        })
+}
+
 fn exit(code: Exit) -> ExitCode {
     ExitCode::from(code as u8)
 }

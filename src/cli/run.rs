@@ -84,15 +84,9 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
     }
 
     let progress = output::Progress::new(parsed.findings.len());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            output::error(&format!("cannot start the async runtime: {e}"), None);
-            return Exit::Usage;
-        }
+        Err(exit) => return exit,
     };
     let report = if args.no_store {
         runtime.block_on(engine::run(&set, &ctx, &parsed.findings, &opts, &|| {

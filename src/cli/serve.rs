@@ -98,15 +98,9 @@ async fn start_sqs(
 
 /// Runs the service until a shutdown signal.
 pub fn serve(opts: &ServeOptions, config: &Config) -> Exit {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            output::error(&format!("cannot start the async runtime: {e}"), None);
-            return Exit::Usage;
-        }
+        Err(exit) => return exit,
     };
     rt.block_on(run(opts, config))
 }
