@@ -450,7 +450,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
 
     /// Claims up to `limit` findings in state `new` (or whose lease expired) for `owner`,
-    /// only those recorded with `scope` (`None`: the service's shared queue).
+    /// only those recorded with `scope` (`None`: the service's shared queue, which also adopts
+    /// a run's real findings left unfinished for 15 minutes, e.g. after the run was killed).
     fn claim_findings(
         &self,
         owner: &str,

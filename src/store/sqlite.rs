@@ -43,6 +43,11 @@ impl Drop for SqliteStore {
     }
 }
 
+/// Real (not dry-run) findings a `firebreak run` recorded under its own scope and did not hand
+/// over are taken by the service's shared queue after this long: a run killed mid-way leaves
+/// no remediation behind. Leases still keep two engines off the same item.
+const ORPHANED_RUN_AFTER: Duration = Duration::from_secs(15 * 60);
+
 /// How often the WAL is copied back into the database file, off the commit path.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
@@ -560,7 +565,8 @@ impl Store for SqliteStore {
         let now = now_ms();
         let rows = sqlx::query(
             "UPDATE findings SET lease_owner = ?, lease_until = ? WHERE id IN ( \
-               SELECT id FROM findings WHERE state = 'new' AND scope IS ? \
+               SELECT id FROM findings WHERE state = 'new' \
+               AND (scope IS ? OR (? IS NULL AND dry_run = 0 AND received_at < ?)) \
                AND (lease_until IS NULL OR lease_until < ?) \
                ORDER BY received_at, id LIMIT ?) \
              RETURNING body, received_at",
@@ -568,6 +574,8 @@ impl Store for SqliteStore {
         .bind(owner)
         .bind(now + ms(lease))
         .bind(scope)
+        .bind(scope)
+        .bind(now - ms(ORPHANED_RUN_AFTER))
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&mut *w)
@@ -663,7 +671,8 @@ impl Store for SqliteStore {
             sqlx::query(
                 "UPDATE executions SET lease_owner = ?, lease_until = ? WHERE id IN ( \
                    SELECT e.id FROM executions e JOIN findings f ON f.id = e.finding_id \
-                   WHERE e.state IN ('matched', 'applying', 'scheduled') AND f.scope IS ? \
+                   WHERE e.state IN ('matched', 'applying', 'scheduled') \
+                   AND (f.scope IS ? OR (? IS NULL AND f.dry_run = 0 AND f.received_at < ?)) \
                    AND (e.lease_until IS NULL OR e.lease_until < ?) AND (e.wake_at IS NULL OR e.wake_at <= ?) \
                    ORDER BY e.created_at, e.id LIMIT ?) \
                  RETURNING id, finding_id, playbook, state",
@@ -671,6 +680,8 @@ impl Store for SqliteStore {
             .bind(owner)
             .bind(now + ms(lease))
             .bind(scope)
+            .bind(scope)
+            .bind(now - ms(ORPHANED_RUN_AFTER))
             .bind(now)
             .bind(now)
             .bind(i64::from(limit))

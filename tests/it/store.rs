@@ -390,3 +390,47 @@ async fn an_unsupported_url_is_refused() {
     let err = SqliteStore::open("postgres://nope").await.unwrap_err();
     assert!(err.to_string().contains("unsupported store url"), "{err}");
 }
+
+#[tokio::test]
+async fn a_runs_findings_stay_its_own_until_handed_over_or_orphaned() {
+    let (_d, url, store) = open().await;
+    let scoped = |f: Finding, dry_run: bool| IngestBatch {
+        intake: "cli:test".into(),
+        findings: vec![f],
+        scope: Some("run:a".into()),
+        dry_run,
+        ..IngestBatch::default()
+    };
+    store
+        .record(scoped(copy_of(FALCO_SHELL), false), Duration::ZERO)
+        .await
+        .unwrap();
+    store
+        .record(scoped(copy_of(GD_TROJAN), true), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_findings("svc", HOUR, 10, None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the service leaves a live run's findings alone"
+    );
+    assert!(
+        store
+            .claim_findings("other-run", Duration::ZERO, 10, Some("run:b"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The run was killed 16 minutes ago: its real finding is adopted, its rehearsal never.
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE findings SET received_at = received_at - 960000")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let adopted = store.claim_findings("svc", HOUR, 10, None).await.unwrap();
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].finding.source, "falco");
+}
