@@ -249,6 +249,9 @@ pub struct ActionCtx {
     pub webhooks: Arc<std::collections::BTreeMap<String, crate::config::WebhookEndpoint>>,
     /// Per-request timeout for outbound HTTP.
     pub http_timeout: Duration,
+    /// Kubernetes clients, built once (`crate::clients::kube::Kube::load`); `None` when no
+    /// cluster was set up, in which case `kubernetes.*` actions only plan.
+    pub kube: Option<crate::clients::kube::Kube>,
 }
 
 impl ActionCtx {
@@ -268,7 +271,15 @@ impl ActionCtx {
             http,
             webhooks: Arc::new(cfg.notify.webhooks.clone()),
             http_timeout: timeout,
+            kube: None,
         })
+    }
+
+    /// The same context with Kubernetes clients.
+    #[must_use]
+    pub fn with_kube(mut self, kube: crate::clients::kube::Kube) -> Self {
+        self.kube = Some(kube);
+        self
     }
 }
 
