@@ -6,6 +6,7 @@ mod config;
 mod engine;
 mod fixtures;
 mod guards;
+mod kube_api;
 mod notify;
 mod parsers;
 mod parsers_k8s;
