@@ -5,6 +5,7 @@
 //! same value), and only then [`Action::apply`], which re-reads live state and refuses with
 //! [`ActionError::Drift`] if it changed since planning. A second apply of the same plan is a no-op.
 
+mod kubernetes;
 mod notify;
 
 use std::borrow::Cow;
@@ -19,11 +20,16 @@ use sha2::{Digest, Sha256};
 
 use crate::finding::Finding;
 
+pub use kubernetes::{KubernetesIsolatePod, KubernetesScaleToZero};
 pub use notify::NotifyWebhook;
 
 /// Every action, in a stable order. `actions list`, the generated permission files and the
 /// docs read this.
-pub static ACTIONS: &[&dyn Action] = &[&NotifyWebhook];
+pub static ACTIONS: &[&dyn Action] = &[
+    &NotifyWebhook,
+    &KubernetesScaleToZero,
+    &KubernetesIsolatePod,
+];
 
 /// Looks up an action by kind.
 pub fn action(kind: &str) -> Option<&'static dyn Action> {
