@@ -6,6 +6,7 @@ mod config;
 mod engine;
 mod fixtures;
 mod guards;
+mod kube_actions;
 mod kube_api;
 mod notify;
 mod parsers;
