@@ -5,6 +5,7 @@
 //! same value), and only then [`Action::apply`], which re-reads live state and refuses with
 //! [`ActionError::Drift`] if it changed since planning. A second apply of the same plan is a no-op.
 
+mod kubernetes;
 mod notify;
 
 use std::borrow::Cow;
@@ -19,11 +20,16 @@ use sha2::{Digest, Sha256};
 
 use crate::finding::Finding;
 
+pub use kubernetes::{KubernetesIsolatePod, KubernetesScaleToZero};
 pub use notify::NotifyWebhook;
 
 /// Every action, in a stable order. `actions list`, the generated permission files and the
 /// docs read this.
-pub static ACTIONS: &[&dyn Action] = &[&NotifyWebhook];
+pub static ACTIONS: &[&dyn Action] = &[
+    &NotifyWebhook,
+    &KubernetesScaleToZero,
+    &KubernetesIsolatePod,
+];
 
 /// Looks up an action by kind.
 pub fn action(kind: &str) -> Option<&'static dyn Action> {
@@ -249,6 +255,9 @@ pub struct ActionCtx {
     pub webhooks: Arc<std::collections::BTreeMap<String, crate::config::WebhookEndpoint>>,
     /// Per-request timeout for outbound HTTP.
     pub http_timeout: Duration,
+    /// Kubernetes clients, built once (`crate::clients::kube::Kube::load`); `None` when no
+    /// cluster was set up, in which case `kubernetes.*` actions only plan.
+    pub kube: Option<crate::clients::kube::Kube>,
 }
 
 impl ActionCtx {
@@ -268,7 +277,15 @@ impl ActionCtx {
             http,
             webhooks: Arc::new(cfg.notify.webhooks.clone()),
             http_timeout: timeout,
+            kube: None,
         })
+    }
+
+    /// The same context with Kubernetes clients.
+    #[must_use]
+    pub fn with_kube(mut self, kube: crate::clients::kube::Kube) -> Self {
+        self.kube = Some(kube);
+        self
     }
 }
 

@@ -479,3 +479,23 @@ fn dispatch(command: Command, config: &Config) -> Exit {
         }) => bench::matching(&dir, &file, records, iterations, format),
     }
 }
+
+/// Whether any playbook of `set` has a `kubernetes.*` step.
+fn uses_kubernetes(set: &crate::playbook::PlaybookSet) -> bool {
+    set.playbooks()
+        .iter()
+        .flat_map(|p| &p.steps)
+        .any(|s| s.action.kind().starts_with("kubernetes."))
+}
+
+/// Builds the Kubernetes clients once (probing each cluster) and says so loudly, once, when a
+/// cluster is not usable: Kubernetes actions then only plan.
+async fn kube_clients(config: &Config) -> crate::clients::kube::Kube {
+    let kube = crate::clients::kube::Kube::load(&config.kubernetes).await;
+    if let Some(why) = kube.unusable() {
+        output::note(&format!(
+            "{why}: Kubernetes actions plan only (set kubernetes.url or run in a cluster)"
+        ));
+    }
+    kube
+}

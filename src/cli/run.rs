@@ -88,6 +88,11 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
         Ok(rt) => rt,
         Err(exit) => return exit,
     };
+    let ctx = if super::uses_kubernetes(&set) {
+        ctx.with_kube(runtime.block_on(super::kube_clients(config)))
+    } else {
+        ctx
+    };
     let report = if args.no_store {
         runtime.block_on(engine::run(&set, &ctx, &parsed.findings, &opts, &|| {
             progress.tick();

@@ -173,6 +173,8 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
             return Exit::Usage;
         }
     };
+    // Always built by the service: playbooks are reloaded, so Kubernetes steps may appear later.
+    let ctx = ctx.with_kube(super::kube_clients(config).await);
     let sqs_sources = match sqs_sources(config) {
         Ok(s) => s,
         Err(problems) => {

@@ -6,3 +6,4 @@
 //! prints credentials.
 
 pub mod aws;
+pub mod kube;

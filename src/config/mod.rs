@@ -63,6 +63,8 @@ pub struct Config {
     pub aws: AwsConfig,
     /// Intake sources other than the HTTP route (SQS queues).
     pub ingest: IngestConfig,
+    /// Kubernetes clusters the `kubernetes.*` actions act on.
+    pub kubernetes: KubernetesConfig,
 }
 
 /// `store:` section.
@@ -297,6 +299,31 @@ pub struct AwsConfig {
     pub endpoint_url: String,
 }
 
+/// `kubernetes:` section: which API server(s) the `kubernetes.*` actions talk to (see
+/// `crate::clients::kube`). Credentials are never configured here: they come from the
+/// in-cluster service account or the kubeconfig.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// The API server URL of the default cluster, used without credentials (a local proxy such
+    /// as `kubectl proxy`, or the emulator in tests). `null`: inferred from the in-cluster
+    /// service account, else the kubeconfig (`KUBECONFIG`, `~/.kube/config`).
+    pub url: Option<String>,
+    /// Further clusters by name; a finding whose Kubernetes resource names one of them
+    /// (`cluster`) is acted on there.
+    pub clusters: BTreeMap<String, KubeClusterConfig>,
+}
+
+/// One named cluster (`kubernetes.clusters.<name>`): an API server URL or a kubeconfig context.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubeClusterConfig {
+    /// API server URL, used without credentials (as `kubernetes.url`).
+    pub url: Option<String>,
+    /// A context of the kubeconfig (used when `url` is not set).
+    pub context: Option<String>,
+}
+
 /// `ingest:` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -526,7 +553,7 @@ enum EnvKey {
 }
 
 /// The section names, for recognising `FIREBREAK_<SECTION>_…` typos.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "store",
     "engine",
     "log",
@@ -535,6 +562,7 @@ const SECTIONS: [&str; 8] = [
     "playbooks",
     "aws",
     "ingest",
+    "kubernetes",
 ];
 
 fn env_key(name: &str, defaults: &serde_json::Value) -> EnvKey {

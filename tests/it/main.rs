@@ -6,6 +6,8 @@ mod config;
 mod engine;
 mod fixtures;
 mod guards;
+mod kube_actions;
+mod kube_api;
 mod notify;
 mod parsers;
 mod parsers_k8s;

@@ -1,4 +1,5 @@
 //! Test peers: local servers that speak the real protocols.
 
+pub mod kube_api;
 pub mod moto;
 pub mod receiver;
