@@ -196,6 +196,9 @@ pub enum BenchCmd {
         /// Records per run.
         #[arg(long, default_value_t = 100_000)]
         records: usize,
+        /// Records per parsed body, as requests bring them; 0 parses all records as one input.
+        #[arg(long, default_value_t = 1000)]
+        chunk: usize,
         /// Timed runs (after one warm-up).
         #[arg(long, default_value_t = 5)]
         iterations: u32,
@@ -454,9 +457,10 @@ fn dispatch(command: Command, config: &Config) -> Exit {
         Command::Bench(BenchCmd::Parse {
             file,
             records,
+            chunk,
             iterations,
             format,
-        }) => bench::parse(&file, records, iterations, format),
+        }) => bench::parse(&file, records, chunk, iterations, format),
         Command::Bench(BenchCmd::Ingest {
             file,
             requests,
