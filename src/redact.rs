@@ -102,14 +102,49 @@ static REGEXES: LazyLock<Vec<Regex>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Literals at least one of which every pattern in [`PATTERNS`] requires (case-insensitive).
-/// Checked first: a literal scan is far cheaper than the patterns, and nearly all text is clean.
-/// When adding a pattern, add its required literal here (the unit tests feed every pattern).
-const REQUIRED_LITERALS: &str = r"(?i)private key|secret|token|passw|pwd|api_?key|apikey|private_?key|bearer|basic|gh[pousr]_|github_pat_|xox[abposr]-|hooks\.slack\.com|://|eyJ";
+/// Literals at least one of which every pattern in [`PATTERNS`] requires (ASCII case is
+/// ignored). Checked first with one Aho-Corasick scan, far cheaper than the patterns, and nearly
+/// all text is clean. When adding a pattern, add its required literal here (the unit tests feed
+/// every pattern through the prefilter).
+const REQUIRED_LITERALS: &[&str] = &[
+    "private key",
+    "secret",
+    "token",
+    "passw",
+    "pwd",
+    "api_key",
+    "apikey",
+    "private_key",
+    "privatekey",
+    "bearer",
+    "basic",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "xoxa-",
+    "xoxb-",
+    "xoxp-",
+    "xoxo-",
+    "xoxs-",
+    "xoxr-",
+    "hooks.slack.com",
+    "://",
+    "eyj",
+];
 
-#[allow(clippy::expect_used)] // a constant pattern, exercised by the unit tests below
-static PREFILTER: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(REQUIRED_LITERALS).expect("prefilter compiles"));
+/// The shortest text any pattern can match: anything shorter is clean without a scan.
+const SHORTEST_SECRET: usize = 8;
+
+#[allow(clippy::expect_used)] // constant literals, exercised by the unit tests below
+static PREFILTER: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(REQUIRED_LITERALS)
+        .expect("prefilter builds")
+});
 
 /// All patterns in one automaton: one scan tells whether (and which) patterns apply, so clean
 /// text — nearly all text — costs a single pass.
@@ -120,7 +155,7 @@ static SET: LazyLock<RegexSet> =
 /// Replaces secret-looking material in `text` with [`MASK`], keeping the names around it so the
 /// text still reads (`password=[REDACTED]`). Returns the input unchanged (borrowed) when clean.
 pub fn scrub(text: &str) -> Cow<'_, str> {
-    if !PREFILTER.is_match(text) {
+    if text.len() < SHORTEST_SECRET || !PREFILTER.is_match(text) {
         return Cow::Borrowed(text);
     }
     let hits = SET.matches(text);
