@@ -226,7 +226,7 @@ fn draft(v: &Value) -> Result<FindingDraft, Reject> {
         severity,
         resources: resources(output_fields, hostname),
         labels,
-        fields: v.clone(),
+        fields: Value::Null, // the caller moves the record in
         observed_at,
     })
 }
@@ -245,7 +245,7 @@ impl Parser for Falco {
         doc.get("output").is_some() && (doc.get("priority").is_some() || doc.get("rule").is_some())
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         let v = &doc.value;
         if v.is_object() && !FALCO_KEYS.iter().any(|k| v.get(*k).is_some()) {
             out.reject(
@@ -257,7 +257,12 @@ impl Parser for Falco {
             );
             return;
         }
-        out.accept(doc, self.id(), draft(v));
+        let draft = draft(v).map(|mut d| {
+            // The record is not needed again: move it into the finding instead of copying it.
+            d.fields = std::mem::take(&mut doc.value);
+            d
+        });
+        out.accept(doc, self.id(), draft);
     }
 }
 

@@ -273,7 +273,7 @@ impl Parser for Github {
         Shape::of(doc).is_some()
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         match draft(&doc.value) {
             Ok(Some(d)) => out.findings.push(d.build()),
             Ok(None) => out.skipped += 1,

@@ -412,7 +412,7 @@ impl Parser for Gitleaks {
         Format::of(doc).is_some()
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         out.accept(doc, self.id(), draft(&doc.value));
     }
 }

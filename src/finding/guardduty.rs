@@ -499,7 +499,7 @@ impl Parser for GuardDuty {
             || looks_like_finding(doc)
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         let v = &doc.value;
         if is_envelope(v) {
             match v.get("detail") {

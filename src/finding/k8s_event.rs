@@ -220,7 +220,7 @@ impl Parser for K8sEvent {
         is_event(doc) || is_event_list(doc)
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         let v = &doc.value;
         if is_event_list(v) {
             let items = match opt_array(v, "", "items") {

@@ -184,7 +184,7 @@ impl Parser for KubeBench {
             || (doc.get("node_type").is_some() && doc.get("tests").is_some())
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         let v = &doc.value;
         if v.get("Controls").is_some() {
             let controls = match opt_array(v, "", "Controls") {

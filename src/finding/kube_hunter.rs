@@ -216,7 +216,7 @@ impl Parser for KubeHunter {
             && (doc.get("nodes").is_some() || doc.get("services").is_some())
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         let v = &doc.value;
         if let Err((pointer, reason)) = expect_object(v, "", "kube-hunter report") {
             return out.reject(doc, self.id(), &pointer, reason);

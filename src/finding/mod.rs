@@ -68,8 +68,10 @@ pub trait Parser: Sync {
     fn summary(&self) -> &'static str;
     /// Whether this looks like one of our documents. Cheap: looks at keys, not the whole record.
     fn sniff(&self, doc: &Value) -> bool;
-    /// Parses one decoded document, which may hold several records.
-    fn parse(&self, doc: &Document, out: &mut ParseReport);
+    /// Parses one decoded document, which may hold several records. The document is the
+    /// parser's to consume: a parser that keeps the whole record as `fields` may move it out
+    /// instead of copying it (it is not looked at again).
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport);
     /// The `source` values this parser can put on findings besides its own id (Security Hub
     /// findings keep the product that produced them: `guardduty`, `inspector`, `prowler`, …).
     /// Playbooks may name any of them in `match.source`.
@@ -217,8 +219,8 @@ impl ParserChoice {
 /// Parses a whole input: decodes it into documents and runs the chosen parser on each.
 pub fn parse_input(source: &str, bytes: &[u8], choice: ParserChoice) -> ParseReport {
     let mut report = ParseReport::default();
-    let documents = decode(source, bytes, &mut report);
-    for doc in &documents {
+    let mut documents = decode(source, bytes, &mut report);
+    for doc in &mut documents {
         match choice {
             ParserChoice::Fixed(p) => p.parse(doc, &mut report),
             ParserChoice::Auto => match sniff(&doc.value) {

@@ -286,7 +286,7 @@ impl Parser for Prowler {
         is_prowler_ocsf(doc)
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         if !doc.value.is_object() {
             out.reject(
                 doc,

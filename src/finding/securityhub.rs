@@ -801,7 +801,7 @@ impl Parser for SecurityHub {
             || is_asff(doc)
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         let v = &doc.value;
         if is_envelope(v) {
             match v.get("detail").and_then(|d| d.get("findings")) {

@@ -622,7 +622,7 @@ impl Parser for Trivy {
                 && K8S_RESOURCE_KEYS.iter().any(|k| o.contains_key(*k)))
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         if let Err((pointer, reason)) = self.report(doc, out) {
             out.reject(doc, self.id(), &pointer, reason);
         }

@@ -327,7 +327,7 @@ impl Parser for TrivyOperator {
         is_report(doc) || is_report_list(doc)
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         let v = &doc.value;
         if is_report_list(v) {
             let items = match opt_array(v, "", "items") {

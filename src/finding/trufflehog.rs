@@ -295,7 +295,7 @@ impl Parser for Trufflehog {
         doc.get("SourceMetadata").is_some() && doc.get("DetectorName").is_some()
     }
 
-    fn parse(&self, doc: &Document, out: &mut ParseReport) {
+    fn parse(&self, doc: &mut Document, out: &mut ParseReport) {
         out.accept(doc, self.id(), draft(&doc.value));
     }
 }
