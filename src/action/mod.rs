@@ -7,6 +7,7 @@
 
 mod kubernetes;
 mod notify;
+pub mod rbac;
 
 use std::borrow::Cow;
 use std::future::Future;

@@ -95,9 +95,9 @@ pub enum Command {
     /// List the scanner formats Firebreak parses.
     #[command(subcommand)]
     Parsers(ListCmd),
-    /// List the actions playbooks can use.
+    /// List the actions playbooks can use, and the permissions they need.
     #[command(subcommand)]
-    Actions(ListCmd),
+    Actions(ActionsCmd),
     /// Read and verify the tamper-evident audit trail in the store.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -348,6 +348,20 @@ pub enum ListCmd {
     },
 }
 
+/// `firebreak actions …`.
+#[derive(Debug, Subcommand)]
+pub enum ActionsCmd {
+    /// List them, with whether they are reversible and the permissions they use.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print the Kubernetes RBAC (ServiceAccount, ClusterRole, binding) the actions need: what
+    /// `deploy/rbac.yaml` holds.
+    Rbac,
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let env: Vec<(String, String)> = std::env::vars().collect();
@@ -435,7 +449,11 @@ fn dispatch(command: Command, config: &Config) -> Exit {
             run::run(&args, config)
         }
         Command::Parsers(ListCmd::List { format }) => catalog::parsers(format),
-        Command::Actions(ListCmd::List { format }) => catalog::actions(format),
+        Command::Actions(ActionsCmd::List { format }) => catalog::actions(format),
+        Command::Actions(ActionsCmd::Rbac) => {
+            output::text(&crate::action::rbac::kubernetes_rbac());
+            Exit::Ok
+        }
         Command::Audit(AuditCmd::List {
             finding,
             after,

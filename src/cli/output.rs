@@ -24,6 +24,11 @@ macro_rules! outln {
     ($($arg:tt)*) => {{ let _ = writeln!(out(), $($arg)*); }};
 }
 
+/// Text that already ends in a newline (a generated file), on stdout as it is.
+pub fn text(s: &str) {
+    let _ = write!(out(), "{s}");
+}
+
 /// Pretty JSON on stdout.
 pub fn json<T: Serialize + ?Sized>(value: &T) {
     match serde_json::to_string_pretty(value) {

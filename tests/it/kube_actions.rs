@@ -372,3 +372,14 @@ async fn isolate_pod_keeps_forensic_egress_and_namespaces_open() {
         "forensics"
     );
 }
+
+#[test]
+fn the_committed_rbac_is_what_the_actions_declare() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml");
+    let committed = std::fs::read_to_string(path).expect("deploy/rbac.yaml");
+    assert_eq!(
+        committed,
+        firebreak::action::rbac::kubernetes_rbac(),
+        "deploy/rbac.yaml is stale: run `firebreak actions rbac > deploy/rbac.yaml`"
+    );
+}
