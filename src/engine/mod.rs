@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::action::{ActionCtx, ActionError, Outcome, Plan, StepInput};
 use crate::finding::Finding;
-use crate::playbook::{Decision, OnFailure, PlaybookSet, Step};
+use crate::playbook::{ApprovalSpec, Decision, OnFailure, PlaybookSet, Step};
 
 /// How a run behaves.
 #[derive(Debug, Clone)]
@@ -149,6 +149,20 @@ pub async fn run(
         for ev in evaluations {
             match ev.decision {
                 Decision::Act => {
+                    // Without a store there is nowhere to wait for an approval: a playbook that
+                    // asks for one only plans here.
+                    let needs_approval = !matches!(ev.playbook.approval, ApprovalSpec::None);
+                    let held;
+                    let opts = if needs_approval && !opts.dry_run && !opts.kill_switch {
+                        held = RunOptions {
+                            dry_run: true,
+                            ..opts.clone()
+                        };
+                        tracing::warn!(playbook = %ev.playbook.name, "approval required: planned only (run with a store to hold it for `firebreak approvals approve`)");
+                        &held
+                    } else {
+                        opts
+                    };
                     let steps =
                         run_playbook(ctx, finding, &ev.playbook.name, &ev.playbook.steps, opts)
                             .await;

@@ -26,8 +26,10 @@ use tracing::Instrument;
 use super::{RunOptions, backoff};
 use crate::action::{ActionCtx, ActionError, Outcome, Plan, StepInput};
 use crate::finding::Finding;
-use crate::playbook::{Decision, OnFailure, OnLimit, Playbook, PlaybookSet, Step};
-use crate::store::{Admission, ClaimedExecution, ExecState, StepRow, Store, StoreError, now_ms};
+use crate::playbook::{ApprovalSpec, Decision, OnFailure, OnLimit, Playbook, PlaybookSet, Step};
+use crate::store::{
+    Admission, ClaimedExecution, ExecState, GuardDenial, StepRow, Store, StoreError, now_ms,
+};
 
 /// The reason recorded on an execution the kill switch stopped.
 pub const KILL_SWITCH_REASON: &str = "kill switch is on";
@@ -261,14 +263,18 @@ impl<S: Store> Worker<S> {
             max_targets_per_hour: g.max_targets_per_hour,
             max_runs_per_hour: g.max_runs_per_hour,
             cooldown: g.cooldown.map(|c| Duration::from_secs(c.0)),
+            requires_approval: !matches!(pb.approval, ApprovalSpec::None),
         };
         let Some(denial) = self.store.admit(&admission).await? else {
             return Ok(true);
         };
         self.metric(|m| m.guard_drop(denial.code()));
-        let (state, what) = match g.on_limit {
-            OnLimit::Hold => (ExecState::PendingApproval, "held for approval"),
-            OnLimit::Skip => (ExecState::Skipped, "skipped"),
+        // An approval the playbook asks for is always waited for, never skipped.
+        let (state, what) = match (&denial, g.on_limit) {
+            (GuardDenial::ApprovalRequired, _) | (_, OnLimit::Hold) => {
+                (ExecState::PendingApproval, "held for approval")
+            }
+            (_, OnLimit::Skip) => (ExecState::Skipped, "skipped"),
         };
         tracing::warn!(playbook = %pb.name, execution = %exec.id, guard = denial.code(), "{what}: {denial}");
         let reason = format!("{what}: {denial}");

@@ -284,6 +284,9 @@ pub struct Admission<'a> {
     pub max_runs_per_hour: Option<u32>,
     /// No second action on the same target within this time.
     pub cooldown: Option<Duration>,
+    /// The playbook says a person must approve first (`approval:`): without a recorded
+    /// approval the execution is held, whatever its limits.
+    pub requires_approval: bool,
 }
 
 /// Why a guard stopped an execution.
@@ -305,6 +308,8 @@ pub enum GuardDenial {
         /// The cooldown, in seconds.
         seconds: u64,
     },
+    /// The playbook requires approval and none is recorded.
+    ApprovalRequired,
 }
 
 impl GuardDenial {
@@ -315,6 +320,7 @@ impl GuardDenial {
             GuardDenial::BlastRadius { .. } => "blast_radius",
             GuardDenial::RateLimit { .. } => "rate_limit",
             GuardDenial::Cooldown { .. } => "cooldown",
+            GuardDenial::ApprovalRequired => "approval_required",
         }
     }
 }
@@ -333,6 +339,11 @@ impl std::fmt::Display for GuardDenial {
             GuardDenial::Cooldown { seconds } => write!(
                 f,
                 "cooldown: the playbook acted on this target less than {seconds}s ago (guards.cooldown)"
+            ),
+            GuardDenial::ApprovalRequired => write!(
+                f,
+                "approval required: the playbook asks for approval before it acts (approval:); \
+                 approve with `firebreak approvals approve` (GitHub pull-request approval is not wired yet)"
             ),
         }
     }

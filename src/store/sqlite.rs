@@ -990,7 +990,10 @@ impl Store for SqliteStore {
                 .flatten();
         let hour_ago = now - 3_600_000;
         let mut denial = None;
-        if approved.is_none() {
+        if approved.is_none() && a.requires_approval {
+            denial = Some(GuardDenial::ApprovalRequired);
+        }
+        if approved.is_none() && denial.is_none() {
             if let Some(cooldown) = a.cooldown {
                 let recent: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM acted WHERE playbook = ? AND target = ? AND at > ?",

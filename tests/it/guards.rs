@@ -406,3 +406,63 @@ async fn dry_run_plans_a_scheduled_step_at_once_without_a_timer() {
     assert!(!audit.iter().any(|a| a.kind == "step.scheduled"));
     assert!(rx.requests().is_empty());
 }
+
+/// A playbook that asks for approval before it notifies `url`.
+fn needs_approval(url: &str, guards: &str) -> String {
+    format!(
+        "name: approved\nmatch: {{class: runtime-threat}}\nguards: {guards}\napproval: {{github: {{repo: org/infra, reviewers: [alice]}}}}\nsteps:\n  - action: notify.webhook\n    with: {{url: \"{url}\"}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_playbook_that_asks_for_approval_never_acts_until_a_person_approves() {
+    let rx = Receiver::start().await;
+    let l = Ledger::new().await;
+    // `on_limit: skip` governs limits only: an approval the playbook asks for is waited for.
+    let w = worker(
+        &l.store,
+        playbooks(&needs_approval(&rx.url("/hook"), "{on_limit: skip}")),
+    );
+    l.ingest(FALCO_SHELL, 1).await;
+    drain(&w).await;
+    assert!(rx.requests().is_empty(), "nothing acts before approval");
+    let pending = l.store.pending_approvals().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(
+        pending[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("held for approval: approval required")),
+        "{pending:?}"
+    );
+    assert!(
+        l.store
+            .decide(&pending[0].execution_id, true, "cli:alice", "plan reviewed")
+            .await
+            .unwrap()
+    );
+    drain(&w).await;
+    assert_eq!(rx.requests().len(), 1, "approved: it acts once");
+}
+
+#[tokio::test]
+async fn without_a_store_a_playbook_that_asks_for_approval_only_plans() {
+    let rx = Receiver::start().await;
+    let pbs = playbooks(&needs_approval(&rx.url("/hook"), "{}"));
+    let set = Arc::clone(&pbs.read().unwrap());
+    let ctx = ActionCtx::from_config(&Config::default()).unwrap();
+    let finding = fixtures::finding(FALCO_SHELL);
+    let report = firebreak::engine::run(
+        &set,
+        &ctx,
+        std::slice::from_ref(&finding),
+        &RunOptions::default(),
+        &|| {},
+    )
+    .await;
+    assert_eq!(
+        report.executions[0].steps[0].status,
+        firebreak::engine::StepStatus::Planned
+    );
+    assert!(rx.requests().is_empty());
+}
