@@ -407,19 +407,7 @@ pub fn ingest(
         })
     });
     let _ = std::fs::remove_dir_all(&dir);
-    match result {
-        Ok(r) => {
-            match format {
-                Format::Json => output::json(&r),
-                Format::Table => output::ingest_bench(&r),
-            }
-            Exit::Ok
-        }
-        Err(e) => {
-            output::error(&format!("ingest benchmark failed: {e}"), None);
-            Exit::Failure
-        }
-    }
+    finish("ingest", result, format, output::ingest_bench)
 }
 
 /// The result of `bench action`.
@@ -573,16 +561,26 @@ pub fn action(file: &str, findings: usize, format: Format) -> Exit {
         })
     });
     let _ = std::fs::remove_dir_all(&dir);
+    finish("action", result, format, output::action_bench)
+}
+
+/// Prints a benchmark's result as JSON or with its table printer; a failure is exit 1.
+fn finish<T: Serialize>(
+    name: &str,
+    result: Result<T, String>,
+    format: Format,
+    table: fn(&T),
+) -> Exit {
     match result {
         Ok(r) => {
             match format {
                 Format::Json => output::json(&r),
-                Format::Table => output::action_bench(&r),
+                Format::Table => table(&r),
             }
             Exit::Ok
         }
         Err(e) => {
-            output::error(&format!("action benchmark failed: {e}"), None);
+            output::error(&format!("{name} benchmark failed: {e}"), None);
             Exit::Failure
         }
     }
