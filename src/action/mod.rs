@@ -5,6 +5,7 @@
 //! same value), and only then [`Action::apply`], which re-reads live state and refuses with
 //! [`ActionError::Drift`] if it changed since planning. A second apply of the same plan is a no-op.
 
+mod aws;
 mod kubernetes;
 mod notify;
 pub mod rbac;
@@ -259,6 +260,9 @@ pub struct ActionCtx {
     /// Kubernetes clients, built once (`crate::clients::kube::Kube::load`); `None` when no
     /// cluster was set up, in which case `kubernetes.*` actions only plan.
     pub kube: Option<crate::clients::kube::Kube>,
+    /// AWS configuration, built once (`crate::clients::aws::Aws::load`); `None` when AWS was not
+    /// set up, in which case `aws.*` actions only plan.
+    pub aws: Option<crate::clients::aws::Aws>,
 }
 
 impl ActionCtx {
@@ -279,6 +283,7 @@ impl ActionCtx {
             webhooks: Arc::new(cfg.notify.webhooks.clone()),
             http_timeout: timeout,
             kube: None,
+            aws: None,
         })
     }
 
@@ -286,6 +291,13 @@ impl ActionCtx {
     #[must_use]
     pub fn with_kube(mut self, kube: crate::clients::kube::Kube) -> Self {
         self.kube = Some(kube);
+        self
+    }
+
+    /// The same context with AWS clients.
+    #[must_use]
+    pub fn with_aws(mut self, aws: crate::clients::aws::Aws) -> Self {
+        self.aws = Some(aws);
         self
     }
 }

@@ -510,6 +510,23 @@ fn uses_kubernetes(set: &crate::playbook::PlaybookSet) -> bool {
         .any(|s| s.action.kind().starts_with("kubernetes."))
 }
 
+fn uses_aws(set: &crate::playbook::PlaybookSet) -> bool {
+    set.playbooks()
+        .iter()
+        .flat_map(|p| &p.steps)
+        .any(|s| s.action.kind().starts_with("aws."))
+}
+
+/// Builds the AWS configuration once (probing the credential chain) and says so loudly, once,
+/// when AWS is not usable: AWS actions then only plan.
+async fn aws_clients(config: &Config) -> crate::clients::aws::Aws {
+    let aws = crate::clients::aws::Aws::load(&config.aws).await;
+    if let Some(why) = aws.unusable() {
+        output::note(&format!("{why}: AWS actions plan only"));
+    }
+    aws
+}
+
 /// Builds the Kubernetes clients once (probing each cluster) and says so loudly, once, when a
 /// cluster is not usable: Kubernetes actions then only plan.
 async fn kube_clients(config: &Config) -> crate::clients::kube::Kube {

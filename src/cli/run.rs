@@ -93,6 +93,11 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
     } else {
         ctx
     };
+    let ctx = if super::uses_aws(&set) {
+        ctx.with_aws(runtime.block_on(super::aws_clients(config)))
+    } else {
+        ctx
+    };
     let report = if args.no_store {
         runtime.block_on(engine::run(&set, &ctx, &parsed.findings, &opts, &|| {
             progress.tick();

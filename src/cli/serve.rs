@@ -58,22 +58,20 @@ fn sqs_sources(config: &Config) -> Result<Vec<SqsSource>, Vec<String>> {
     }
 }
 
-/// Starts one poller per queue when AWS is usable; says loudly when it is not. Credentials are
-/// only probed when a queue is configured (the probe may wait on the EC2 metadata service).
+/// Starts one poller per queue when AWS is usable; says loudly when it is not.
 async fn start_sqs(
-    config: &Config,
+    aws: Option<&Aws>,
     sources: Vec<SqsSource>,
     intake: &Intake,
     metrics: &Arc<Metrics>,
     stop: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    if sources.is_empty() {
+    let Some(aws) = aws.filter(|_| !sources.is_empty()) else {
         return Vec::new();
-    }
-    let aws = Aws::load(&config.aws).await;
+    };
     if let Some(why) = aws.unusable() {
         output::note(&format!(
-            "{why}: AWS actions plan only; SQS intake OFF for {} queue(s)",
+            "{why}: SQS intake OFF for {} queue(s)",
             sources.len()
         ));
         return Vec::new();
@@ -188,6 +186,18 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
             return Exit::Usage;
         }
     };
+    // AWS is set up only when something needs it: the credential probe may wait seconds on the
+    // EC2 metadata service. (A playbook with AWS steps added by a later reload plans only until
+    // the service restarts.)
+    let aws = if super::uses_aws(&set) || !sqs_sources.is_empty() {
+        Some(super::aws_clients(config).await)
+    } else {
+        None
+    };
+    let ctx = match &aws {
+        Some(aws) => ctx.with_aws(aws.clone()),
+        None => ctx,
+    };
     let dry_run = opts.dry_run || config.engine.dry_run;
     let listen = opts
         .listen
@@ -227,7 +237,7 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         &config.server,
     );
     let ready = Arc::clone(&state.ready);
-    let pollers = start_sqs(config, sqs_sources, &intake_for_sqs, &metrics, &rx).await;
+    let pollers = start_sqs(aws.as_ref(), sqs_sources, &intake_for_sqs, &metrics, &rx).await;
     drop(intake_for_sqs);
     let app = router(state);
 

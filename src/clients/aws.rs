@@ -1,6 +1,6 @@
 //! AWS SDK configuration: region, an optional endpoint override and credentials from the SDK's
-//! default chain, built once and shared by every AWS client (SQS now; IAM, S3 and Security Hub
-//! are built from the same [`Aws`] with one more method each).
+//! default chain, built once and shared by every AWS client (SQS, IAM, S3, STS, Security Hub,
+//! Secrets Manager: one method each).
 //!
 //! The default chain reads the process environment and `~/.aws` (environment variables,
 //! profiles, web identity, ECS and EC2 instance roles); that is the SDK's business and the only
@@ -130,6 +130,40 @@ impl Aws {
     #[must_use]
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
         aws_sdk_sqs::Client::new(&self.sdk)
+    }
+
+    /// An IAM client.
+    #[must_use]
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        aws_sdk_iam::Client::new(&self.sdk)
+    }
+
+    /// An S3 client. With an endpoint override (moto, MinIO) requests use path-style addressing,
+    /// since a bucket name cannot be a subdomain of an IP address.
+    #[must_use]
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .force_path_style(self.sdk.endpoint_url().is_some())
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// An STS client.
+    #[must_use]
+    pub fn sts(&self) -> aws_sdk_sts::Client {
+        aws_sdk_sts::Client::new(&self.sdk)
+    }
+
+    /// A Security Hub client.
+    #[must_use]
+    pub fn securityhub(&self) -> aws_sdk_securityhub::Client {
+        aws_sdk_securityhub::Client::new(&self.sdk)
+    }
+
+    /// A Secrets Manager client.
+    #[must_use]
+    pub fn secretsmanager(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.sdk)
     }
 }
 

@@ -32,10 +32,21 @@ from moto.server import main
 main(sys.argv[1:])
 ";
 
-struct Moto {
-    endpoint: String,
-    // Held so the stdin pipe stays open for the life of the process.
-    _child: Mutex<Child>,
+/// A running moto server of this test process; it exits when dropped or when the process ends.
+pub struct Moto {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    // Held so the stdin pipe stays open for the life of the server.
+    child: Mutex<Child>,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 static MOTO: OnceLock<Result<Moto, String>> = OnceLock::new();
@@ -45,24 +56,44 @@ static MOTO: OnceLock<Result<Moto, String>> = OnceLock::new();
 /// # Panics
 /// When moto cannot be started: the test fails, with what to install.
 pub fn endpoint() -> &'static str {
-    match MOTO.get_or_init(start) {
+    match MOTO.get_or_init(|| start(&[])) {
         Ok(m) => &m.endpoint,
-        Err(e) => panic!(
-            "{e}\nhint: the SQS tests need moto: run .ci/run, or \
-             `python3 -m venv .venv-moto && .venv-moto/bin/pip install 'moto[server]>=5.1,<6'`, \
-             or point FIREBREAK_TEST_PYTHON at a python that has it"
-        ),
+        Err(e) => panic!("{e}\n{HINT}"),
     }
+}
+
+const HINT: &str = "hint: the AWS tests need moto: run .ci/run, or \
+    `python3 -m venv .venv-moto && .venv-moto/bin/pip install 'moto[server]>=5.1,<6'`, \
+    or point FIREBREAK_TEST_PYTHON at a python that has it";
+
+/// A moto server of the test's own, started with extra environment (e.g.
+/// `INITIAL_NO_AUTH_ACTION_COUNT` for IAM enforcement, which is global to a server); it exits
+/// when the returned value is dropped.
+///
+/// # Panics
+/// When moto cannot be started: the test fails, with what to install.
+#[allow(dead_code)] // the IAM-enforcement tests arrive with the AWS actions
+pub fn spawn(env: &[(&str, &str)]) -> Moto {
+    match start(env) {
+        Ok(m) => m,
+        Err(e) => panic!("{e}\n{HINT}"),
+    }
+}
+
+/// AWS configuration pointing at `endpoint` with the given static credentials (never the
+/// environment).
+pub async fn aws_at(endpoint: &str, access_key_id: &str, secret: &str) -> Aws {
+    let cfg = AwsConfig {
+        region: "us-east-1".to_owned(),
+        endpoint_url: endpoint.to_owned(),
+    };
+    let creds = Credentials::new(access_key_id, secret, None, None, "moto-test");
+    Aws::with_credentials(&cfg, creds).await
 }
 
 /// AWS configuration pointing at moto, with static test credentials (never the environment).
 pub async fn aws() -> Aws {
-    let cfg = AwsConfig {
-        region: "us-east-1".to_owned(),
-        endpoint_url: endpoint().to_owned(),
-    };
-    let creds = Credentials::new("testing", "testing", None, None, "moto-test");
-    Aws::with_credentials(&cfg, creds).await
+    aws_at(endpoint(), "testing", "testing").await
 }
 
 fn python() -> PathBuf {
@@ -83,7 +114,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("no free port: {e}"))
 }
 
-fn start() -> Result<Moto, String> {
+fn start(env: &[(&str, &str)]) -> Result<Moto, String> {
     let python = python();
     let mut last = String::new();
     // A port picked free can be taken before moto binds it; try a few.
@@ -95,6 +126,7 @@ fn start() -> Result<Moto, String> {
             .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let mut child = Command::new(&python)
             .args(["-c", LAUNCHER, "-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -125,7 +157,7 @@ fn start() -> Result<Moto, String> {
                 let _ = std::fs::remove_file(&log);
                 return Ok(Moto {
                     endpoint: format!("http://127.0.0.1:{port}"),
-                    _child: Mutex::new(child),
+                    child: Mutex::new(child),
                 });
             }
             if Instant::now() > deadline {

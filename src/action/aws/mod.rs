@@ -1,0 +1,112 @@
+//! AWS containment actions (`aws.*`).
+//!
+//! Owns what the actions share: picking the AWS configuration from the context, the plan shown
+//! when AWS is not set up, and turning SDK errors into retryable or permanent [`ActionError`]s.
+//! Clients are never configured here; they come from [`ActionCtx::aws`] (`crate::clients::aws`),
+//! which also carries the endpoint override used against moto.
+//!
+//! Permissions are written as IAM actions (`iam:UpdateAccessKey`); `deploy/iam-policy.json` is
+//! generated from them.
+
+// The actions that use these helpers arrive in the following commits.
+#![allow(dead_code)]
+
+use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use serde_json::{Value, json};
+
+use super::{Action, ActionCtx, ActionError, Plan, PlanDraft};
+use crate::clients::aws::Aws;
+
+/// The AWS configuration `plan` reads with: `Ok(Err(why))` when AWS is not usable (plans still
+/// describe the change, without reading).
+pub(crate) fn connection(ctx: &ActionCtx) -> Result<&Aws, String> {
+    let Some(aws) = &ctx.aws else {
+        return Err("AWS is not configured for this run (aws.region, credentials)".to_owned());
+    };
+    match aws.unusable() {
+        Some(why) => Err(why),
+        None => Ok(aws),
+    }
+}
+
+/// The AWS configuration `apply` and `rollback` need: without one they fail (permanently).
+pub(crate) fn connected(ctx: &ActionCtx) -> Result<&Aws, ActionError> {
+    connection(ctx).map_err(|why| ActionError::Permanent(format!("cannot change AWS: {why}")))
+}
+
+/// The plan when AWS is not usable: what would be done, said plainly, and that applying fails
+/// until credentials are configured.
+pub(crate) fn not_connected_plan(
+    action: &dyn Action,
+    target: String,
+    what: &str,
+    why: &str,
+) -> Plan {
+    PlanDraft {
+        target,
+        summary: format!(
+            "{what}: NOT CONNECTED, {why}; nothing was read, and applying fails until AWS \
+             credentials are configured"
+        ),
+        observed: json!({ "aws_connected": false }),
+        before: Value::Null,
+        after: Value::Null,
+        changes: Vec::new(),
+        noop: false,
+    }
+    .finish(action)
+}
+
+/// Error codes AWS services use for throttling and transient failures.
+const RETRYABLE_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "SlowDown",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "InternalError",
+    "InternalFailure",
+    "InternalServiceError",
+    "ServiceFailure",
+];
+
+/// An SDK error as an action error: throttling, 5xx, timeouts and transport failures are
+/// retryable; everything else (not found, access denied, invalid input) is permanent. The
+/// message is the SDK's own (service code and message), which never carries a secret.
+pub(crate) fn sdk_error<E, R>(what: &str, e: &SdkError<E, R>) -> ActionError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let message = format!("{what}: {}", DisplayErrorContext(e));
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            ActionError::Retryable(message)
+        }
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or_default();
+            if RETRYABLE_CODES.contains(&code) {
+                ActionError::Retryable(message)
+            } else {
+                ActionError::Permanent(message)
+            }
+        }
+        _ => ActionError::Permanent(message),
+    }
+}
+
+/// The AWS error code of an SDK error, if the service sent one (`NoSuchEntity`, …).
+pub(crate) fn error_code<E, R>(e: &SdkError<E, R>) -> Option<&str>
+where
+    E: ProvideErrorMetadata,
+{
+    match e {
+        SdkError::ServiceError(se) => se.err().code(),
+        _ => None,
+    }
+}
