@@ -7,8 +7,9 @@
 //! a DaemonSet: on the same node), so deleting does not remove a compromise that lives in the
 //! volume or on the node, and it can break a StatefulSet's quorum; contain such pods with
 //! `kubernetes.isolate-pod` instead. The delete carries the planned uid as a precondition, so a
-//! pod recreated under the same name is never deleted by mistake. A pod that is already gone is
-//! a no-op. Not reversible.
+//! pod recreated under the same name is never deleted by mistake. A pod that is already gone,
+//! or terminating (deleted with a grace period that has not run out), is a no-op. Not
+//! reversible.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Preconditions};
@@ -151,10 +152,13 @@ impl Action for KubernetesDeletePod {
                     return Ok(not_connected_plan(self, target, &what, &why));
                 }
             };
-            let Some(live) = read_pod(&client, &pod).await? else {
+            let live = read_pod(&client, &pod)
+                .await?
+                .filter(|p| p.metadata.deletion_timestamp.is_none());
+            let Some(live) = live else {
                 return Ok(PlanDraft {
                     target,
-                    summary: format!("pod {} is already gone", pod.shown()),
+                    summary: format!("pod {} is already gone (or terminating)", pod.shown()),
                     observed: json!({"pod": {"namespace": pod.namespace, "name": pod.name, "uid": null}}),
                     before: json!({"exists": false}),
                     after: json!({"exists": false}),
@@ -227,9 +231,11 @@ impl Action for KubernetesDeletePod {
                 detail,
                 undo: None,
             };
-            let live = read_pod(&client, &pod).await?;
+            let live = read_pod(&client, &pod)
+                .await?
+                .filter(|p| p.metadata.deletion_timestamp.is_none());
             let Some(live) = live else {
-                // Gone already: deleted by an earlier attempt, or planned as gone.
+                // Gone or terminating already: deleted by an earlier attempt, or planned so.
                 return Ok(outcome(
                     "unchanged",
                     json!({"pod": pod.shown(), "deleted": false}),

@@ -230,19 +230,26 @@ impl Console {
                 kind,
                 name,
                 ..
-            } if kind == "Service" || kind == "Deployment" => Some((
-                cluster.clone(),
-                namespace.clone(),
-                kind.as_str(),
-                name.clone(),
-            )),
+            } if (kind == "Service" && valid_dns_label(name))
+                || (kind == "Deployment" && valid_dns_subdomain(name)) =>
+            {
+                Some((
+                    cluster.clone(),
+                    namespace.clone(),
+                    kind.as_str(),
+                    name.clone(),
+                ))
+            }
             _ => None,
         });
         let cluster = input.finding.resources.iter().find_map(|r| match r {
             ResourceRef::Kubernetes { cluster, .. } => cluster.clone(),
             _ => None,
         });
-        if named.is_none() && p.service.is_none() && p.deployment.is_none() {
+        // A finding about an exposed dashboard that names only its cluster or host (kube-hunter
+        // reports the address it reached) gets the Dashboard's default names.
+        let about_a_dashboard = input.finding.class == crate::finding::Class::ExposedDashboard;
+        if named.is_none() && p.service.is_none() && p.deployment.is_none() && !about_a_dashboard {
             return Err(ActionError::NotApplicable(
                 "the finding names no Service or Deployment of a web console; name them with \
                  `with: {namespace, service, deployment}`"
@@ -1005,7 +1012,14 @@ impl Action for KubernetesSecureDashboard {
                     "ingresses_protected": w.ingresses.keys().collect::<Vec<_>>(),
                     "bindings_deleted": w.bindings.iter().map(|b| b.metadata.name.clone()).collect::<Vec<_>>(),
                 }),
-                undo: undo.and_then(|u| serde_json::to_value(u).ok()),
+                // Scrubbed like everything an outcome carries (it is printed and stored);
+                // rollback takes exact values from the annotations on the objects.
+                undo: undo
+                    .and_then(|u| serde_json::to_value(u).ok())
+                    .map(|mut v| {
+                        crate::redact::scrub_json(&mut v);
+                        v
+                    }),
             };
             if w.is_empty() {
                 return Ok(outcome("unchanged", None));
@@ -1093,10 +1107,25 @@ impl Action for KubernetesSecureDashboard {
                                 .collect()
                         })
                         .unwrap_or_default();
+                    // The exact arguments before are in the annotation (the outcome's copy is
+                    // scrubbed); what Firebreak left is compared scrubbed.
+                    let saved: BTreeMap<String, Vec<String>> = previous_of(&d.metadata)
+                        .and_then(|a| serde_json::from_str::<Value>(&a).ok())
+                        .and_then(|v| serde_json::from_value(v["args"].clone()).ok())
+                        .unwrap_or_default();
+                    let scrubbed = |args: &Vec<String>| {
+                        let mut v = json!(args);
+                        crate::redact::scrub_json(&mut v);
+                        v
+                    };
                     let containers: Vec<Value> = args
                         .iter()
-                        .filter(|(name, (_, left))| live.get(*name) == Some(left))
-                        .map(|(name, (before, _))| json!({"name": name, "args": before}))
+                        .filter(|(name, (_, left))| {
+                            live.get(*name).map(scrubbed) == Some(json!(left))
+                        })
+                        .map(|(name, (before, _))| {
+                            json!({"name": name, "args": saved.get(name).unwrap_or(before)})
+                        })
                         .collect();
                     let patch = json!({
                         "metadata": {"resourceVersion": d.metadata.resource_version, "annotations": {PREVIOUS: null}},
