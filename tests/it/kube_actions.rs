@@ -1174,3 +1174,160 @@ async fn conformance_every_kubernetes_action_plans_without_writes_or_secrets() {
         );
     }
 }
+
+fn shipped() -> PlaybookSet {
+    firebreak::playbook::load_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/playbooks")))
+        .unwrap_or_else(|e| panic!("{e:#?}"))
+}
+
+fn matching(set: &PlaybookSet, f: &Finding) -> Vec<String> {
+    let mut names: Vec<String> = set
+        .evaluate(f)
+        .iter()
+        .map(|e| e.playbook.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Falco's "Detect outbound connections to common miner pool ports". No real alert of that rule
+/// is among the fixtures, so it is derived from the real `Terminal shell in container` alert
+/// (same pod, same format), changing only the fields that differ for that rule.
+fn falco_miner_finding() -> Finding {
+    let mut alert: Value = serde_json::from_slice(&fixtures::bytes(FALCO_SHELL)).unwrap();
+    alert["rule"] = "Detect outbound connections to common miner pool ports".into();
+    alert["priority"] = "Critical".into();
+    alert["tags"] = serde_json::json!(["container", "host", "mitre_impact", "network", "T1496"]);
+    alert["output"] = "13:44:05.478445995: Critical Outbound connection to IP/Port flagged by https://cryptoioc.ch (ip=203.0.113.7 port=3333 k8s.ns=default k8s.pod=kubecon container=ee97d9c4186f image=docker.io/library/alpine)".into();
+    let bytes = serde_json::to_vec(&alert).unwrap();
+    let parsed = firebreak::finding::parse_input(
+        "falco-miner.json",
+        &bytes,
+        firebreak::finding::ParserChoice::Auto,
+    );
+    assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
+    parsed.findings.into_iter().next().unwrap()
+}
+
+#[test]
+fn shipped_playbooks_pair_each_alert_with_its_containment_and_only_where_it_can_act() {
+    let set = shipped();
+    assert_eq!(
+        matching(&set, &falco_miner_finding()),
+        ["alert-cryptomining", "stop-cryptominer"]
+    );
+    // GuardDuty's BitcoinTool on an EC2 instance: no pod to stop, only the alert.
+    assert_eq!(
+        matching(
+            &set,
+            &fixtures::finding(
+                "securityhub/guardduty-origin-asff-cryptocurrency-bitcointool-b-dns.json"
+            )
+        ),
+        ["alert-cryptomining"]
+    );
+    assert_eq!(
+        matching(&set, &fixtures::finding(FALCO_SHELL)),
+        ["alert-runtime-threat", "isolate-runtime-threat"]
+    );
+    assert_eq!(
+        matching(&set, &dashboard_finding()),
+        ["secure-exposed-dashboard"]
+    );
+    let isolate = set
+        .playbooks()
+        .iter()
+        .find(|p| p.name == "isolate-runtime-threat")
+        .unwrap();
+    assert!(
+        !matches!(isolate.approval, firebreak::playbook::ApprovalSpec::None),
+        "isolating a pod waits for a person"
+    );
+}
+
+#[tokio::test]
+async fn stop_cryptominer_keeps_evidence_and_scales_the_miners_deployment_to_zero() {
+    let api = KubeApi::start().await;
+    let d = api.seed(&Deployment {
+        metadata: meta("default", "miner", "miner"),
+        spec: DeploymentSpec {
+            replicas: Some(3),
+            selector: selector("miner"),
+            template: template("miner"),
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    });
+    let mut rs_meta = meta("default", "miner-5d8f", "miner");
+    rs_meta.owner_references = Some(vec![owner("Deployment", "apps/v1", &d)]);
+    let rs = api.seed(&ReplicaSet {
+        metadata: rs_meta,
+        spec: ReplicaSetSpec {
+            replicas: Some(3),
+            selector: selector("miner"),
+            template: Some(template("miner")),
+            ..ReplicaSetSpec::default()
+        },
+        ..ReplicaSet::default()
+    });
+    seed_kubecon(
+        &api,
+        vec![owner("ReplicaSet", "apps/v1", &rs)],
+        &fake_secret(),
+    );
+    let ctx = ctx(&api);
+    let set = shipped();
+    let opts = RunOptions {
+        retry_base: std::time::Duration::from_millis(1),
+        ..RunOptions::default()
+    };
+    let report = run(&set, &ctx, &[falco_miner_finding()], &opts, &|| {}).await;
+    let stop = report
+        .executions
+        .iter()
+        .find(|e| e.playbook == "stop-cryptominer")
+        .unwrap();
+    assert_eq!(stop.steps[0].status, StepStatus::Applied, "{stop:#?}");
+    assert!(
+        stop.steps[0].outcome.as_ref().unwrap().detail["evidence"]["sha256"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert_eq!(stop.steps[1].status, StepStatus::Applied, "{stop:#?}");
+    assert_eq!(
+        api.get::<Deployment>("default", "miner")
+            .unwrap()
+            .spec
+            .replicas,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn isolate_runtime_threat_only_plans_without_an_approval() {
+    let api = KubeApi::start().await;
+    seed_kubecon(&api, vec![], &fake_secret());
+    let ctx = ctx(&api);
+    let report = run(
+        &shipped(),
+        &ctx,
+        &[fixtures::finding(FALCO_SHELL)],
+        &RunOptions::default(),
+        &|| {},
+    )
+    .await;
+    let isolate = report
+        .executions
+        .iter()
+        .find(|e| e.playbook == "isolate-runtime-threat")
+        .unwrap();
+    assert!(
+        isolate
+            .steps
+            .iter()
+            .all(|s| s.status == StepStatus::Planned),
+        "{isolate:#?}"
+    );
+    assert!(policy(&api).is_none(), "nothing isolated before approval");
+}
