@@ -24,7 +24,7 @@ use crate::finding::Finding;
 pub use kubernetes::{
     EVENT_REASON, KubernetesAnnotate, KubernetesCaptureEvidence, KubernetesCordonNode,
     KubernetesDeletePod, KubernetesIsolatePod, KubernetesLabel, KubernetesScaleToZero,
-    KubernetesSecureDashboard,
+    KubernetesSecureDashboard, take_evidence_bundle,
 };
 pub use notify::NotifyWebhook;
 

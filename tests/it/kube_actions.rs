@@ -1331,3 +1331,80 @@ async fn isolate_runtime_threat_only_plans_without_an_approval() {
     );
     assert!(policy(&api).is_none(), "nothing isolated before approval");
 }
+
+#[tokio::test]
+async fn the_service_keeps_the_evidence_bundle_in_the_store_and_the_audit_trail_names_it() {
+    use firebreak::engine::worker::{Round, Worker, WorkerOptions};
+    use firebreak::store::sqlite::SqliteStore;
+    use firebreak::store::{AuditQuery, IngestBatch, Store};
+    use std::sync::{Arc, RwLock};
+
+    let api = KubeApi::start().await;
+    let secret = fake_secret();
+    seed_kubecon(&api, vec![], &secret);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}", dir.path().join("l.db").display()))
+            .await
+            .unwrap(),
+    );
+    store
+        .record(
+            IngestBatch {
+                intake: "test".into(),
+                findings: vec![fixtures::finding(FALCO_SHELL)],
+                ..IngestBatch::default()
+            },
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let set = Arc::new(RwLock::new(Arc::new(playbooks(
+        "kubernetes.capture-evidence",
+        "{}",
+    ))));
+    let worker = Worker::new(
+        Arc::clone(&store),
+        set,
+        ctx(&api),
+        WorkerOptions {
+            owner: "w1".into(),
+            ..WorkerOptions::default()
+        },
+    );
+    while worker.round().await.unwrap() != Round::default() {}
+
+    let audit = store.audit_list(AuditQuery::default()).await.unwrap();
+    let applied = audit
+        .iter()
+        .find(|a| a.kind == "step.applied")
+        .expect("the step is audited");
+    let reference = &applied.detail["outcome"]["detail"]["evidence"];
+    let sha256 = reference["sha256"].as_str().unwrap();
+    assert!(
+        reference.get("bundle").is_none(),
+        "the audit line holds the reference only"
+    );
+    let bundle = store
+        .evidence(sha256)
+        .await
+        .unwrap()
+        .expect("the bundle is stored under the hash the audit names");
+    assert_eq!(bundle["pod"]["metadata"]["name"], "kubecon");
+    assert_eq!(
+        sha256,
+        format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                firebreak::action::canonical_json(&bundle).as_bytes()
+            ))
+        ),
+        "the stored bundle is the one the hash names"
+    );
+    let everything = serde_json::to_string(&audit).unwrap() + &bundle.to_string();
+    assert!(
+        !everything.contains(&secret),
+        "the credential reached the ledger"
+    );
+    assert!(store.audit_verify().await.unwrap().problems.is_empty());
+}

@@ -7,9 +7,11 @@
 //! reversible and needs no rollback.
 //!
 //! Where it goes: actions have no store access, so the bundle travels in the [`Outcome`]
-//! (`detail.evidence.bundle`) and the engine records it with the step; the audit line of the
-//! step names the bundle by its `sha256` (over the canonical JSON of the bundle), so the audit
-//! trail references exactly the evidence that was kept.
+//! (`detail.evidence.bundle`, next to its `sha256` over the bundle's canonical JSON). When the
+//! engine records the step, the store moves the bundle into its `evidence` table under that
+//! hash ([`take_evidence_bundle`]); the step and its audit line keep the reference, so the
+//! audit trail names exactly the evidence that was kept. Without a store (`firebreak run
+//! --no-store`) the bundle is in the printed outcome.
 //!
 //! Redaction, before hashing: every literal environment variable value in the pod spec is
 //! masked (names and `valueFrom` references are kept), the
@@ -149,6 +151,15 @@ impl Bundle {
             "bundle": self.body,
         })
     }
+}
+
+/// Removes the evidence bundle from an outcome (as JSON) and returns it. The store keeps
+/// bundles apart from steps and audit lines, which keep `detail.evidence.sha256` (and `bytes`).
+pub fn take_evidence_bundle(outcome: &mut Value) -> Option<Value> {
+    outcome
+        .pointer_mut("/detail/evidence")?
+        .as_object_mut()?
+        .remove("bundle")
 }
 
 /// Masks literal env values in every container list of a pod spec (JSON).

@@ -26,7 +26,7 @@ mod secure_dashboard;
 
 pub use cordon_node::KubernetesCordonNode;
 pub use delete_pod::KubernetesDeletePod;
-pub use evidence::KubernetesCaptureEvidence;
+pub use evidence::{KubernetesCaptureEvidence, take_evidence_bundle};
 pub use isolate_pod::KubernetesIsolatePod;
 pub use metadata::{KubernetesAnnotate, KubernetesLabel};
 pub use scale_to_zero::KubernetesScaleToZero;
