@@ -1408,3 +1408,17 @@ async fn the_service_keeps_the_evidence_bundle_in_the_store_and_the_audit_trail_
     );
     assert!(store.audit_verify().await.unwrap().problems.is_empty());
 }
+
+#[tokio::test]
+async fn an_event_the_cluster_refuses_does_not_fail_the_change() {
+    let api = KubeApi::start().await;
+    seed_kubecon(&api, vec![], &fake_secret());
+    api.forbid_writes("events");
+    let ctx = ctx(&api);
+    let set = playbooks("kubernetes.isolate-pod", "{}");
+    let applied = step(&set, &ctx, &fixtures::finding(FALCO_SHELL), false).await;
+    assert_eq!(applied.status, StepStatus::Applied, "{applied:#?}");
+    assert_eq!(applied.outcome.unwrap().result, "applied");
+    assert!(policy(&api).is_some(), "the pod is isolated");
+    assert!(firebreak_events(&api).await.is_empty());
+}

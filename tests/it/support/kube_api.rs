@@ -198,6 +198,8 @@ struct Inner {
     history: Vec<Event>,
     /// Pod logs by (namespace, pod).
     logs: HashMap<(String, String), String>,
+    /// Resources (plural) whose writes are refused with 403, as RBAC refuses them.
+    forbidden: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -314,6 +316,17 @@ impl KubeApi {
             .objects
             .get(&key)
             .map(|v| serde_json::from_value(v.clone()).unwrap())
+    }
+
+    /// Refuses every write to `plural` (e.g. `events`) with 403 Forbidden, as the API server
+    /// answers a client whose RBAC role lacks the verb.
+    pub fn forbid_writes(&self, plural: &str) {
+        self.emu
+            .inner
+            .lock()
+            .unwrap()
+            .forbidden
+            .push(plural.to_owned());
     }
 
     /// Sets the text `pods/{name}/log` returns for a pod.
@@ -646,6 +659,35 @@ async fn handle(
         Parsed::Object(t) => t,
         Parsed::Discovery(_) | Parsed::NotFound => return plain_not_found(uri.path()),
     };
+    if method != Method::GET
+        && emu
+            .inner
+            .lock()
+            .unwrap()
+            .forbidden
+            .iter()
+            .any(|p| p == target.t.plural)
+    {
+        // The Status RBAC denials carry (reason Forbidden, code 403).
+        let verb = match method {
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            _ => "delete",
+        };
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{} is forbidden: User \"system:serviceaccount:firebreak:firebreak\" cannot {verb} \
+                 resource \"{}\" in API group \"{}\"",
+                target.t.qualified(),
+                target.t.plural,
+                target.t.group
+            ),
+            json!({"kind": target.t.plural, "group": target.t.group}),
+        );
+    }
     let q = query(&uri);
     if target.t.namespaced && target.namespace.is_empty() && target.name.is_some() {
         return plain_not_found(uri.path());
