@@ -771,6 +771,19 @@ async fn cordon_node_cordons_the_pods_node_and_rollback_uncordons_only_what_it_c
 /// vulnerability, with only the fields that differ for KHV029 changed, as kube-hunter's
 /// `DashboardExposed` and its `KubeDashboard` hunter ("Dashboard Hunting") report them.
 fn dashboard_finding() -> Finding {
+    let bytes = dashboard_report();
+    let parsed = firebreak::finding::parse_input(
+        "kube-hunter-khv029.json",
+        &bytes,
+        firebreak::finding::ParserChoice::Auto,
+    );
+    assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
+    assert_eq!(parsed.findings.len(), 1);
+    parsed.findings.into_iter().next().unwrap()
+}
+
+/// The derived KHV029 report (see [`dashboard_finding`]).
+fn dashboard_report() -> Vec<u8> {
     let mut report: Value =
         serde_json::from_slice(&fixtures::bytes("kube-hunter/kube-hunter-report.json")).unwrap();
     let mut v = report["vulnerabilities"][0].clone();
@@ -784,15 +797,7 @@ fn dashboard_finding() -> Finding {
     v["avd_reference"] = "https://avd.aquasec.com/kube-hunter/khv029/".into();
     v["hunter"] = "Dashboard Hunting".into();
     report["vulnerabilities"] = Value::Array(vec![v]);
-    let bytes = serde_json::to_vec(&report).unwrap();
-    let parsed = firebreak::finding::parse_input(
-        "kube-hunter-khv029.json",
-        &bytes,
-        firebreak::finding::ParserChoice::Auto,
-    );
-    assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
-    assert_eq!(parsed.findings.len(), 1);
-    parsed.findings.into_iter().next().unwrap()
+    serde_json::to_vec(&report).unwrap()
 }
 
 const DASH: &str = "kubernetes-dashboard";
@@ -1421,4 +1426,98 @@ async fn an_event_the_cluster_refuses_does_not_fail_the_change() {
     assert_eq!(applied.outcome.unwrap().result, "applied");
     assert!(policy(&api).is_some(), "the pod is isolated");
     assert!(firebreak_events(&api).await.is_empty());
+}
+
+/// The rendered plans of every `kubernetes.*` action as `firebreak run --dry-run` prints them
+/// (text and `--format json`), against an emulator seeded with a credential: no credential in
+/// either, and the dry-run writes nothing to the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_cli_dry_run_renders_kubernetes_plans_without_secrets_or_writes() {
+    let secret = fake_secret();
+    let api = KubeApi::start().await;
+    seed_deployment_chain(&api, 2);
+    let (ns, name) = ("openfaas-fn", "falco-pod-delete-7dc9f5fbb8-gbfk7");
+    let mut p: Pod = api.get(ns, name).unwrap();
+    let spec = p.spec.as_mut().unwrap();
+    spec.node_name = Some("node-1".into());
+    spec.containers[0].env = Some(vec![typed(
+        serde_json::json!({"name": "AWS_SECRET_ACCESS_KEY", "value": secret}),
+    )]);
+    spec.containers[0].args = Some(vec![format!("--password={secret}")]);
+    api.seed(&p);
+    seed_kubecon(&api, vec![], &secret);
+    seed_dashboard(&api, &secret);
+    let dir = tempfile::tempdir().unwrap();
+    let finding_file = |rel: &str| fixtures::path(rel).display().to_string();
+    let dashboard = dir.path().join("khv029.json");
+    std::fs::write(&dashboard, dashboard_report()).unwrap();
+    let kinds: Vec<&str> = firebreak::action::ACTIONS
+        .iter()
+        .map(|a| a.kind())
+        .filter(|k| k.starts_with("kubernetes."))
+        .collect();
+    for kind in kinds {
+        let (_, with) = conformance_case(kind);
+        let (finding, matcher) = if kind == "kubernetes.secure-dashboard" {
+            (
+                dashboard.display().to_string(),
+                "{class: [exposed-dashboard]}",
+            )
+        } else {
+            (finding_file(FALCO_K8S_API), "{source: [falco]}")
+        };
+        let pdir = dir.path().join(kind);
+        std::fs::create_dir_all(&pdir).unwrap();
+        std::fs::write(
+            pdir.join("p.yaml"),
+            format!("name: conformance\nmatch: {matcher}\nsteps:\n  - action: {kind}\n    with: {with}\n"),
+        )
+        .unwrap();
+        for format in ["table", "json"] {
+            let args: Vec<String> = [
+                "run",
+                "--dry-run",
+                "--no-store",
+                "--format",
+                format,
+                "--playbooks",
+                &pdir.display().to_string(),
+                "--finding",
+                &finding,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            let base = api.base.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+                    .args(&args)
+                    .env_clear()
+                    .env("FIREBREAK_KUBERNETES__URL", base)
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{kind} {format}: {stdout}\n{stderr}");
+            assert!(
+                stdout.contains(kind),
+                "{kind} {format}: no plan printed: {stdout}"
+            );
+            assert!(
+                !stdout.contains("NOT CONNECTED"),
+                "{kind} {format}: the dry-run did not reach the emulator: {stdout}"
+            );
+            for shown in [&stdout, &stderr] {
+                assert!(
+                    !shown.contains(&secret),
+                    "{kind} {format}: the credential is shown: {shown}"
+                );
+            }
+        }
+        assert_eq!(api.writes(), 0, "{kind}: the dry-run wrote to the cluster");
+    }
 }
