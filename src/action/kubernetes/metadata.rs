@@ -37,6 +37,9 @@ impl Field {
     }
 }
 
+/// kubectl's copy of the applied spec (with its env values): never shown or edited.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// `kubernetes.label`.
 pub struct KubernetesLabel;
 /// `kubernetes.annotate`.
@@ -103,6 +106,22 @@ fn check(field: Field, p: &Params) -> Vec<ParamProblem> {
                 path: "remove".into(),
                 message: format!("`{k}` is both set and removed"),
                 hint: None,
+            });
+        }
+    }
+    for (path, k) in p.set.keys().map(|k| (format!("set.{k}"), k)).chain(
+        p.remove
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("remove[{i}]"), k)),
+    ) {
+        if k == LAST_APPLIED {
+            problems.push(ParamProblem {
+                path,
+                message: format!(
+                    "`{k}` holds a copy of the object's spec; Firebreak does not edit it"
+                ),
+                hint: Some("kubectl maintains it; change the object itself".into()),
             });
         }
     }
@@ -277,7 +296,10 @@ async fn apply(
     }
     // The keys to change must still hold what was planned.
     for (k, (before, _)) in &changes {
-        if plan.observed["before"].get(k) != Some(&json!(before)) {
+        // Compared as the plan keeps it: scrubbed.
+        let mut live = json!(before);
+        crate::redact::scrub_json(&mut live);
+        if plan.observed["before"].get(k) != Some(&live) {
             return Err(ActionError::Drift(format!(
                 "{} key {k} of {} changed since planning",
                 field.key(),
@@ -480,6 +502,9 @@ mod tests {
                 .is_empty()
         );
         assert!(!KubernetesAnnotate.validate(&json!({})).is_empty());
+        let p = KubernetesAnnotate.validate(&json!({"remove": [LAST_APPLIED]}));
+        assert_eq!(p[0].path, "remove[0]");
+        assert!(p[0].message.contains("copy of the object's spec"), "{p:?}");
     }
 
     #[test]
