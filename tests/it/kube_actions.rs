@@ -1521,3 +1521,63 @@ async fn conformance_cli_dry_run_renders_kubernetes_plans_without_secrets_or_wri
         assert_eq!(api.writes(), 0, "{kind}: the dry-run wrote to the cluster");
     }
 }
+
+#[tokio::test]
+async fn secure_dashboard_and_delete_pod_refuse_to_apply_a_plan_the_cluster_moved_away_from() {
+    let api = KubeApi::start().await;
+    seed_dashboard(&api, &fake_secret());
+    seed_kubecon(&api, vec![], &fake_secret());
+    let ctx = ctx(&api);
+    let dash = dashboard_finding();
+    let with = serde_json::json!({});
+    let input = StepInput {
+        finding: &dash,
+        playbook: "contain",
+        step: 0,
+        params: &with,
+    };
+    let secure = action("kubernetes.secure-dashboard").unwrap();
+    let plan = secure.plan(&ctx, input).await.unwrap();
+    let mut svc: k8s_openapi::api::core::v1::Service = api.get(DASH, DASH).unwrap();
+    svc.spec.as_mut().unwrap().type_ = Some("LoadBalancer".into());
+    api.seed(&svc);
+    let err = secure.apply(&ctx, input, &plan).await.unwrap_err();
+    assert!(matches!(err, ActionError::Drift(_)), "{err:?}");
+    assert_eq!(api.writes(), 0);
+
+    let shell = fixtures::finding(FALCO_SHELL);
+    let with = serde_json::json!({"grace_period_seconds": 0});
+    let input = StepInput {
+        finding: &shell,
+        playbook: "contain",
+        step: 0,
+        params: &with,
+    };
+    let delete = action("kubernetes.delete-pod").unwrap();
+    let plan = delete.plan(&ctx, input).await.unwrap();
+    // The pod is replaced by another of the same name (a new uid).
+    let old: Pod = api.get("default", "kubecon").unwrap();
+    let inner: kube::Api<Pod> = kube::Api::namespaced(api.client(), "default");
+    inner
+        .delete(
+            "kubecon",
+            &kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut again = old.clone();
+    again.metadata.uid = None;
+    again.metadata.resource_version = None;
+    inner
+        .create(&kube::api::PostParams::default(), &again)
+        .await
+        .unwrap();
+    let writes = api.writes();
+    let err = delete.apply(&ctx, input, &plan).await.unwrap_err();
+    assert!(matches!(err, ActionError::Drift(_)), "{err:?}");
+    assert_eq!(api.writes(), writes, "the new pod is not deleted");
+    assert!(api.get::<Pod>("default", "kubecon").is_some());
+}
