@@ -22,7 +22,11 @@ use sha2::{Digest, Sha256};
 
 use crate::finding::Finding;
 
-pub use kubernetes::{KubernetesIsolatePod, KubernetesScaleToZero};
+pub use kubernetes::{
+    EVENT_REASON, KubernetesAnnotate, KubernetesCaptureEvidence, KubernetesCordonNode,
+    KubernetesDeletePod, KubernetesIsolatePod, KubernetesLabel, KubernetesScaleToZero,
+    KubernetesSecureDashboard, take_evidence_bundle,
+};
 pub use notify::NotifyWebhook;
 
 /// Every action, in a stable order. `actions list`, the generated permission files and the
@@ -31,6 +35,12 @@ pub static ACTIONS: &[&dyn Action] = &[
     &NotifyWebhook,
     &KubernetesScaleToZero,
     &KubernetesIsolatePod,
+    &KubernetesCaptureEvidence,
+    &KubernetesDeletePod,
+    &KubernetesSecureDashboard,
+    &KubernetesLabel,
+    &KubernetesAnnotate,
+    &KubernetesCordonNode,
 ];
 
 /// Looks up an action by kind.
