@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod aws_peers;
+mod aws_s3;
+mod aws_securityhub;
 mod cli;
 mod config;
 mod engine;

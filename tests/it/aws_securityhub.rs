@@ -1,0 +1,322 @@
+//! `aws.securityhub.update-finding` against moto behind the `BatchUpdateFindings` shim, from
+//! the real Security Hub S3.8 finding (imported into moto as the scanner would), and the
+//! shipped `lock-public-bucket` playbook end to end. State is read back with `GetFindings`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use aws_sdk_securityhub::types::AwsSecurityFindingIdentifier;
+use firebreak::action::{ActionCtx, StepInput, action};
+use firebreak::config::{Config, WebhookEndpoint};
+use firebreak::engine::{RunOptions, StepStatus, run};
+use firebreak::finding::Finding;
+use firebreak::playbook::{PlaybookSet, load_str};
+use firebreak::redact::Redacted;
+use serde_json::{Value, json};
+
+use crate::aws_s3::{
+    bucket_name, grants, pab, parse_one, policy_sids, s3_8_record, seed_public_bucket,
+};
+use crate::fixtures;
+use crate::support::aws_proxy::AwsProxy;
+use crate::support::moto;
+use crate::support::receiver::Receiver;
+use crate::support::securityhub_shim::{BatchUpdateFindings, import_findings};
+
+/// Runs a test body on a thread with a 16 MiB stack: deserialising a full ASFF finding with the
+/// Security Hub SDK takes more than the 2 MiB of a test thread in a debug build.
+fn big_stack<F: std::future::Future<Output = ()>>(body: impl FnOnce() -> F + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(body());
+        })
+        .unwrap()
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+/// moto behind the proxy with the shim; the `Aws` signs with `secret` and goes through it.
+async fn hub_peer(secret: &str) -> (AwsProxy, firebreak::clients::aws::Aws) {
+    let direct = moto::aws().await;
+    let proxy = AwsProxy::start(
+        moto::endpoint(),
+        Arc::new(BatchUpdateFindings::new(direct.securityhub())),
+    )
+    .await;
+    let aws = moto::aws_at(&proxy.endpoint, "AKIAFIREBREAKTEST", secret).await;
+    (proxy, aws)
+}
+
+/// The finding as Security Hub has it now: (workflow status, note text, note updated by).
+async fn workflow(
+    hub: &aws_sdk_securityhub::Client,
+    id: &str,
+) -> (String, Option<String>, Option<String>) {
+    let out = hub.get_findings().send().await.unwrap();
+    let f = out
+        .findings()
+        .iter()
+        .find(|f| f.id.as_deref() == Some(id))
+        .unwrap_or_else(|| panic!("no finding {id} in {:?}", out.findings()));
+    (
+        f.workflow
+            .as_ref()
+            .and_then(|w| w.status())
+            .map_or("NEW".to_owned(), |s| s.as_str().to_owned()),
+        f.note.as_ref().and_then(|n| n.text()).map(str::to_owned),
+        f.note
+            .as_ref()
+            .and_then(|n| n.updated_by())
+            .map(str::to_owned),
+    )
+}
+
+/// The real S3.8 finding with a unique finding `Id` (moto keeps one finding per `Id`) and a
+/// unique bucket: only those change.
+fn record(bucket: &str) -> Value {
+    let mut v = s3_8_record(bucket);
+    let id = v["Id"].as_str().unwrap().to_owned();
+    v["Id"] = json!(format!("{id}-{}", ulid::Ulid::new()));
+    v
+}
+
+fn set(yaml_steps: &str) -> PlaybookSet {
+    let yaml =
+        format!("name: close-loop\nmatch: {{class: [public-storage]}}\nsteps:\n{yaml_steps}");
+    let (pb, _) =
+        load_str(Path::new("close-loop.yaml"), &yaml).unwrap_or_else(|d| panic!("{d:#?}"));
+    PlaybookSet::new(vec![pb])
+}
+
+fn opts(dry_run: bool) -> RunOptions {
+    RunOptions {
+        dry_run,
+        retry_base: std::time::Duration::from_millis(1),
+        ..RunOptions::default()
+    }
+}
+
+#[test]
+fn update_finding_sets_notified_with_a_note_naming_the_playbook_and_finding() {
+    big_stack(|| async {
+        let secret = format!("s3cr3t{}", ulid::Ulid::new());
+        let (_proxy, aws) = hub_peer(&secret).await;
+        let hub = moto::aws().await.securityhub();
+        let rec = record(&bucket_name("fb-hub"));
+        let id = rec["Id"].as_str().unwrap().to_owned();
+        import_findings(&hub, std::slice::from_ref(&rec)).await;
+        let finding: Finding = parse_one(&rec);
+        let ctx = ActionCtx::from_config(&Config::default())
+            .unwrap()
+            .with_aws(aws);
+        let set = set("  - action: aws.securityhub.update-finding\n    with: {status: NOTIFIED}\n");
+
+        let planned = run(
+            &set,
+            &ctx,
+            std::slice::from_ref(&finding),
+            &opts(true),
+            &|| {},
+        )
+        .await;
+        let step = &planned.executions[0].steps[0];
+        assert_eq!(step.status, StepStatus::Planned, "{step:#?}");
+        let plan = step.plan.as_ref().unwrap();
+        assert!(!plan.noop);
+        assert_eq!(plan.before["workflow_status"], "NEW");
+        assert_eq!(plan.after["workflow_status"], "NOTIFIED");
+        assert_eq!(workflow(&hub, &id).await.0, "NEW", "a plan writes nothing");
+
+        let applied = run(
+            &set,
+            &ctx,
+            std::slice::from_ref(&finding),
+            &opts(false),
+            &|| {},
+        )
+        .await;
+        let step = &applied.executions[0].steps[0];
+        assert_eq!(step.status, StepStatus::Applied, "{step:#?}");
+        assert_eq!(step.outcome.as_ref().unwrap().result, "applied");
+        let (status, text, by) = workflow(&hub, &id).await;
+        assert_eq!(status, "NOTIFIED");
+        assert_eq!(by.as_deref(), Some("firebreak"));
+        let text = text.unwrap();
+        assert!(text.contains("close-loop"), "{text}");
+        assert!(text.contains(&finding.id.to_string()), "{text}");
+
+        let second = run(
+            &set,
+            &ctx,
+            std::slice::from_ref(&finding),
+            &opts(false),
+            &|| {},
+        )
+        .await;
+        let step2 = &second.executions[0].steps[0];
+        assert!(step2.plan.as_ref().unwrap().noop);
+        assert_eq!(step2.outcome.as_ref().unwrap().result, "unchanged");
+
+        for rendered in [&planned, &applied, &second].map(|r| serde_json::to_string(r).unwrap()) {
+            assert!(
+                !rendered.contains(&secret),
+                "a secret leaked into {rendered}"
+            );
+        }
+    })
+}
+
+#[test]
+fn update_finding_of_a_finding_security_hub_does_not_have_is_not_applicable() {
+    big_stack(|| async {
+        let (_proxy, aws) = hub_peer("testing").await;
+        let ctx = ActionCtx::from_config(&Config::default())
+            .unwrap()
+            .with_aws(aws);
+        let finding = parse_one(&record("fb-absent"));
+        let params = json!({"status": "RESOLVED"});
+        let input = StepInput {
+            finding: &finding,
+            playbook: "close-loop",
+            step: 0,
+            params: &params,
+        };
+        let err = action("aws.securityhub.update-finding")
+            .unwrap()
+            .plan(&ctx, input)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("Security Hub has no finding"),
+            "{err}"
+        );
+    })
+}
+
+#[test]
+fn the_shim_reports_unknown_findings_as_unprocessed_like_security_hub() {
+    big_stack(|| async {
+        let (_proxy, aws) = hub_peer("testing").await;
+        let out = aws
+            .securityhub()
+            .batch_update_findings()
+            .finding_identifiers(
+                AwsSecurityFindingIdentifier::builder()
+                    .id("no-such-finding")
+                    .product_arn("arn:aws:securityhub:us-east-1::product/aws/securityhub")
+                    .build(),
+            )
+            .workflow(
+                aws_sdk_securityhub::types::WorkflowUpdate::builder()
+                    .status(aws_sdk_securityhub::types::WorkflowStatus::Resolved)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(out.processed_findings().is_empty());
+        let u = &out.unprocessed_findings()[0];
+        assert_eq!(u.error_code(), Some("FindingNotFound"));
+        assert_eq!(
+            u.finding_identifier().unwrap().id(),
+            Some("no-such-finding")
+        );
+    })
+}
+
+#[test]
+fn update_finding_params_need_a_known_status() {
+    let a = action("aws.securityhub.update-finding").unwrap();
+    assert!(a.validate(&json!({"status": "NOTIFIED"})).is_empty());
+    let problems = a.validate(&json!({"status": "DONE"}));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].hint.as_deref().unwrap().contains("RESOLVED"));
+    assert!(!a.validate(&json!({})).is_empty());
+}
+
+/// The shipped playbook on the real S3.8 finding (and the real S3.2/S3.3 ones, which are
+/// PASSED and derived here as FAILED: only `Compliance.Status`, and the workflow status Security
+/// Hub resets with it, change): the bucket is closed,
+/// the Security Hub finding resolved with a note, the team told.
+#[test]
+fn lock_public_bucket_playbook_closes_the_bucket_resolves_the_finding_and_notifies() {
+    big_stack(|| async {
+        let file = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/playbooks/lock-public-bucket.yaml"
+        ));
+        let text = std::fs::read_to_string(file).unwrap();
+        let (pb, _) = load_str(file, &text).unwrap_or_else(|d| panic!("{d:#?}"));
+        let lock = PlaybookSet::new(vec![pb]);
+        for rel in [
+            "securityhub/asff-afsbp-s3-2-public-read-passed.json",
+            "securityhub/asff-afsbp-s3-3-public-write-passed.json",
+        ] {
+            let mut v: Value = serde_json::from_slice(&fixtures::bytes(rel)).unwrap();
+            v["Compliance"]["Status"] = json!("FAILED");
+            // Security Hub itself sets Workflow.Status back to NEW when a control's compliance
+            // changes from PASSED to FAILED (the PASSED samples are RESOLVED), so that changes too.
+            v["Workflow"]["Status"] = json!("NEW");
+            let f = parse_one(&v);
+            let report = run(
+                &lock,
+                &ActionCtx::from_config(&Config::default()).unwrap(),
+                &[f],
+                &opts(true),
+                &|| {},
+            )
+            .await;
+            assert_eq!(report.executions.len(), 1, "{rel} matches: {report:#?}");
+        }
+
+        let (_proxy, aws) = hub_peer("testing").await;
+        let direct = moto::aws().await;
+        let (s3, hub) = (direct.s3(), direct.securityhub());
+        let bucket = bucket_name("fb-shipped");
+        seed_public_bucket(&s3, &bucket).await;
+        let rec = record(&bucket);
+        let id = rec["Id"].as_str().unwrap().to_owned();
+        import_findings(&hub, std::slice::from_ref(&rec)).await;
+        let receiver = Receiver::start().await;
+        let mut cfg = Config::default();
+        cfg.notify.webhooks.insert(
+            "security".to_owned(),
+            WebhookEndpoint {
+                url: Redacted::new(receiver.url("/hook")),
+            },
+        );
+        let ctx = ActionCtx::from_config(&cfg).unwrap().with_aws(aws);
+        let finding = parse_one(&rec);
+        let report = run(
+            &lock,
+            &ctx,
+            std::slice::from_ref(&finding),
+            &opts(false),
+            &|| {},
+        )
+        .await;
+        assert_eq!(report.executions.len(), 1, "{report:#?}");
+        let steps = &report.executions[0].steps;
+        assert!(
+            steps.iter().all(|s| s.status == StepStatus::Applied),
+            "{steps:#?}"
+        );
+        assert_eq!(pab(&s3, &bucket).await, Some([true; 4]));
+        assert!(
+            grants(&s3, &bucket)
+                .await
+                .iter()
+                .all(|(w, _)| !w.contains("/global/"))
+        );
+        assert_eq!(policy_sids(&s3, &bucket).await.unwrap().len(), 2);
+        let (status, text, _) = workflow(&hub, &id).await;
+        assert_eq!(status, "RESOLVED");
+        assert!(text.unwrap().contains("lock-public-bucket"));
+        assert_eq!(receiver.requests().len(), 1);
+    })
+}

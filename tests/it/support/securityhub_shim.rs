@@ -1,0 +1,226 @@
+//! Security Hub `BatchUpdateFindings` for moto, which lacks it (TEST-PEERS.md): an
+//! [`Interceptor`] for the AWS proxy that answers `PATCH /findings/batchupdate` itself and keeps
+//! the state in moto, so `GetFindings` (forwarded to moto) shows the update.
+//!
+//! Faithful to the API reference,
+//! <https://docs.aws.amazon.com/securityhub/1.0/APIReference/API_BatchUpdateFindings.html>:
+//! - request (REST-JSON, `PATCH /findings/batchupdate`): `FindingIdentifiers` (required, 1-100
+//!   `{Id, ProductArn}`), and the fields to update; this shim implements `Workflow.Status`
+//!   (`NEW` | `NOTIFIED` | `RESOLVED` | `SUPPRESSED`) and `Note` (`Text` and `UpdatedBy`, both
+//!   required when `Note` is given; `Text` at most 512 characters), which is what Firebreak
+//!   sends; a request updating nothing else it knows is refused as the service refuses one
+//!   with no update field (`InvalidInputException`);
+//! - response: `ProcessedFindings` (the identifiers updated) and `UnprocessedFindings`
+//!   (`{FindingIdentifier, ErrorCode, ErrorMessage}`, `ErrorCode` `FindingNotFound` for an
+//!   unknown identifier, `DuplicatedFindingIdentifier` for one given twice); a finding that
+//!   cannot be processed does not fail the request (HTTP 200);
+//! - "Updates from BatchUpdateFindings don't affect the value of `UpdatedAt` for a finding"
+//!   (the API reference): `UpdatedAt` is left alone; `Note.UpdatedAt` is the time of the update.
+//!
+//! How: the finding is read from moto (`GetFindings`, which ignores filters in moto 5.2, so
+//! every page is read and matched on `Id` and `ProductArn`), updated, and imported again with
+//! `BatchImportFindings`, which moto treats as an overwrite by `Id`. The shim signs its own calls
+//! to moto with the credentials it was built with (an admin when moto enforces IAM), so it does
+//! not check the caller's permission for `securityhub:BatchUpdateFindings` itself: the
+//! enforcement test says so where it relies on it.
+
+use aws_sdk_securityhub::types::{AwsSecurityFinding, Note, Workflow, WorkflowStatus};
+use serde_json::{Value, json};
+
+use super::aws_proxy::{BoxFuture, Interceptor, ProxyRequest, ProxyResponse};
+
+/// The `BatchUpdateFindings` shim.
+pub struct BatchUpdateFindings {
+    hub: aws_sdk_securityhub::Client,
+}
+
+const STATUSES: &[&str] = &["NEW", "NOTIFIED", "RESOLVED", "SUPPRESSED"];
+
+impl BatchUpdateFindings {
+    /// A shim that reads and writes findings in moto through `hub` (pointed at moto itself,
+    /// not at the proxy).
+    pub fn new(hub: aws_sdk_securityhub::Client) -> Self {
+        Self { hub }
+    }
+
+    async fn find(
+        &self,
+        id: &str,
+        product_arn: &str,
+    ) -> Result<Option<AwsSecurityFinding>, String> {
+        let mut next: Option<String> = None;
+        loop {
+            let page = self
+                .hub
+                .get_findings()
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| format!("{}", aws_sdk_securityhub::error::DisplayErrorContext(e)))?;
+            if let Some(f) = page.findings().iter().find(|f| {
+                f.id.as_deref() == Some(id) && f.product_arn.as_deref() == Some(product_arn)
+            }) {
+                return Ok(Some(f.clone()));
+            }
+            match page.next_token().filter(|t| !t.is_empty()) {
+                Some(t) => next = Some(t.to_owned()),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    async fn answer(&self, body: &[u8]) -> ProxyResponse {
+        let invalid = |m: &str| ProxyResponse::json_error(400, "InvalidInputException", m);
+        let Ok(req) = serde_json::from_slice::<Value>(body) else {
+            return invalid("the request body is not JSON");
+        };
+        let Some(ids) = req["FindingIdentifiers"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+        else {
+            return invalid("FindingIdentifiers is required and must not be empty");
+        };
+        if ids.len() > 100 {
+            return invalid("FindingIdentifiers holds at most 100 identifiers");
+        }
+        let status = match req.get("Workflow").map(|w| &w["Status"]) {
+            None => None,
+            Some(Value::String(s)) if STATUSES.contains(&s.as_str()) => Some(s.clone()),
+            Some(other) => {
+                return invalid(&format!(
+                    "Workflow.Status must be one of NEW, NOTIFIED, RESOLVED, SUPPRESSED, got {other}"
+                ));
+            }
+        };
+        let note = match req.get("Note") {
+            None => None,
+            Some(n) => match (n["Text"].as_str(), n["UpdatedBy"].as_str()) {
+                (Some(text), Some(by)) if text.chars().count() <= 512 => {
+                    Some((text.to_owned(), by.to_owned()))
+                }
+                (Some(_), Some(_)) => return invalid("Note.Text is at most 512 characters"),
+                _ => return invalid("Note requires Text and UpdatedBy"),
+            },
+        };
+        if status.is_none() && note.is_none() {
+            return invalid("the request updates nothing (this shim implements Workflow and Note)");
+        }
+        let mut processed = Vec::new();
+        let mut unprocessed = Vec::new();
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for ident in ids {
+            let (Some(id), Some(arn)) = (ident["Id"].as_str(), ident["ProductArn"].as_str()) else {
+                return invalid("every FindingIdentifier needs Id and ProductArn");
+            };
+            let key = (id.to_owned(), arn.to_owned());
+            let unprocessed_with = |code: &str, message: &str| {
+                json!({"FindingIdentifier": {"Id": id, "ProductArn": arn},
+                    "ErrorCode": code, "ErrorMessage": message})
+            };
+            if seen.contains(&key) {
+                unprocessed.push(unprocessed_with(
+                    "DuplicatedFindingIdentifier",
+                    "Finding identifier is duplicated in the request",
+                ));
+                continue;
+            }
+            seen.push(key);
+            let mut finding = match self.find(id, arn).await {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    unprocessed.push(unprocessed_with("FindingNotFound", "Finding not found"));
+                    continue;
+                }
+                Err(e) => {
+                    unprocessed.push(unprocessed_with("InternalFailure", &e));
+                    continue;
+                }
+            };
+            if let Some(s) = &status {
+                finding.workflow = Some(
+                    Workflow::builder()
+                        .status(WorkflowStatus::from(s.as_str()))
+                        .build(),
+                );
+            }
+            if let Some((text, by)) = &note {
+                finding.note = Some(
+                    Note::builder()
+                        .text(text)
+                        .updated_by(by)
+                        .updated_at(
+                            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        )
+                        .build(),
+                );
+            }
+            match self
+                .hub
+                .batch_import_findings()
+                .findings(finding)
+                .send()
+                .await
+            {
+                Ok(out) if out.failed_count() == Some(0) || out.failed_findings().is_empty() => {
+                    processed.push(json!({"Id": id, "ProductArn": arn}));
+                }
+                Ok(out) => unprocessed.push(unprocessed_with(
+                    "InternalFailure",
+                    &format!("{:?}", out.failed_findings()),
+                )),
+                Err(e) => unprocessed.push(unprocessed_with(
+                    "InternalFailure",
+                    &format!("{}", aws_sdk_securityhub::error::DisplayErrorContext(e)),
+                )),
+            }
+        }
+        ProxyResponse {
+            status: 200,
+            content_type: "application/json".to_owned(),
+            body: json!({"ProcessedFindings": processed, "UnprocessedFindings": unprocessed})
+                .to_string(),
+        }
+    }
+}
+
+impl Interceptor for BatchUpdateFindings {
+    fn intercept<'a>(
+        &'a self,
+        req: &'a ProxyRequest,
+        _upstream: &'a str,
+    ) -> BoxFuture<'a, Option<ProxyResponse>> {
+        Box::pin(async move {
+            let path = req.uri.split('?').next().unwrap_or_default();
+            if req.method != axum::http::Method::PATCH || path != "/findings/batchupdate" {
+                return None;
+            }
+            Some(self.answer(&req.body).await)
+        })
+    }
+}
+
+/// Imports raw ASFF findings (real fixtures, as JSON) into Security Hub with
+/// `BatchImportFindings`, signed by `hub`'s credentials. The SDK models findings as typed
+/// structs with no JSON reader, so the request is built with a placeholder and its body is
+/// replaced by the fixture's JSON before signing (the signature covers the real body).
+pub async fn import_findings(hub: &aws_sdk_securityhub::Client, findings: &[Value]) {
+    let body = json!({ "Findings": findings }).to_string();
+    let out = hub
+        .batch_import_findings()
+        .set_findings(Some(Vec::new()))
+        .customize()
+        .mutate_request(move |req| {
+            let len = body.len().to_string();
+            *req.body_mut() = body.clone().into();
+            req.headers_mut().insert("content-length", len);
+        })
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "BatchImportFindings: {}",
+                aws_sdk_securityhub::error::DisplayErrorContext(e)
+            )
+        });
+    assert_eq!(out.failed_count(), Some(0), "{:?}", out.failed_findings());
+}
