@@ -17,12 +17,19 @@
 //! - "Updates from BatchUpdateFindings don't affect the value of `UpdatedAt` for a finding"
 //!   (the API reference): `UpdatedAt` is left alone; `Note.UpdatedAt` is the time of the update.
 //!
+//! Authorisation: the service refuses a caller without `securityhub:BatchUpdateFindings`
+//! (`AccessDeniedException`, HTTP 403). [`BatchUpdateFindings::enforcing`] does the same when
+//! moto enforces IAM: it finds the IAM user of the request's access key (from the SigV4
+//! `Authorization` header) and evaluates that user's inline and attached policies for the
+//! action (explicit `Deny` wins, then any `Allow`; `Action`/`NotAction` with `*`/`?` wildcards;
+//! resources are `*` for this API). The signature itself is not verified here; moto verifies
+//! it on every other call of the same client.
+//!
 //! How: the finding is read from moto (`GetFindings`, which ignores filters in moto 5.2, so
 //! every page is read and matched on `Id` and `ProductArn`), updated, and imported again with
 //! `BatchImportFindings`, which moto treats as an overwrite by `Id`. The shim signs its own calls
 //! to moto with the credentials it was built with (an admin when moto enforces IAM), so it does
-//! not check the caller's permission for `securityhub:BatchUpdateFindings` itself: the
-//! enforcement test says so where it relies on it.
+//! not act as the caller; the caller's permission is checked as described above.
 
 use aws_sdk_securityhub::types::{AwsSecurityFinding, Note, Workflow, WorkflowStatus};
 use serde_json::{Value, json};
@@ -32,6 +39,8 @@ use super::aws_proxy::{BoxFuture, Interceptor, ProxyRequest, ProxyResponse};
 /// The `BatchUpdateFindings` shim.
 pub struct BatchUpdateFindings {
     hub: aws_sdk_securityhub::Client,
+    /// Set when callers' IAM policies are enforced (moto with IAM enforcement).
+    iam: Option<aws_sdk_iam::Client>,
 }
 
 const STATUSES: &[&str] = &["NEW", "NOTIFIED", "RESOLVED", "SUPPRESSED"];
@@ -40,7 +49,104 @@ impl BatchUpdateFindings {
     /// A shim that reads and writes findings in moto through `hub` (pointed at moto itself,
     /// not at the proxy).
     pub fn new(hub: aws_sdk_securityhub::Client) -> Self {
-        Self { hub }
+        Self { hub, iam: None }
+    }
+
+    /// A shim that also refuses callers whose IAM policies do not allow
+    /// `securityhub:BatchUpdateFindings`, reading them through `iam` (an admin's client).
+    pub fn enforcing(hub: aws_sdk_securityhub::Client, iam: aws_sdk_iam::Client) -> Self {
+        Self {
+            hub,
+            iam: Some(iam),
+        }
+    }
+
+    /// Whether the caller of `req` may call `BatchUpdateFindings`: `Err` is the user's ARN or
+    /// what made the caller unknown.
+    async fn authorize(&self, iam: &aws_sdk_iam::Client, req: &ProxyRequest) -> Result<(), String> {
+        let key_id = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| a.split("Credential=").nth(1))
+            .and_then(|c| c.split('/').next())
+            .ok_or("the request is not signed")?
+            .to_owned();
+        let users = iam
+            .list_users()
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let mut owner = None;
+        for u in users.users() {
+            let keys = iam
+                .list_access_keys()
+                .user_name(u.user_name())
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            if keys
+                .access_key_metadata()
+                .iter()
+                .any(|k| k.access_key_id() == Some(key_id.as_str()))
+            {
+                owner = Some((u.user_name().to_owned(), u.arn().to_owned()));
+                break;
+            }
+        }
+        let (user, arn) = owner.ok_or_else(|| format!("access key {key_id} belongs to no user"))?;
+        let mut documents = Vec::new();
+        let inline = iam
+            .list_user_policies()
+            .user_name(&user)
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        for name in inline.policy_names() {
+            let p = iam
+                .get_user_policy()
+                .user_name(&user)
+                .policy_name(name)
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            documents.push(p.policy_document().to_owned());
+        }
+        let attached = iam
+            .list_attached_user_policies()
+            .user_name(&user)
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        for a in attached.attached_policies() {
+            let arn = a.policy_arn().unwrap_or_default();
+            let policy = iam
+                .get_policy()
+                .policy_arn(arn)
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let version = policy
+                .policy()
+                .and_then(|p| p.default_version_id())
+                .unwrap_or("v1");
+            let v = iam
+                .get_policy_version()
+                .policy_arn(arn)
+                .version_id(version)
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            if let Some(doc) = v.policy_version().and_then(|v| v.document()) {
+                documents.push(doc.to_owned());
+            }
+        }
+        let docs: Vec<Value> = documents.iter().filter_map(|d| parse_document(d)).collect();
+        if allows(&docs, "securityhub:BatchUpdateFindings") {
+            Ok(())
+        } else {
+            Err(arn)
+        }
     }
 
     async fn find(
@@ -194,6 +300,17 @@ impl Interceptor for BatchUpdateFindings {
             if req.method != axum::http::Method::PATCH || path != "/findings/batchupdate" {
                 return None;
             }
+            if let Some(iam) = &self.iam
+                && let Err(who) = self.authorize(iam, req).await
+            {
+                return Some(ProxyResponse::json_error(
+                    403,
+                    "AccessDeniedException",
+                    &format!(
+                        "User: {who} is not authorized to perform: securityhub:BatchUpdateFindings"
+                    ),
+                ));
+            }
             Some(self.answer(&req.body).await)
         })
     }
@@ -223,4 +340,88 @@ pub async fn import_findings(hub: &aws_sdk_securityhub::Client, findings: &[Valu
             )
         });
     assert_eq!(out.failed_count(), Some(0), "{:?}", out.failed_findings());
+}
+
+/// A policy document as IAM returns it: URL-encoded JSON (or plain JSON).
+fn parse_document(text: &str) -> Option<Value> {
+    serde_json::from_str(text).ok().or_else(|| {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                    out.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 3;
+                }
+                b'+' => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        serde_json::from_slice(&out).ok()
+    })
+}
+
+/// Whether an IAM action pattern (`s3:*`, `securityhub:Get*`) matches `action`, ignoring case.
+fn action_matches(pattern: &str, action: &str) -> bool {
+    fn glob(p: &[u8], a: &[u8]) -> bool {
+        match (p.first(), a.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => glob(&p[1..], a) || (!a.is_empty() && glob(p, &a[1..])),
+            (Some(b'?'), Some(_)) => glob(&p[1..], &a[1..]),
+            (Some(x), Some(y)) if x.eq_ignore_ascii_case(y) => glob(&p[1..], &a[1..]),
+            _ => false,
+        }
+    }
+    glob(pattern.as_bytes(), action.as_bytes())
+}
+
+/// IAM policy evaluation for one action on `*`: an explicit Deny wins, else any Allow.
+fn allows(documents: &[Value], action: &str) -> bool {
+    let listed = |v: Option<&Value>| -> Vec<String> {
+        match v {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut allowed = false;
+    for doc in documents {
+        let statements = match &doc["Statement"] {
+            Value::Array(items) => items.clone(),
+            one @ Value::Object(_) => vec![one.clone()],
+            _ => Vec::new(),
+        };
+        for st in statements {
+            let applies = if st.get("NotAction").is_some() {
+                !listed(st.get("NotAction"))
+                    .iter()
+                    .any(|p| action_matches(p, action))
+            } else {
+                listed(st.get("Action"))
+                    .iter()
+                    .any(|p| action_matches(p, action))
+            };
+            if !applies {
+                continue;
+            }
+            match st["Effect"].as_str() {
+                Some("Deny") => return false,
+                Some("Allow") => allowed = true,
+                _ => {}
+            }
+        }
+    }
+    allowed
 }
