@@ -459,3 +459,57 @@ fn the_committed_iam_policy_is_what_the_actions_declare() {
         "deploy/iam-policy.json is stale: run `firebreak actions iam-policy > deploy/iam-policy.json`"
     );
 }
+
+#[tokio::test]
+async fn block_public_access_retried_after_an_interrupted_apply_finishes_and_keeps_the_undo() {
+    let aws = moto::aws().await;
+    let s3 = aws.s3();
+    let bucket = bucket_name("fb-retry");
+    seed_public_bucket(&s3, &bucket).await;
+    let before = grants(&s3, &bucket).await;
+    let ctx = ctx(aws.clone());
+    let finding = parse_one(&s3_8_record(&bucket));
+    let block = action("aws.s3.block-public-access").unwrap();
+    let params = json!({});
+    let input = StepInput {
+        finding: &finding,
+        playbook: "lock",
+        step: 0,
+        params: &params,
+    };
+    let plan = block.plan(&ctx, input).await.unwrap();
+    // The first attempt wrote the ACL without the public grants (its first write) and died.
+    let acl = s3.get_bucket_acl().bucket(&bucket).send().await.unwrap();
+    let kept: Vec<Grant> = acl
+        .grants()
+        .iter()
+        .filter(|g| {
+            let uri = g.grantee().and_then(|w| w.uri()).unwrap_or_default();
+            uri != ALL_USERS && uri != AUTHENTICATED_USERS
+        })
+        .cloned()
+        .collect();
+    s3.put_bucket_acl()
+        .bucket(&bucket)
+        .access_control_policy(
+            AccessControlPolicy::builder()
+                .owner(acl.owner().unwrap().clone())
+                .set_grants(Some(kept))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let outcome = block.apply(&ctx, input, &plan).await.unwrap();
+    assert_eq!(outcome.result, "applied");
+    assert_eq!(pab(&s3, &bucket).await, Some([true; 4]));
+    assert!(public(&grants(&s3, &bucket).await).is_empty());
+    assert_eq!(outcome.detail["removed_statements"], 1, "{outcome:#?}");
+    assert_eq!(
+        outcome.detail["removed_grants"], 2,
+        "the grants the first attempt removed are still recorded"
+    );
+    block.rollback(&ctx, &outcome).await.unwrap();
+    assert_eq!(grants(&s3, &bucket).await, before);
+    assert_eq!(policy_sids(&s3, &bucket).await.unwrap().len(), 3);
+}

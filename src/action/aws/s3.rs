@@ -13,6 +13,10 @@
 //! blocks them (moto accepts a public `PutBucketPolicy` anyway, so its tests cannot catch the
 //! wrong order): `apply` removes grants and statements first and enables the block last;
 //! rollback restores the previous block first and then re-adds grants and statements.
+//!
+//! A retry of an apply interrupted half-way (the ACL written, the block not yet) finds the
+//! bucket between the planned state and the planned result, carries on from there and still
+//! records everything the plan removed; any other difference from the plan is drift.
 
 use aws_sdk_s3::types::{
     AccessControlPolicy, Grant, Grantee, Owner, Permission as S3Permission,
@@ -318,6 +322,25 @@ impl BucketState {
             map.insert("Statement".to_owned(), Value::Array(kept));
         }
         Some(out)
+    }
+
+    /// The state a plan recorded in `observed`.
+    fn from_observed(observed: &Value) -> Option<Self> {
+        Some(Self {
+            pab: serde_json::from_value(observed.get("public_access_block")?.clone()).ok()?,
+            owner: serde_json::from_value(observed.get("acl")?.get("owner")?.clone()).ok()?,
+            grants: serde_json::from_value(observed.get("acl")?.get("grants")?.clone()).ok()?,
+            policy: observed.get("policy").cloned().filter(|p| !p.is_null()),
+        })
+    }
+
+    /// Whether `live` is this (planned) state with some of the plan's writes done: each of the
+    /// ACL, the policy and the block is either as planned against or as the plan leaves it.
+    fn on_the_way(&self, live: &Self) -> bool {
+        live.owner == self.owner
+            && (live.grants == self.grants || live.grants == self.kept_grants())
+            && (live.policy == self.policy || live.policy == self.kept_policy())
+            && (live.pab == self.pab || live.pab == Some(Pab::ALL))
     }
 
     fn closed(&self) -> bool {
@@ -667,37 +690,50 @@ impl Action for AwsS3BlockPublicAccess {
                 undo: undo.and_then(|u| serde_json::to_value(u).ok()),
             };
             if live.closed() {
-                // Planned as a no-op, or a retry after this apply already closed it.
+                // Planned as a no-op, or a retry after this apply already closed it. Without
+                // knowing which, no undo record is kept: a rollback never reopens a bucket
+                // this step may not have closed.
                 return Ok(outcome(
                     "unchanged",
                     json!({"bucket": b.bucket, "public_access_block": Pab::ALL}),
                     None,
                 ));
             }
-            if plan.noop || live.observed(&b, &credentials) != plan.observed {
-                return Err(ActionError::Drift(format!(
+            let drift = || {
+                ActionError::Drift(format!(
                     "the Public Access Block, ACL or policy of s3://{} changed since planning",
                     b.bucket
-                )));
+                ))
+            };
+            if plan.noop {
+                return Err(drift());
             }
-            let removed_grants = live.public_grants();
-            let removed_statements: Vec<Value> = live
+            // The state planned against; a retry of an apply interrupted half-way finds some
+            // of its writes done and carries on from there, keeping what the plan removes.
+            let planned = BucketState::from_observed(&plan.observed).ok_or_else(drift)?;
+            if live.observed(&b, &credentials) != plan.observed && !planned.on_the_way(&live) {
+                return Err(drift());
+            }
+            let removed_grants = planned.public_grants();
+            let removed_statements: Vec<Value> = planned
                 .public_statements()
                 .into_iter()
                 .map(|(_, st)| st)
                 .collect();
-            let kept_policy = live.kept_policy();
+            let kept_grants = planned.kept_grants();
+            let kept_policy = planned.kept_policy();
             // Grants and statements first: real AWS refuses neither while the block is off,
             // and the block, turned on last, then guards the result.
-            if !removed_grants.is_empty() {
-                put_acl(&aws, &b, &live.owner, &live.kept_grants()).await?;
+            if live.grants != kept_grants {
+                put_acl(&aws, &b, &planned.owner, &kept_grants).await?;
             }
-            if !removed_statements.is_empty() {
+            if live.policy != kept_policy {
                 put_policy(&aws, &b, kept_policy.as_ref()).await?;
             }
             if live.pab != Some(Pab::ALL) {
                 put_pab(&aws, &b, Some(Pab::ALL)).await?;
             }
+            let live = planned;
             let detail = json!({
                 "bucket": b.bucket,
                 "public_access_block": Pab::ALL,
