@@ -274,6 +274,36 @@ fn lock_public_bucket_playbook_closes_the_bucket_resolves_the_finding_and_notifi
             assert_eq!(report.executions.len(), 1, "{rel} matches: {report:#?}");
         }
 
+        let dry = ActionCtx::from_config(&Config::default()).unwrap();
+        let records: Vec<Value> =
+            serde_json::from_slice(&fixtures::bytes(crate::aws_s3::PROWLER_ASFF)).unwrap();
+        let prowler: Vec<Finding> = records
+            .iter()
+            .filter(|r| r["Compliance"]["Status"] == "FAILED")
+            .map(parse_one)
+            .collect();
+        let report = run(&lock, &dry, &prowler, &opts(true), &|| {}).await;
+        let matched: Vec<&str> = report
+            .executions
+            .iter()
+            .map(|e| {
+                let f = prowler
+                    .iter()
+                    .find(|f| f.id.to_string() == e.finding_id)
+                    .unwrap();
+                f.rule.as_str()
+            })
+            .collect();
+        assert_eq!(
+            matched,
+            ["s3_bucket_level_public_access_block"],
+            "only the bucket-level S3 result matches (the account-level one names no bucket)"
+        );
+        let s3_1 =
+            fixtures::finding("securityhub/asff-afsbp-s3-1-account-block-public-access.json");
+        let report = run(&lock, &dry, &[s3_1], &opts(true), &|| {}).await;
+        assert!(report.executions.is_empty(), "{report:#?}");
+
         let (_proxy, aws) = hub_peer("testing").await;
         let direct = moto::aws().await;
         let (s3, hub) = (direct.s3(), direct.securityhub());
