@@ -404,9 +404,10 @@ pub fn main(cli: Cli) -> ExitCode {
 fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // The AWS SDK's deserialisers of large documents (a full Security Hub finding) need
-        // more than the default 2 MiB of stack in a debug build.
-        .thread_stack_size(8 << 20)
+        // The AWS SDK's deserialisers of large documents (a full Security Hub finding, read on
+        // a task of its own by `aws.securityhub.update-finding`) need more than the default
+        // 2 MiB of stack, and more than 8 MiB in a debug build.
+        .thread_stack_size(16 << 20)
         .build()
         .map_err(|e| {
             output::error(&format!("cannot start the async runtime: {e}"), None);

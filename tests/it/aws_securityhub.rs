@@ -350,3 +350,93 @@ fn lock_public_bucket_playbook_closes_the_bucket_resolves_the_finding_and_notifi
         assert_eq!(receiver.requests().len(), 1);
     })
 }
+
+/// `firebreak run` with the shipped playbooks and a store, AWS credentials from the
+/// environment: the bucket is closed and the finding resolved, and the secret access key shows
+/// nowhere: not on stdout or stderr, not in the audit trail, not in the notification.
+#[test]
+fn lock_public_bucket_through_the_cli_leaves_no_secret_in_output_audit_or_notification() {
+    big_stack(|| async {
+        let (proxy, _) = hub_peer("unused").await;
+        let direct = moto::aws().await;
+        let (s3, hub) = (direct.s3(), direct.securityhub());
+        let bucket = bucket_name("fb-cli");
+        seed_public_bucket(&s3, &bucket).await;
+        let rec = record(&bucket);
+        let id = rec["Id"].as_str().unwrap().to_owned();
+        import_findings(&hub, std::slice::from_ref(&rec)).await;
+        let receiver = Receiver::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let finding_file = dir.path().join("finding.json");
+        std::fs::write(&finding_file, rec.to_string()).unwrap();
+        // Built at run time: never a committed credential.
+        let secret: String = format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new())
+            .chars()
+            .take(40)
+            .collect();
+        let env: Vec<(String, String)> = vec![
+            (
+                "FIREBREAK_STORE__URL".into(),
+                format!("sqlite://{}", dir.path().join("ledger.db").display()),
+            ),
+            ("FIREBREAK_AWS__REGION".into(), "us-east-1".into()),
+            ("FIREBREAK_AWS__ENDPOINT_URL".into(), proxy.endpoint.clone()),
+            (
+                "FIREBREAK_NOTIFY__WEBHOOKS__SECURITY__URL".into(),
+                receiver.url("/hook"),
+            ),
+            ("AWS_ACCESS_KEY_ID".into(), "firebreak-cli-test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), secret.clone()),
+        ];
+        let firebreak = move |args: Vec<String>, env: Vec<(String, String)>| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_firebreak"));
+            cmd.args(args).env_clear().envs(env);
+            cmd.output().unwrap()
+        };
+        let playbooks = concat!(env!("CARGO_MANIFEST_DIR"), "/playbooks").to_owned();
+        let args = vec![
+            "run".to_owned(),
+            "--playbooks".to_owned(),
+            playbooks,
+            "--finding".to_owned(),
+            finding_file.display().to_string(),
+            "--format".to_owned(),
+            "json".to_owned(),
+        ];
+        let (f, e) = (firebreak, env.clone());
+        let run_out = tokio::task::spawn_blocking(move || f(args, e))
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run_out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&run_out.stderr).into_owned();
+        assert!(run_out.status.success(), "{stdout}\n{stderr}");
+        let (f, e) = (firebreak, env.clone());
+        let audit =
+            tokio::task::spawn_blocking(move || f(vec!["audit".into(), "export".into()], e))
+                .await
+                .unwrap();
+        let audit_text = String::from_utf8_lossy(&audit.stdout).into_owned();
+        assert!(audit.status.success(), "{audit:?}");
+        assert!(
+            audit_text.contains("aws.s3.block-public-access"),
+            "{audit_text}"
+        );
+
+        assert_eq!(pab(&s3, &bucket).await, Some([true; 4]));
+        assert_eq!(workflow(&hub, &id).await.0, "RESOLVED");
+        let hooks = receiver.requests();
+        assert_eq!(hooks.len(), 1, "{stdout}\n{stderr}");
+        for (what, text) in [
+            ("stdout", stdout.as_str()),
+            ("stderr", stderr.as_str()),
+            ("audit", audit_text.as_str()),
+            ("audit stderr", &String::from_utf8_lossy(&audit.stderr)),
+            ("notification", hooks[0].body.as_str()),
+        ] {
+            assert!(
+                !text.contains(&secret),
+                "the secret leaked into {what}: {text}"
+            );
+        }
+    });
+}

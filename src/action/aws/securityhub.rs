@@ -114,13 +114,19 @@ async fn read_status(aws: &Aws, f: &HubFinding) -> Result<String, ActionError> {
     let hub = aws.securityhub();
     let mut next: Option<String> = None;
     loop {
-        let page = hub
+        let what = format!("reading Security Hub finding {}", f.id);
+        let request = hub
             .get_findings()
             .filters(filters.clone())
             .set_next_token(next.take())
-            .send()
+            .send();
+        // On a task of its own, so that it runs on a runtime worker thread, whose stack is
+        // sized for it (see `crate::cli::runtime`): the SDK's deserialiser of a full ASFF
+        // finding needs more stack than a thread's default in a debug build.
+        let page = tokio::spawn(request)
             .await
-            .map_err(|e| sdk_error(&format!("reading Security Hub finding {}", f.id), &e))?;
+            .map_err(|e| ActionError::Retryable(format!("{what}: {e}")))?
+            .map_err(|e| sdk_error(&what, &e))?;
         // Filters narrow the answer to this one finding; matching again costs nothing and
         // keeps a server that ignores filters from handing us another finding.
         if let Some(found) = page.findings().iter().find(|x| same(x, f)) {
