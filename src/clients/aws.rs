@@ -279,6 +279,29 @@ impl Aws {
         aws_sdk_s3::Client::from_conf(conf)
     }
 
+    /// An S3 client for a bucket in `region`: S3 answers for a bucket only in the bucket's own
+    /// region (elsewhere a `PermanentRedirect`). `None`: the configured region.
+    #[must_use]
+    pub fn s3_in(&self, region: Option<&str>) -> aws_sdk_s3::Client {
+        let mut conf = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .force_path_style(self.sdk.endpoint_url().is_some());
+        if let Some(r) = region.map(str::trim).filter(|r| !r.is_empty()) {
+            conf = conf.region(Region::new(r.to_owned()));
+        }
+        aws_sdk_s3::Client::from_conf(conf.build())
+    }
+
+    /// A Security Hub client for a finding of `region` (findings live in the region that
+    /// recorded them, or the aggregation region). `None`: the configured region.
+    #[must_use]
+    pub fn securityhub_in(&self, region: Option<&str>) -> aws_sdk_securityhub::Client {
+        let mut conf = aws_sdk_securityhub::config::Builder::from(&self.sdk);
+        if let Some(r) = region.map(str::trim).filter(|r| !r.is_empty()) {
+            conf = conf.region(Region::new(r.to_owned()));
+        }
+        aws_sdk_securityhub::Client::from_conf(conf.build())
+    }
+
     /// An STS client.
     #[must_use]
     pub fn sts(&self) -> aws_sdk_sts::Client {

@@ -363,7 +363,7 @@ impl BucketState {
 }
 
 async fn read(aws: &Aws, b: &BucketRef) -> Result<BucketState, ActionError> {
-    let s3 = aws.s3();
+    let s3 = aws.s3_in(b.region.as_deref());
     let shown = format!("s3://{}", b.bucket);
     let pab = match s3.get_public_access_block().bucket(&b.bucket).send().await {
         Ok(out) => out.public_access_block_configuration().map(|c| Pab {
@@ -438,7 +438,7 @@ async fn put_acl(
         )
         .set_grants(Some(grants))
         .build();
-    aws.s3()
+    aws.s3_in(b.region.as_deref())
         .put_bucket_acl()
         .bucket(&b.bucket)
         .access_control_policy(policy)
@@ -449,7 +449,7 @@ async fn put_acl(
 }
 
 async fn put_policy(aws: &Aws, b: &BucketRef, policy: Option<&Value>) -> Result<(), ActionError> {
-    let s3 = aws.s3();
+    let s3 = aws.s3_in(b.region.as_deref());
     let what = format!("the bucket policy of s3://{}", b.bucket);
     match policy {
         Some(p) => {
@@ -472,7 +472,7 @@ async fn put_policy(aws: &Aws, b: &BucketRef, policy: Option<&Value>) -> Result<
 }
 
 async fn put_pab(aws: &Aws, b: &BucketRef, pab: Option<Pab>) -> Result<(), ActionError> {
-    let s3 = aws.s3();
+    let s3 = aws.s3_in(b.region.as_deref());
     let what = format!("the Public Access Block of s3://{}", b.bucket);
     match pab {
         Some(p) => {

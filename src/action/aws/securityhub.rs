@@ -69,6 +69,8 @@ struct HubFinding {
     id: String,
     product_arn: String,
     account: Option<String>,
+    /// The finding's region (`Region`, else the `ProductArn` region).
+    region: Option<String>,
 }
 
 impl HubFinding {
@@ -82,6 +84,14 @@ impl HubFinding {
         };
         match (s("Id"), s("ProductArn")) {
             (Some(id), Some(product_arn)) => Ok(Self {
+                region: s("Region").or_else(|| {
+                    // arn:aws:securityhub:<region>::product/…
+                    product_arn
+                        .split(':')
+                        .nth(3)
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_owned)
+                }),
                 id,
                 product_arn,
                 account: s("AwsAccountId"),
@@ -111,7 +121,7 @@ async fn read_status(aws: &Aws, f: &HubFinding) -> Result<String, ActionError> {
         .id(eq(&f.id))
         .product_arn(eq(&f.product_arn))
         .build();
-    let hub = aws.securityhub();
+    let hub = aws.securityhub_in(f.region.as_deref());
     let mut next: Option<String> = None;
     loop {
         let what = format!("reading Security Hub finding {}", f.id);
@@ -138,10 +148,10 @@ async fn read_status(aws: &Aws, f: &HubFinding) -> Result<String, ActionError> {
         }
     }
     Err(ActionError::NotApplicable(format!(
-        "Security Hub has no finding {} of {} (acting in region {})",
+        "Security Hub has no finding {} of {} (in region {})",
         f.id,
         f.product_arn,
-        aws.region().unwrap_or("?")
+        f.region.as_deref().or(aws.region()).unwrap_or("?")
     )))
 }
 
@@ -319,7 +329,7 @@ impl Action for AwsSecurityHubUpdateFinding {
                 )));
             }
             let out = aws
-                .securityhub()
+                .securityhub_in(f.region.as_deref())
                 .batch_update_findings()
                 .finding_identifiers(
                     AwsSecurityFindingIdentifier::builder()
