@@ -3,6 +3,7 @@
 //! credentials, and plans say which.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use aws_credential_types::Credentials;
 use firebreak::action::{StepInput, action};
@@ -11,6 +12,7 @@ use firebreak::config::{AwsAccountConfig, AwsConfig};
 use serde_json::json;
 
 use crate::aws_s3::{bucket_name, ctx, parse_one, s3_8_record, seed_public_bucket};
+use crate::support::aws_proxy::{AwsProxy, Throttle};
 use crate::support::moto;
 
 /// The account of the real S3.8 finding (`AwsAccountId`).
@@ -121,4 +123,35 @@ async fn a_role_arn_that_is_not_a_role_is_refused_with_its_config_path() {
             .contains("aws.accounts.111111111111.role_arn"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn an_assumed_role_is_assumed_once_and_shared_by_every_client() {
+    let (_, role_arn) = role(&moto::aws().await).await;
+    // The proxy counts the AssumeRole calls reaching moto (a throttle that refuses none).
+    let counter = Arc::new(Throttle::new("AssumeRole", 0));
+    let proxy = AwsProxy::start(moto::endpoint(), counter.clone()).await;
+    let cfg = AwsConfig {
+        region: "us-east-1".to_owned(),
+        endpoint_url: proxy.endpoint.clone(),
+        accounts: BTreeMap::from([(
+            FINDING_ACCOUNT.to_owned(),
+            AwsAccountConfig {
+                role_arn,
+                ..AwsAccountConfig::default()
+            },
+        )]),
+        ..AwsConfig::default()
+    };
+    let aws = Aws::with_credentials(
+        &cfg,
+        Credentials::new("testing", "testing", None, None, "moto-test"),
+    )
+    .await;
+    for _ in 0..3 {
+        let assumed = aws.clone().for_account(FINDING_ACCOUNT).await.unwrap();
+        assumed.sts().get_caller_identity().send().await.unwrap();
+        assumed.iam().list_users().send().await.unwrap();
+    }
+    assert_eq!(counter.forwarded(), 1, "{:?}", proxy.seen());
 }
