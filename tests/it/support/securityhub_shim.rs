@@ -425,3 +425,22 @@ fn allows(documents: &[Value], action: &str) -> bool {
     }
     allowed
 }
+
+#[test]
+fn the_shims_policy_evaluation_follows_iam_deny_then_allow() {
+    let allow = json!({"Statement": [{"Effect": "Allow", "Action": ["securityhub:Batch*"], "Resource": "*"}]});
+    let deny = json!({"Statement": {"Effect": "Deny", "Action": "securityhub:*", "Resource": "*"}});
+    let other =
+        json!({"Statement": [{"Effect": "Allow", "NotAction": "securityhub:*", "Resource": "*"}]});
+    let action = "securityhub:BatchUpdateFindings";
+    assert!(allows(std::slice::from_ref(&allow), action));
+    assert!(!allows(&[allow, deny], action), "an explicit Deny wins");
+    assert!(!allows(&[other], action), "NotAction excludes it");
+    assert!(!allows(&[], action), "nothing allowed: denied");
+    assert!(action_matches("SecurityHub:batchupdatefindings", action));
+    assert!(!action_matches("securityhub:GetFindings", action));
+    assert_eq!(
+        parse_document("%7B%22Statement%22%3A%5B%5D%7D"),
+        Some(json!({"Statement": []}))
+    );
+}
