@@ -440,3 +440,54 @@ fn lock_public_bucket_through_the_cli_leaves_no_secret_in_output_audit_or_notifi
         }
     });
 }
+
+#[test]
+fn update_finding_apply_reports_drift_when_someone_changed_the_status_after_the_plan() {
+    big_stack(|| async {
+        let (_proxy, aws) = hub_peer("testing").await;
+        let hub = moto::aws().await.securityhub();
+        let rec = record(&bucket_name("fb-hub-drift"));
+        let id = rec["Id"].as_str().unwrap().to_owned();
+        import_findings(&hub, std::slice::from_ref(&rec)).await;
+        let finding = parse_one(&rec);
+        let ctx = ActionCtx::from_config(&Config::default())
+            .unwrap()
+            .with_aws(aws.clone());
+        let params = json!({"status": "RESOLVED"});
+        let input = StepInput {
+            finding: &finding,
+            playbook: "close-loop",
+            step: 0,
+            params: &params,
+        };
+        let update = action("aws.securityhub.update-finding").unwrap();
+        let plan = update.plan(&ctx, input).await.unwrap();
+        // A person suppresses the finding in the console meanwhile.
+        aws.securityhub()
+            .batch_update_findings()
+            .finding_identifiers(
+                AwsSecurityFindingIdentifier::builder()
+                    .id(&id)
+                    .product_arn(rec["ProductArn"].as_str().unwrap())
+                    .build(),
+            )
+            .workflow(
+                aws_sdk_securityhub::types::WorkflowUpdate::builder()
+                    .status(aws_sdk_securityhub::types::WorkflowStatus::Suppressed)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let err = update.apply(&ctx, input, &plan).await.unwrap_err();
+        assert!(
+            matches!(err, firebreak::action::ActionError::Drift(_)),
+            "{err:?}"
+        );
+        assert_eq!(
+            workflow(&hub, &id).await.0,
+            "SUPPRESSED",
+            "left as the person set it"
+        );
+    });
+}
