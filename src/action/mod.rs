@@ -6,6 +6,7 @@
 //! [`ActionError::Drift`] if it changed since planning. A second apply of the same plan is a no-op.
 
 mod aws;
+pub mod iam_policy;
 mod kubernetes;
 mod notify;
 pub mod rbac;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::finding::Finding;
 
+pub use aws::{AwsS3BlockPublicAccess, AwsSecurityHubUpdateFinding};
 pub use kubernetes::{
     EVENT_REASON, KubernetesAnnotate, KubernetesCaptureEvidence, KubernetesCordonNode,
     KubernetesDeletePod, KubernetesIsolatePod, KubernetesLabel, KubernetesScaleToZero,
@@ -41,6 +43,8 @@ pub static ACTIONS: &[&dyn Action] = &[
     &KubernetesLabel,
     &KubernetesAnnotate,
     &KubernetesCordonNode,
+    &AwsS3BlockPublicAccess,
+    &AwsSecurityHubUpdateFinding,
 ];
 
 /// Looks up an action by kind.
