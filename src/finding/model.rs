@@ -431,8 +431,20 @@ impl Fingerprint {
             h.update([1]);
             h.update(id.as_bytes());
         }
-        Fingerprint(hex::encode(h.finalize()))
+        Fingerprint(hex_lower(&h.finalize()))
     }
+}
+
+/// Lower-case hex, written straight into the string (the `hex` crate's iterator costs more
+/// than the SHA-256 before it, once per finding).
+fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// Labels that identify *what* a finding is about when it has no typed resource: a leaked
