@@ -216,7 +216,10 @@ pub fn run_table(doc: &RunDocument<'_>) {
             outln!("  no playbook matched");
         }
         for e in execs {
-            outln!("  playbook {}", e.playbook);
+            match &e.execution_id {
+                Some(id) => outln!("  playbook {} (execution {id})", e.playbook),
+                None => outln!("  playbook {}", e.playbook),
+            }
             if let Some(approval) = &e.approval {
                 outln!("    asks first: {approval}");
             }
