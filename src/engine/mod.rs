@@ -7,6 +7,7 @@
 
 pub mod recorded;
 pub mod reload;
+pub mod rollback;
 pub mod worker;
 
 use std::time::Duration;
