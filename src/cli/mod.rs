@@ -8,6 +8,7 @@ mod findings;
 pub mod input;
 pub mod output;
 mod playbooks;
+mod rollback;
 mod run;
 mod serve;
 
@@ -104,6 +105,8 @@ pub enum Command {
     /// List, approve or deny executions held for a person (break-glass, audited).
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
+    /// Undo what an execution applied, last step first (audited).
+    Rollback(RollbackArgs),
     /// Turn the kill switch on: no engine sharing the store applies anything until `resume`.
     Pause {
         /// Why (recorded in the audit trail).
@@ -280,6 +283,26 @@ pub struct RunArgs {
     /// Do not record in the store (`store.url`): no shared history, dedup, guards or locks.
     #[arg(long)]
     pub no_store: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// `firebreak rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The execution id, as `firebreak run` prints it next to each playbook.
+    #[arg(value_name = "EXECUTION_ID")]
+    pub execution: String,
+    /// Show what would be undone; change nothing, record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Who is rolling back, for the audit trail (default: $USER, else `cli`).
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
+    /// Roll back again although the audit trail already records a rollback of it.
+    #[arg(long)]
+    pub force: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -480,6 +503,7 @@ fn dispatch(command: Command, config: &Config) -> Exit {
         Command::Approvals(ApprovalsCmd::Deny { execution, reason }) => {
             audit::decide(config, &execution, false, &reason)
         }
+        Command::Rollback(args) => rollback::rollback(&args, config),
         Command::Pause { reason } => audit::kill_switch(config, true, reason),
         Command::Resume { reason } => audit::kill_switch(config, false, reason),
         Command::Bench(BenchCmd::Parse {

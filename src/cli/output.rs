@@ -216,7 +216,10 @@ pub fn run_table(doc: &RunDocument<'_>) {
             outln!("  no playbook matched");
         }
         for e in execs {
-            outln!("  playbook {}", e.playbook);
+            match &e.execution_id {
+                Some(id) => outln!("  playbook {} (execution {id})", e.playbook),
+                None => outln!("  playbook {}", e.playbook),
+            }
             if let Some(approval) = &e.approval {
                 outln!("    asks first: {approval}");
             }
@@ -292,6 +295,66 @@ pub fn run_table(doc: &RunDocument<'_>) {
         count(StepStatus::Skipped),
         if doc.dry_run { " (dry-run)" } else { "" }
     ));
+}
+
+/// `rollback` as text: one line per step (last step first), then a summary on stderr.
+pub fn rollback_table(report: &crate::engine::rollback::RollbackReport) {
+    use crate::engine::rollback::RollbackStatus;
+    outln!(
+        "{} execution {} (playbook {}, finding {})",
+        if report.dry_run {
+            "would roll back"
+        } else {
+            "rolled back"
+        },
+        report.execution_id,
+        report.playbook,
+        report.finding_id
+    );
+    for s in &report.steps {
+        let status = match s.status {
+            RollbackStatus::WouldUndo => "would undo".to_owned(),
+            RollbackStatus::Undone => "undone".to_owned(),
+            RollbackStatus::Failed => "FAILED".to_owned(),
+            RollbackStatus::Locked => "LOCKED".to_owned(),
+            RollbackStatus::NotReversible => "not reversible: left as is".to_owned(),
+            RollbackStatus::NotApplied => format!(
+                "not applied ({}): nothing to undo",
+                s.step_status.as_deref().unwrap_or("unknown")
+            ),
+        };
+        outln!("  {}. {:<28} {}", s.idx + 1, s.action, status);
+        if let Some(t) = &s.target {
+            outln!("       target: {t}");
+        }
+        if matches!(s.status, RollbackStatus::WouldUndo) {
+            match &s.undo {
+                Some(undo) => outln!("       undo: {undo}"),
+                None => outln!("       undo: nothing recorded (the target was already as wanted)"),
+            }
+        }
+        if let Some(e) = &s.error {
+            outln!("       error: {e}");
+        }
+    }
+    let failed = report.count(RollbackStatus::Failed) + report.count(RollbackStatus::Locked);
+    if report.dry_run {
+        note(&format!(
+            "dry-run: {} step(s) would be undone, {} not reversible, {} not applied; nothing was changed or recorded",
+            report.count(RollbackStatus::WouldUndo),
+            report.count(RollbackStatus::NotReversible),
+            report.count(RollbackStatus::NotApplied),
+        ));
+    } else {
+        note(&format!(
+            "{} step(s) undone, {} failed, {} not reversible, {} not applied (audited as {})",
+            report.count(RollbackStatus::Undone),
+            failed,
+            report.count(RollbackStatus::NotReversible),
+            report.count(RollbackStatus::NotApplied),
+            report.by
+        ));
+    }
 }
 
 /// One JSON object per line on stdout.

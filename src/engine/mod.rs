@@ -7,6 +7,7 @@
 
 pub mod recorded;
 pub mod reload;
+pub mod rollback;
 pub mod worker;
 
 use std::time::Duration;
@@ -82,6 +83,10 @@ pub struct StepReport {
 pub struct Execution {
     /// The finding.
     pub finding_id: String,
+    /// The execution's id in the store (what `firebreak rollback` takes); `None` for a run
+    /// without a store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
     /// The playbook.
     pub playbook: String,
     /// Steps in order.
@@ -171,6 +176,7 @@ pub async fn run(
                             .await;
                     report.executions.push(Execution {
                         finding_id: finding.id.to_string(),
+                        execution_id: None,
                         playbook: ev.playbook.name.clone(),
                         steps,
                         approval: ev.playbook.approval.describe(),

@@ -133,6 +133,7 @@ fn add_execution(report: &mut RunReport, set: &PlaybookSet, finding_id: &str, ro
     }
     report.executions.push(Execution {
         finding_id: finding_id.to_owned(),
+        execution_id: Some(row.id),
         playbook: row.playbook,
         steps,
         approval,

@@ -509,6 +509,13 @@ pub trait Store: Send + Sync + 'static {
         finding_id: &str,
     ) -> impl Future<Output = Result<Vec<ExecutionRow>, StoreError>> + Send;
 
+    /// One execution with its steps, and the id of its finding (for `firebreak rollback`);
+    /// `None` when no execution has that id.
+    fn execution(
+        &self,
+        execution_id: &str,
+    ) -> impl Future<Output = Result<Option<(String, ExecutionRow)>, StoreError>> + Send;
+
     /// Upserts a step record and appends its audit line, in one transaction.
     fn save_step(
         &self,

@@ -835,6 +835,31 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    async fn execution(
+        &self,
+        execution_id: &str,
+    ) -> Result<Option<(String, ExecutionRow)>, StoreError> {
+        let row: Option<(String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT finding_id, playbook, state, reason FROM executions WHERE id = ?",
+        )
+        .bind(execution_id)
+        .fetch_optional(&self.readers)
+        .await?;
+        let Some((finding_id, playbook, state, reason)) = row else {
+            return Ok(None);
+        };
+        let steps = self.steps_of(execution_id).await?;
+        let row = ExecutionRow {
+            id: execution_id.to_owned(),
+            playbook,
+            state: ExecState::parse(&state)
+                .ok_or_else(|| corrupt("executions", format!("unknown state `{state}`")))?,
+            reason,
+            steps,
+        };
+        Ok(Some((finding_id, row)))
+    }
+
     async fn save_step(
         &self,
         execution_id: &str,

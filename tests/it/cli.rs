@@ -389,6 +389,7 @@ fn help_reads_well_for_every_subcommand() {
         vec!["playbooks", "schema", "--help"],
         vec!["parsers", "list", "--help"],
         vec!["actions", "list", "--help"],
+        vec!["rollback", "--help"],
     ] {
         let o = firebreak(&sub);
         assert_eq!(code(&o), 0, "{sub:?}");
@@ -398,6 +399,8 @@ fn help_reads_well_for_every_subcommand() {
             stdout(&o)
         );
     }
+    let rollback = firebreak(&["rollback", "--help"]);
+    insta::assert_snapshot!("help_rollback", stdout(&rollback));
     let usage = firebreak(&["run"]);
     assert_eq!(code(&usage), 2, "missing required flag is a usage error");
 }

@@ -57,7 +57,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn meta(namespace: &str, name: &str, app: &str) -> ObjectMeta {
+pub(crate) fn meta(namespace: &str, name: &str, app: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: Some(namespace.into()),
@@ -66,7 +66,7 @@ fn meta(namespace: &str, name: &str, app: &str) -> ObjectMeta {
     }
 }
 
-fn template(app: &str) -> PodTemplateSpec {
+pub(crate) fn template(app: &str) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(&[("app", app)])),
@@ -83,14 +83,14 @@ fn template(app: &str) -> PodTemplateSpec {
     }
 }
 
-fn selector(app: &str) -> LabelSelector {
+pub(crate) fn selector(app: &str) -> LabelSelector {
     LabelSelector {
         match_labels: Some(labels(&[("app", app)])),
         ..LabelSelector::default()
     }
 }
 
-fn owner(kind: &str, api_version: &str, stored: &Value) -> OwnerReference {
+pub(crate) fn owner(kind: &str, api_version: &str, stored: &Value) -> OwnerReference {
     OwnerReference {
         api_version: api_version.into(),
         kind: kind.into(),
@@ -390,7 +390,7 @@ fn the_committed_rbac_is_what_the_actions_declare() {
 
 /// A value shaped like an AWS secret access key (40 characters of its alphabet), made at run
 /// time so that no credential-shaped literal is committed.
-fn fake_secret() -> String {
+pub(crate) fn fake_secret() -> String {
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+";
     (0..40)
         .map(|i| char::from(alphabet[(i * 17 + 5) % alphabet.len()]))
@@ -411,7 +411,7 @@ fn playbook_yaml(matcher: &str, action: &str, with: &str) -> PlaybookSet {
 
 /// The Falco finding's pod `default/kubecon` on node `node-1`, with a credential in its
 /// environment and in its log, a Secret next to it, an Event about it and one about another pod.
-fn seed_kubecon(api: &KubeApi, owners: Vec<OwnerReference>, secret: &str) {
+pub(crate) fn seed_kubecon(api: &KubeApi, owners: Vec<OwnerReference>, secret: &str) {
     let mut p = pod("default", "kubecon", "shell", owners);
     let spec = p.spec.as_mut().unwrap();
     spec.node_name = Some("node-1".into());
@@ -1199,12 +1199,7 @@ fn matching(set: &PlaybookSet, f: &Finding) -> Vec<String> {
 /// is among the fixtures, so it is derived from the real `Terminal shell in container` alert
 /// (same pod, same format), changing only the fields that differ for that rule.
 fn falco_miner_finding() -> Finding {
-    let mut alert: Value = serde_json::from_slice(&fixtures::bytes(FALCO_SHELL)).unwrap();
-    alert["rule"] = "Detect outbound connections to common miner pool ports".into();
-    alert["priority"] = "Critical".into();
-    alert["tags"] = serde_json::json!(["container", "host", "mitre_impact", "network", "T1496"]);
-    alert["output"] = "13:44:05.478445995: Critical Outbound connection to IP/Port flagged by https://cryptoioc.ch (ip=203.0.113.7 port=3333 k8s.ns=default k8s.pod=kubecon container=ee97d9c4186f image=docker.io/library/alpine)".into();
-    let bytes = serde_json::to_vec(&alert).unwrap();
+    let bytes = falco_miner_alert();
     let parsed = firebreak::finding::parse_input(
         "falco-miner.json",
         &bytes,
@@ -1212,6 +1207,16 @@ fn falco_miner_finding() -> Finding {
     );
     assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
     parsed.findings.into_iter().next().unwrap()
+}
+
+/// The Falco alert behind [`falco_miner_finding`], as the bytes Falco writes.
+pub(crate) fn falco_miner_alert() -> Vec<u8> {
+    let mut alert: Value = serde_json::from_slice(&fixtures::bytes(FALCO_SHELL)).unwrap();
+    alert["rule"] = "Detect outbound connections to common miner pool ports".into();
+    alert["priority"] = "Critical".into();
+    alert["tags"] = serde_json::json!(["container", "host", "mitre_impact", "network", "T1496"]);
+    alert["output"] = "13:44:05.478445995: Critical Outbound connection to IP/Port flagged by https://cryptoioc.ch (ip=203.0.113.7 port=3333 k8s.ns=default k8s.pod=kubecon container=ee97d9c4186f image=docker.io/library/alpine)".into();
+    serde_json::to_vec(&alert).unwrap()
 }
 
 #[test]

@@ -20,6 +20,7 @@ mod parsers_secrets;
 mod parsers_securityhub;
 mod playbooks;
 mod registry;
+mod rollback;
 mod server;
 mod service;
 mod sqs;
