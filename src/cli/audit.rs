@@ -101,6 +101,30 @@ pub fn show(config: &Config, seq: i64) -> Exit {
     })
 }
 
+/// `audit evidence SHA256`: the stored bundle as JSON (already redacted when it was stored).
+pub fn evidence(config: &Config, sha256: &str) -> Exit {
+    let sha256 = sha256.trim().to_owned();
+    with_store(config, |store| async move {
+        match store.evidence(&sha256).await {
+            Ok(Some(bundle)) => {
+                output::json(&bundle);
+                Exit::Ok
+            }
+            Ok(None) => {
+                output::error(
+                    &format!("no evidence bundle {sha256} in {}", config.store.url),
+                    Some(
+                        "the digest is in the capture step's audit record: \
+                         `firebreak audit list --finding ID`",
+                    ),
+                );
+                Exit::Failure
+            }
+            Err(e) => read_failed(&e),
+        }
+    })
+}
+
 /// `audit verify`: exit 0 when the chain is intact, 1 when it is not.
 pub fn verify(config: &Config, format: Format) -> Exit {
     with_store(config, |store| async move {

@@ -186,6 +186,11 @@ pub enum AuditCmd {
         #[arg(long, default_value_t = true)]
         jsonl: bool,
     },
+    /// Print an evidence bundle (kubernetes.capture-evidence) that an audit record names.
+    Evidence {
+        /// Its digest, `sha256:…`, as the step's audit record gives it.
+        sha256: String,
+    },
 }
 
 /// `firebreak bench …`.
@@ -496,6 +501,7 @@ fn dispatch(command: Command, config: &Config) -> Exit {
         Command::Audit(AuditCmd::Show { seq }) => audit::show(config, seq),
         Command::Audit(AuditCmd::Verify { format }) => audit::verify(config, format),
         Command::Audit(AuditCmd::Export { .. }) => audit::export(config),
+        Command::Audit(AuditCmd::Evidence { sha256 }) => audit::evidence(config, &sha256),
         Command::Approvals(ApprovalsCmd::List { format }) => audit::approvals(config, format),
         Command::Approvals(ApprovalsCmd::Approve { execution, reason }) => {
             audit::decide(config, &execution, true, &reason)

@@ -1423,6 +1423,31 @@ async fn the_service_keeps_the_evidence_bundle_in_the_store_and_the_audit_trail_
         "the credential reached the ledger"
     );
     assert!(store.audit_verify().await.unwrap().problems.is_empty());
+
+    // A person reads the bundle back by the digest the audit names; an unknown digest is a
+    // clear failure.
+    let url = format!("sqlite://{}", dir.path().join("l.db").display());
+    let cli = |digest: String| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+                .args(["audit", "evidence", &digest])
+                .env("FIREBREAK_STORE__URL", url)
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap()
+        })
+    };
+    let shown = cli(sha256.to_owned()).await.unwrap();
+    assert!(shown.status.success(), "{shown:?}");
+    let printed: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(printed, bundle);
+    let missing = cli(format!("sha256:{}", "0".repeat(64))).await.unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no evidence bundle"),
+        "{missing:?}"
+    );
 }
 
 #[tokio::test]
