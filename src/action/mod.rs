@@ -22,6 +22,9 @@ use sha2::{Digest, Sha256};
 
 use crate::finding::Finding;
 
+pub use aws::{
+    AwsIamDeactivateAccessKey, AwsIamDeleteAccessKey, AwsIamQuarantineUser, AwsIamRotateAccessKey,
+};
 pub use kubernetes::{KubernetesIsolatePod, KubernetesScaleToZero};
 pub use notify::NotifyWebhook;
 
@@ -31,6 +34,10 @@ pub static ACTIONS: &[&dyn Action] = &[
     &NotifyWebhook,
     &KubernetesScaleToZero,
     &KubernetesIsolatePod,
+    &AwsIamDeactivateAccessKey,
+    &AwsIamRotateAccessKey,
+    &AwsIamDeleteAccessKey,
+    &AwsIamQuarantineUser,
 ];
 
 /// Looks up an action by kind.

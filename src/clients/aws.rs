@@ -11,6 +11,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::ProvideCredentials;
@@ -20,6 +21,10 @@ use crate::config::AwsConfig;
 /// How long the credential probe may take: the default chain ends with the EC2 metadata
 /// service, which on a machine outside AWS only fails after its own timeouts.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times one AWS call is tried (the first try included) when throttled or failing
+/// transiently, before the error reaches the action (which the engine may retry again).
+const MAX_ATTEMPTS: u32 = 5;
 
 /// Whether the credential chain produced credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +96,9 @@ impl Aws {
         if let Some(c) = credentials {
             loader = loader.credentials_provider(c);
         }
+        // Throttling is normal under containment bursts: adaptive retry backs off with jitter
+        // and slows the client down to the rate AWS accepts.
+        loader = loader.retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS));
         let sdk = loader.load().await;
         let credentials = probe(&sdk).await;
         Self { sdk, credentials }

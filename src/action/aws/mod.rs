@@ -11,6 +11,12 @@
 // The actions that use these helpers arrive in the following commits.
 #![allow(dead_code)]
 
+mod iam;
+
+pub use iam::{
+    AwsIamDeactivateAccessKey, AwsIamDeleteAccessKey, AwsIamQuarantineUser, AwsIamRotateAccessKey,
+};
+
 use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use serde_json::{Value, json};
 
