@@ -96,9 +96,10 @@ impl Aws {
         if let Some(c) = credentials {
             loader = loader.credentials_provider(c);
         }
-        // Throttling is normal under containment bursts: adaptive retry backs off with jitter
-        // and slows the client down to the rate AWS accepts.
-        loader = loader.retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS));
+        // Throttling is normal under containment bursts: standard retry backs off exponentially
+        // with jitter. (Adaptive mode's client-side rate limiter, measured against moto, held a
+        // client at a few calls per second for many seconds after two throttled calls.)
+        loader = loader.retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
         let sdk = loader.load().await;
         let credentials = probe(&sdk).await;
         Self { sdk, credentials }

@@ -1,6 +1,7 @@
 //! Firebreak's integration tests: one binary, one module per area (see STYLE.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod aws_iam;
 mod aws_peers;
 mod cli;
 mod config;

@@ -1117,6 +1117,7 @@ impl Action for AwsIamRotateAccessKey {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
