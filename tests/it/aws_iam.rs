@@ -688,7 +688,18 @@ async fn rotate_scenario(aws: Aws, observer: &Aws, endpoint: &str) {
     seed_consumers(&api, &old, &old_secret);
     let ctx = kube_ctx(&aws, &api);
     let finding = trufflehog_finding(&user, &old);
-    let set = playbook("aws.iam.rotate-access-key", &rotate_with());
+    let secret_id = format!("{user}/aws-credentials");
+    observer
+        .secretsmanager()
+        .create_secret()
+        .name(&secret_id)
+        .send()
+        .await
+        .unwrap();
+    let with = format!(
+        "{{deliver: {{kubernetes_secret: {{namespace: {NS}, name: {SECRET}}}, secrets_manager: {{secret_id: {secret_id}}}}}}}"
+    );
+    let set = playbook("aws.iam.rotate-access-key", &with);
 
     let kube_writes = api.writes();
     let plan = step(&set, &ctx, &finding, true).await.plan.unwrap();
@@ -727,6 +738,20 @@ async fn rotate_scenario(aws: Aws, observer: &Aws, endpoint: &str) {
         Some(&new)
     );
     assert!(template_annotations(&api, APP).contains_key("firebreak.io/rotated-at"));
+    let stored = observer
+        .secretsmanager()
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .send()
+        .await
+        .unwrap();
+    let stored: Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
+    assert_eq!(stored["AccessKeyId"], json!(new));
+    assert_eq!(
+        stored["SecretAccessKey"].as_str(),
+        Some(new_secret.expose().as_str()),
+        "Secrets Manager holds the same new key"
+    );
     assert!(
         template_annotations(&api, "frontend").is_empty(),
         "unrelated workload untouched"
@@ -969,7 +994,36 @@ async fn store_text(store: &SqliteStore, finding_id: &str) -> String {
     text
 }
 
+/// A log sink for one test: every line the engine, the actions and the SDK log at debug level.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 async fn rotation_through_the_engine(aws: Aws, observer: &Aws, endpoint: &str) {
+    let logs = Logs::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    // This test's runtime is single-threaded: every task logs through this subscriber.
+    let _logging = tracing::subscriber::set_default(subscriber);
     let user = unique("svc-billing");
     let (old, old_secret) = user_with_key(observer, &user).await;
     let api = KubeApi::start().await;
@@ -987,7 +1041,7 @@ async fn rotation_through_the_engine(aws: Aws, observer: &Aws, endpoint: &str) {
     assert!(yaml.contains("after: 24h"));
     let pbs = playbook_set(
         "rotate-exposed-aws-key.yaml",
-        &yaml.replace("after: 24h", "after: 2s"),
+        &yaml.replace("after: 24h", "after: 3s"),
     );
     let finding = trufflehog_finding(&user, &old);
     let finding_id = finding.id.to_string();
@@ -1030,6 +1084,12 @@ async fn rotation_through_the_engine(aws: Aws, observer: &Aws, endpoint: &str) {
     let store = Arc::new(open(&path).await);
     let w = engine(&store, Arc::clone(&pbs), ctx.clone());
     drain(&w).await;
+    if firebreak::store::now_ms() < due {
+        assert!(
+            keys(observer, &user).await.contains_key(&old),
+            "not deleted before the grace period is over"
+        );
+    }
     if keys(observer, &user).await.contains_key(&old) {
         let wait = due - firebreak::store::now_ms();
         if wait > 0 {
@@ -1051,6 +1111,12 @@ async fn rotation_through_the_engine(aws: Aws, observer: &Aws, endpoint: &str) {
     let text = store_text(&store, &finding_id).await;
     assert!(text.contains(&new), "the new key id is recorded");
     assert_no_secret("the store (audit, plans, outcomes)", &text, &new_secret);
+    let logged = logs.text();
+    assert!(
+        logged.contains("firebreak::"),
+        "the engine and actions logged"
+    );
+    assert_no_secret("the logs", &logged, &new_secret);
     let verify = store.audit_verify().await.unwrap();
     assert!(verify.problems.is_empty(), "{verify:?}");
 }
@@ -1102,4 +1168,99 @@ async fn the_contain_playbook_waits_for_approval_then_quarantines_and_deactivate
     assert_eq!(policy["Statement"][0]["Sid"], "FirebreakQuarantineDenyAll");
     assert!(policy["Statement"][0].get("Condition").is_none());
     assert_eq!(keys(&aws, &user).await[&key_id], "Inactive");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Least privilege: the same scenarios signed by a principal that holds exactly the permissions
+// the IAM actions declare, on a moto server that enforces IAM.
+
+/// An IAM-enforcing moto with an admin (the observer) and a `firebreak` user whose only policy
+/// allows what the `aws.iam.*` actions declare; returns the server and both configurations.
+async fn least_privilege() -> (moto::Moto, Aws, Aws) {
+    let server = moto::spawn(&[("INITIAL_NO_AUTH_ACTION_COUNT", "4")]);
+    // The first four requests are not checked: an admin user with an admin policy and a key.
+    let bootstrap = moto::aws_at(&server.endpoint, "testing", "testing").await;
+    let iam = bootstrap.iam();
+    iam.create_user().user_name("admin").send().await.unwrap();
+    let admin_policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "*", "Resource": "*"}]});
+    iam.put_user_policy()
+        .user_name("admin")
+        .policy_name("admin")
+        .policy_document(admin_policy.to_string())
+        .send()
+        .await
+        .unwrap();
+    let key = iam
+        .create_access_key()
+        .user_name("admin")
+        .send()
+        .await
+        .unwrap();
+    let key = key.access_key().unwrap();
+    let admin = moto::aws_at(
+        &server.endpoint,
+        key.access_key_id(),
+        key.secret_access_key(),
+    )
+    .await;
+
+    let mut grants: Vec<String> = firebreak::action::ACTIONS
+        .iter()
+        .filter(|a| a.kind().starts_with("aws.iam."))
+        .flat_map(|a| a.permissions())
+        .filter(|p| p.system == "aws")
+        .map(|p| p.grant.to_string())
+        .collect();
+    grants.sort();
+    grants.dedup();
+    admin
+        .iam()
+        .create_user()
+        .user_name("firebreak")
+        .send()
+        .await
+        .unwrap();
+    admin
+        .iam()
+        .put_user_policy()
+        .user_name("firebreak")
+        .policy_name("declared")
+        .policy_document(
+            json!({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": grants, "Resource": "*"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let k = admin
+        .iam()
+        .create_access_key()
+        .user_name("firebreak")
+        .send()
+        .await
+        .unwrap();
+    let k = k.access_key().unwrap();
+    let firebreak = moto::aws_at(&server.endpoint, k.access_key_id(), k.secret_access_key()).await;
+    // The principal really is limited: it cannot create users.
+    assert!(
+        firebreak
+            .iam()
+            .create_user()
+            .user_name("nope")
+            .send()
+            .await
+            .is_err()
+    );
+    (server, admin, firebreak)
+}
+
+#[tokio::test]
+async fn the_iam_actions_work_with_exactly_the_permissions_they_declare() {
+    let (server, admin, firebreak) = least_privilege().await;
+    deactivate_scenario(firebreak.clone(), &admin).await;
+    delete_scenario(firebreak.clone(), &admin).await;
+    quarantine_revoke_sessions_scenario(firebreak.clone(), &admin).await;
+    rotate_scenario(firebreak.clone(), &admin, &server.endpoint).await;
 }
