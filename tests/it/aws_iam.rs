@@ -777,6 +777,23 @@ async fn rotate_scenario(aws: Aws, observer: &Aws, endpoint: &str) {
         "rollback reactivates the old key"
     );
     assert_eq!(rolled_back[&new], "Active", "the new key stays");
+
+    // Rolled back within the grace period: the scheduled deletion refuses to delete the key.
+    let delete = step(
+        &playbook("aws.iam.delete-access-key", "{}"),
+        &ctx,
+        &finding,
+        false,
+    )
+    .await;
+    assert_eq!(delete.status, StepStatus::Failed, "{delete:#?}");
+    assert!(
+        delete
+            .error
+            .unwrap()
+            .contains("never deletes an active key")
+    );
+    assert_eq!(keys(observer, &user).await.len(), 2);
 }
 
 #[tokio::test]

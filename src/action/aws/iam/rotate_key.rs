@@ -654,7 +654,10 @@ impl AwsIamRotateAccessKey {
             summary.push_str(&format!(", roll Deployment(s) {}", steps.roll.join(", ")));
         }
         if steps.deactivate_old {
-            summary.push_str(", then deactivate the old key (rollback reactivates it)");
+            summary.push_str(
+                ", then deactivate the old key (a rollback within the grace period reactivates \
+                 it; the new key stays)",
+            );
         }
         if let Some(id) = &steps.make_room {
             summary.push_str(&format!(
@@ -1120,6 +1123,119 @@ impl Action for AwsIamRotateAccessKey {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn key(id: &str, status: &str) -> KeyState {
+        KeyState {
+            id: id.to_owned(),
+            status: status.to_owned(),
+        }
+    }
+
+    fn held(id: &str) -> Held {
+        Held {
+            id: id.to_owned(),
+            secret: Redacted::new(String::new()),
+        }
+    }
+
+    fn state(keys: Vec<KeyState>, baseline: Option<&[&str]>, in_secret: Option<&str>) -> State {
+        State {
+            user: "svc".to_owned(),
+            old_status: keys
+                .iter()
+                .find(|k| k.id == "OLD")
+                .map(|k| k.status.clone()),
+            keys,
+            baseline: baseline.map(|b| b.iter().map(|s| (*s).to_owned()).collect()),
+            kube: Some(KubeState {
+                exists: true,
+                held: in_secret.map(held),
+                workloads: vec![Workload {
+                    name: "billing".to_owned(),
+                    rotated_key: None,
+                }],
+            }),
+            secrets_manager: None,
+        }
+    }
+
+    fn params() -> Params {
+        check_params(&json!({"deliver": {"kubernetes_secret": {"namespace": "p", "name": "s"}}}))
+            .unwrap()
+    }
+
+    fn old_key() -> KeyRef {
+        KeyRef {
+            account: None,
+            user: Some("svc".to_owned()),
+            access_key_id: "OLD".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_fresh_rotation_creates_delivers_rolls_and_deactivates() {
+        let s = state(vec![key("OLD", "Active")], None, Some("OLD"));
+        let steps = work_out(&s, &old_key(), &params()).unwrap();
+        assert_eq!(steps.existing, None);
+        assert!(steps.deliver_kube && steps.deactivate_old);
+        assert_eq!(steps.roll, ["billing"]);
+        assert!(steps.orphans.is_empty() && steps.make_room.is_none());
+    }
+
+    #[test]
+    fn an_undelivered_key_of_an_interrupted_attempt_is_an_orphan() {
+        let keys = vec![key("OLD", "Active"), key("LOST", "Active")];
+        let s = state(keys, Some(&["OLD"]), Some("OLD"));
+        let steps = work_out(&s, &old_key(), &params()).unwrap();
+        assert_eq!(steps.orphans, ["LOST"]);
+        assert_eq!(steps.existing, None, "a new key is created in its place");
+        assert_eq!(steps.make_room, None);
+    }
+
+    #[test]
+    fn a_delivered_key_is_carried_on_with_and_never_an_orphan() {
+        let keys = vec![key("OLD", "Active"), key("NEW", "Active")];
+        let s = state(keys, Some(&["OLD"]), Some("NEW"));
+        let steps = work_out(&s, &old_key(), &params()).unwrap();
+        assert!(steps.orphans.is_empty());
+        assert_eq!(steps.existing.as_deref(), Some("NEW"));
+        assert!(!steps.deliver_kube, "the Secret holds it already");
+        assert!(steps.deactivate_old);
+    }
+
+    #[test]
+    fn without_a_baseline_an_unknown_second_key_is_never_deleted() {
+        let keys = vec![key("OLD", "Active"), key("THEIRS", "Active")];
+        let s = state(keys, None, Some("OLD"));
+        let e = work_out(&s, &old_key(), &params()).unwrap_err();
+        assert!(e.to_string().contains("the active key THEIRS"), "{e}");
+        let keys = vec![key("OLD", "Active"), key("THEIRS", "Inactive")];
+        let s = state(keys, None, Some("OLD"));
+        let steps = work_out(&s, &old_key(), &params()).unwrap();
+        assert_eq!(steps.make_room.as_deref(), Some("THEIRS"));
+    }
+
+    #[test]
+    fn a_finished_rotation_has_nothing_left_to_do() {
+        let keys = vec![key("OLD", "Inactive"), key("NEW", "Active")];
+        let mut s = state(keys, None, Some("NEW"));
+        if let Some(k) = s.kube.as_mut() {
+            k.workloads[0].rotated_key = Some("NEW".to_owned());
+        }
+        assert!(work_out(&s, &old_key(), &params()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn observed_state_never_holds_a_secret() {
+        let mut s = state(vec![key("OLD", "Active")], None, None);
+        if let Some(k) = s.kube.as_mut() {
+            k.held = Some(Held {
+                id: "OLD".to_owned(),
+                secret: Redacted::new("very-secret-value".to_owned()),
+            });
+        }
+        assert!(!s.observed("OLD").to_string().contains("very-secret-value"));
+    }
 
     #[test]
     fn a_rotation_must_deliver_somewhere() {
