@@ -893,6 +893,22 @@ async fn roll(
     Ok(())
 }
 
+/// `e` with every occurrence of the secret masked: a peer's error text should never carry it,
+/// but an error message is not where to find out that one does.
+fn masked(e: ActionError, held: &Held) -> ActionError {
+    let secret = held.secret.expose();
+    if secret.is_empty() {
+        return e;
+    }
+    let mask = |m: String| m.replace(secret.as_str(), crate::redact::MASK);
+    match e {
+        ActionError::Retryable(m) => ActionError::Retryable(mask(m)),
+        ActionError::Permanent(m) => ActionError::Permanent(mask(m)),
+        ActionError::Drift(m) => ActionError::Drift(mask(m)),
+        ActionError::NotApplicable(m) => ActionError::NotApplicable(mask(m)),
+    }
+}
+
 /// What `rollback` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Undo {
@@ -1040,14 +1056,20 @@ impl Action for AwsIamRotateAccessKey {
             if steps.deliver_kube
                 && let (Some(t), Some(c)) = (&params.deliver.kubernetes_secret, &kube)
             {
-                deliver_kube(c, t, &held).await?;
+                deliver_kube(c, t, &held)
+                    .await
+                    .map_err(|e| masked(e, &held))?;
             }
             if steps.deliver_secrets_manager
                 && let Some(t) = &params.deliver.secrets_manager
             {
-                deliver_secrets_manager(aws, t, &held).await?;
+                deliver_secrets_manager(aws, t, &held)
+                    .await
+                    .map_err(|e| masked(e, &held))?;
             }
-            verify(aws, &user, &held).await?;
+            verify(aws, &user, &held)
+                .await
+                .map_err(|e| masked(e, &held))?;
             if created || state.baseline.is_some() {
                 untag_baseline(aws, &user, old).await?;
             }
@@ -1235,6 +1257,20 @@ mod tests {
             });
         }
         assert!(!s.observed("OLD").to_string().contains("very-secret-value"));
+    }
+
+    #[test]
+    fn an_error_never_carries_the_secret() {
+        let h = Held {
+            id: "NEW".to_owned(),
+            secret: Redacted::new("s3cr3t-value-xyz".to_owned()),
+        };
+        let e = masked(
+            ActionError::Permanent("peer said: s3cr3t-value-xyz is invalid".to_owned()),
+            &h,
+        );
+        assert!(!e.to_string().contains("s3cr3t-value-xyz"), "{e}");
+        assert!(e.to_string().contains("[REDACTED]"));
     }
 
     #[test]
