@@ -914,6 +914,95 @@ async fn a_rotation_interrupted_after_creating_a_key_deletes_the_orphan_and_crea
     );
 }
 
+/// Refuses the first call of an operation with a non-retryable error: the attempt fails after
+/// the key was created and before it was delivered, as a crash there would leave it.
+struct FailOnce {
+    operation: &'static str,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl crate::support::aws_proxy::Interceptor for FailOnce {
+    fn intercept<'a>(
+        &'a self,
+        req: &'a crate::support::aws_proxy::ProxyRequest,
+        _upstream: &'a str,
+    ) -> crate::support::aws_proxy::BoxFuture<'a, Option<crate::support::aws_proxy::ProxyResponse>>
+    {
+        Box::pin(async move {
+            let op = req.operation.as_deref()?;
+            if op.ends_with(self.operation)
+                && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Some(crate::support::aws_proxy::ProxyResponse::json_error(
+                    400,
+                    "ValidationException",
+                    "simulated failure before delivery",
+                ));
+            }
+            None
+        })
+    }
+}
+
+/// A rotation whose delivery failed after CreateAccessKey: the old key keeps working, and the
+/// next run deletes the undeliverable key and delivers exactly one new key.
+#[tokio::test]
+async fn a_rotation_that_failed_before_delivery_leaves_the_old_key_active_and_the_retry_one_new_key()
+ {
+    let fail = Arc::new(FailOnce {
+        operation: ".PutSecretValue",
+        failed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let proxy = AwsProxy::start(moto::endpoint(), fail).await;
+    let aws = moto::aws_at(&proxy.endpoint, "testing", "testing").await;
+    let observer = moto::aws().await;
+    let user = unique("interrupted");
+    let (old, _) = user_with_key(&observer, &user).await;
+    let secret_id = format!("{user}/aws-credentials");
+    observer
+        .secretsmanager()
+        .create_secret()
+        .name(&secret_id)
+        .send()
+        .await
+        .unwrap();
+    let set = playbook(
+        "aws.iam.rotate-access-key",
+        &format!("{{deliver: {{secrets_manager: {{secret_id: {secret_id}}}}}}}"),
+    );
+    let ctx = ctx(&aws);
+    let finding = trufflehog_finding(&user, &old);
+
+    let failed = step(&set, &ctx, &finding, false).await;
+    assert_eq!(failed.status, StepStatus::Failed, "{failed:#?}");
+    let first = keys(&observer, &user).await;
+    assert_eq!(first.len(), 2, "the attempt created a key: {first:?}");
+    assert_eq!(
+        first[&old], "Active",
+        "the old key is not touched before delivery"
+    );
+    let lost = first.keys().find(|k| **k != old).unwrap().clone();
+
+    let retried = step(&set, &ctx, &finding, false).await;
+    assert_eq!(retried.status, StepStatus::Applied, "{retried:#?}");
+    let after = keys(&observer, &user).await;
+    let stored = observer
+        .secretsmanager()
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .send()
+        .await
+        .unwrap();
+    let stored: Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
+    let new = stored["AccessKeyId"].as_str().unwrap().to_owned();
+    assert_eq!(after.len(), 2, "never two new keys: {after:?}");
+    assert!(!after.contains_key(&lost), "the undelivered key is deleted");
+    assert_eq!(after[&new], "Active");
+    assert_eq!(after[&old], "Inactive");
+    let outcome = retried.outcome.unwrap();
+    assert_eq!(outcome.detail["deleted_orphans"], json!([lost]));
+}
+
 /// CreateAccessKey throttled twice between Firebreak and moto: the SDK's retry carries the
 /// rotation through and exactly one new key exists.
 #[tokio::test]
