@@ -25,7 +25,11 @@ use crate::finding::Finding;
 pub use aws::{
     AwsIamDeactivateAccessKey, AwsIamDeleteAccessKey, AwsIamQuarantineUser, AwsIamRotateAccessKey,
 };
-pub use kubernetes::{KubernetesIsolatePod, KubernetesScaleToZero};
+pub use kubernetes::{
+    EVENT_REASON, KubernetesAnnotate, KubernetesCaptureEvidence, KubernetesCordonNode,
+    KubernetesDeletePod, KubernetesIsolatePod, KubernetesLabel, KubernetesScaleToZero,
+    KubernetesSecureDashboard, take_evidence_bundle,
+};
 pub use notify::NotifyWebhook;
 
 /// Every action, in a stable order. `actions list`, the generated permission files and the
@@ -34,6 +38,12 @@ pub static ACTIONS: &[&dyn Action] = &[
     &NotifyWebhook,
     &KubernetesScaleToZero,
     &KubernetesIsolatePod,
+    &KubernetesCaptureEvidence,
+    &KubernetesDeletePod,
+    &KubernetesSecureDashboard,
+    &KubernetesLabel,
+    &KubernetesAnnotate,
+    &KubernetesCordonNode,
     &AwsIamDeactivateAccessKey,
     &AwsIamRotateAccessKey,
     &AwsIamDeleteAccessKey,

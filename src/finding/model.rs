@@ -494,11 +494,23 @@ pub const MAX_FIELD_CHARS: usize = 16 * 1024;
 
 /// Truncates to `max` characters, marking the cut.
 fn cap(mut s: String, max: usize) -> String {
+    // No more bytes than `max` means no more characters: the common case costs no scan.
+    if s.len() <= max {
+        return s;
+    }
     if let Some((i, _)) = s.char_indices().nth(max) {
         s.truncate(i);
         s.push_str("…[truncated]");
     }
     s
+}
+
+/// `text` with secrets masked; the same allocation when it is clean (nearly always).
+fn scrubbed(text: String) -> String {
+    match crate::redact::scrub(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(clean) => clean,
+    }
 }
 
 fn cap_strings(v: &mut Value, max: usize) {
@@ -544,7 +556,7 @@ impl FindingDraft {
         let labels = self
             .labels
             .into_iter()
-            .map(|(k, v)| (k, crate::redact::scrub(&v).into_owned()))
+            .map(|(k, v)| (k, scrubbed(v)))
             .collect();
         Finding {
             id: Ulid::new(),
@@ -555,10 +567,7 @@ impl FindingDraft {
                 identity,
             ),
             source: self.source.to_owned(),
-            title: cap(
-                crate::redact::scrub(&self.title).into_owned(),
-                MAX_TITLE_CHARS,
-            ),
+            title: cap(scrubbed(self.title), MAX_TITLE_CHARS),
             rule: self.rule,
             severity: self.severity,
             class: self.class,

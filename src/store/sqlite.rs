@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
@@ -27,6 +28,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_guards_schedules",
         include_str!("migrations/sqlite_0002_guards_schedules.sql"),
+    ),
+    (
+        "0003_evidence",
+        include_str!("migrations/sqlite_0003_evidence.sql"),
     ),
 ];
 
@@ -82,6 +87,25 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl SqliteStore {
+    /// The evidence bundle recorded under `sha256` (as an outcome's `detail.evidence.sha256`
+    /// names it), if any.
+    ///
+    /// # Errors
+    /// Database failures, or a stored body that is not JSON.
+    pub async fn evidence(&self, sha256: &str) -> Result<Option<Value>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM evidence WHERE sha256 = ?")
+            .bind(sha256)
+            .fetch_optional(&self.readers)
+            .await?;
+        body.map(|b| {
+            serde_json::from_str(&b).map_err(|e| StoreError::Corrupt {
+                table: "evidence",
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
     /// The recorded steps of an execution, by index.
     async fn steps_of(&self, execution_id: &str) -> Result<Vec<StepRow>, StoreError> {
         let rows = sqlx::query(
@@ -330,6 +354,42 @@ async fn upsert_step(
     step: &StepRow,
 ) -> Result<(), StoreError> {
     let now = now_ms();
+    // An evidence bundle in the outcome goes to the `evidence` table, content-addressed; the
+    // step and its audit line keep the reference (sha256 and size).
+    let mut outcome = step.outcome.clone();
+    let bundle = outcome
+        .as_mut()
+        .and_then(crate::action::take_evidence_bundle);
+    if let Some(bundle) = bundle {
+        let body = audit_detail(&bundle);
+        let sha256 = format!("sha256:{}", hex::encode(Sha256::digest(body.as_bytes())));
+        sqlx::query(
+            "INSERT INTO evidence (sha256, execution_id, step_idx, finding_id, action, recorded_at, bytes, body) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&sha256)
+        .bind(execution_id)
+        .bind(i64::from(step.idx))
+        .bind(finding_id)
+        .bind(&step.action)
+        .bind(now)
+        .bind(i64::try_from(body.len()).unwrap_or(i64::MAX))
+        .bind(&body)
+        .execute(&mut *conn)
+        .await?;
+        if let Some(reference) = outcome
+            .as_mut()
+            .and_then(|o| o.pointer_mut("/detail/evidence"))
+            .and_then(Value::as_object_mut)
+        {
+            reference.insert("sha256".into(), Value::String(sha256));
+            reference.insert("stored".into(), Value::String("evidence".into()));
+        }
+    }
+    let step = &StepRow {
+        outcome,
+        ..step.clone()
+    };
     let plan_hash = step
         .plan
         .as_ref()

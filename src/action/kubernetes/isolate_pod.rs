@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{
-    PodRef, connected, connection, kube_error, not_connected_plan, object_key, render_problems,
-    undo_of,
+    EVENTS_CREATE, PodRef, connected, connection, kube_error, not_connected_plan, object_key,
+    record_event, render_problems, undo_of,
 };
 use crate::action::{
     Action, ActionCtx, ActionError, BoxFuture, Change, Outcome, ParamProblem, Permission, Plan,
@@ -254,6 +254,7 @@ impl Action for KubernetesIsolatePod {
             Permission::new("kubernetes", "networking.k8s.io/networkpolicies:create"),
             Permission::new("kubernetes", "networking.k8s.io/networkpolicies:update"),
             Permission::new("kubernetes", "networking.k8s.io/networkpolicies:delete"),
+            EVENTS_CREATE,
         ];
         PERMISSIONS
     }
@@ -442,6 +443,17 @@ impl Action for KubernetesIsolatePod {
                     .await
                     .map_err(|e| kube_error(&format!("labelling pod {}", pod.shown()), e))?;
             }
+            record_event(
+                &client,
+                &pod.involved(&live.uid),
+                self.kind(),
+                &format!(
+                    "Firebreak isolated this pod: NetworkPolicy {policy} denies its ingress and \
+                     egress (label {ISOLATED_LABEL}={value}; playbook {})",
+                    input.playbook
+                ),
+            )
+            .await;
             Ok(outcome("applied"))
         })
     }

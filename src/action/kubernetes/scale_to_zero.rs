@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
-    PodRef, connected, connection, kube_error, not_connected_plan, object_key, render_problems,
-    undo_of,
+    EVENTS_CREATE, Involved, PodRef, connected, connection, kube_error, not_connected_plan,
+    object_key, record_event, render_problems, undo_of,
 };
 use crate::action::{
     Action, ActionCtx, ActionError, BoxFuture, Change, Outcome, ParamProblem, Permission, Plan,
@@ -348,6 +348,7 @@ impl Action for KubernetesScaleToZero {
             Permission::new("kubernetes", "apps/statefulsets:get"),
             Permission::new("kubernetes", "apps/statefulsets:patch"),
             Permission::new("kubernetes", "apps/statefulsets/scale:patch"),
+            EVENTS_CREATE,
         ];
         PERMISSIONS
     }
@@ -442,6 +443,26 @@ impl Action for KubernetesScaleToZero {
             )
             .await?;
             scale(&client, &live, &rv, 0).await?;
+            record_event(
+                &client,
+                &Involved {
+                    api_version: "apps/v1".into(),
+                    kind: live.kind.name().into(),
+                    namespace: Some(live.namespace.clone()),
+                    name: live.name.clone(),
+                    uid: live.uid.clone(),
+                },
+                self.kind(),
+                &format!(
+                    "Firebreak scaled this {} from {} replica(s) to 0 (pod {}; playbook {}); \
+                     the count before is kept in the {PREVIOUS_REPLICAS} annotation",
+                    live.kind.name(),
+                    live.replicas,
+                    pod.shown(),
+                    input.playbook
+                ),
+            )
+            .await;
             let undo = Undo {
                 cluster: pod.cluster.clone(),
                 kind: live.kind,

@@ -15,6 +15,7 @@
 //! - PATCH: JSON merge patch (RFC 7386), a strategic-merge subset, and server-side apply;
 //! - the `scale` subresource (`autoscaling/v1 Scale`) of deployments, replicasets and
 //!   statefulsets; `pods/{name}/log` from a store the test fills;
+//! - graceful deletion of pods bound to a node (marked Terminating, never removed: no kubelet);
 //! - list with `labelSelector` and `fieldSelector`, and watch from a resourceVersion.
 //!
 //! Not modelled: controllers (nothing reconciles a Deployment into pods; tests seed the whole
@@ -197,6 +198,8 @@ struct Inner {
     history: Vec<Event>,
     /// Pod logs by (namespace, pod).
     logs: HashMap<(String, String), String>,
+    /// Resources (plural) whose writes are refused with 403, as RBAC refuses them.
+    forbidden: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -313,6 +316,17 @@ impl KubeApi {
             .objects
             .get(&key)
             .map(|v| serde_json::from_value(v.clone()).unwrap())
+    }
+
+    /// Refuses every write to `plural` (e.g. `events`) with 403 Forbidden, as the API server
+    /// answers a client whose RBAC role lacks the verb.
+    pub fn forbid_writes(&self, plural: &str) {
+        self.emu
+            .inner
+            .lock()
+            .unwrap()
+            .forbidden
+            .push(plural.to_owned());
     }
 
     /// Sets the text `pods/{name}/log` returns for a pod.
@@ -645,6 +659,35 @@ async fn handle(
         Parsed::Object(t) => t,
         Parsed::Discovery(_) | Parsed::NotFound => return plain_not_found(uri.path()),
     };
+    if method != Method::GET
+        && emu
+            .inner
+            .lock()
+            .unwrap()
+            .forbidden
+            .iter()
+            .any(|p| p == target.t.plural)
+    {
+        // The Status RBAC denials carry (reason Forbidden, code 403).
+        let verb = match method {
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            _ => "delete",
+        };
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{} is forbidden: User \"system:serviceaccount:firebreak:firebreak\" cannot {verb} \
+                 resource \"{}\" in API group \"{}\"",
+                target.t.qualified(),
+                target.t.plural,
+                target.t.group
+            ),
+            json!({"kind": target.t.plural, "group": target.t.group}),
+        );
+    }
     let q = query(&uri);
     if target.t.namespaced && target.namespace.is_empty() && target.name.is_some() {
         return plain_not_found(uri.path());
@@ -934,6 +977,31 @@ fn delete(emu: &Emu, target: &Target, name: &str, body: &Bytes) -> Response {
             && Some(want) != old["metadata"][field].as_str()
         {
             return conflict(target.t, name);
+        }
+    }
+    // Graceful pod deletion (API reference, "Termination of Pods"): a pod bound to a node and
+    // deleted with a grace period above zero (DeleteOptions.gracePeriodSeconds, else the pod's
+    // spec.terminationGracePeriodSeconds, default 30) is only marked, with
+    // metadata.deletionTimestamp and deletionGracePeriodSeconds; the kubelet removes it once its
+    // containers stopped. No kubelet runs here, so it stays Terminating. An unbound pod, or
+    // gracePeriodSeconds 0, is removed at once.
+    if target.t.plural == "pods" && old["spec"]["nodeName"].is_string() {
+        let grace = options["gracePeriodSeconds"]
+            .as_i64()
+            .or_else(|| old["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30);
+        if grace > 0 {
+            if old["metadata"]["deletionTimestamp"].is_string() {
+                return axum::Json(old).into_response();
+            }
+            let mut marked = old.clone();
+            let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+            marked["metadata"]["deletionTimestamp"] =
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+            marked["metadata"]["deletionGracePeriodSeconds"] = grace.into();
+            let stored = inner.updated(target.t, &old, marked);
+            emu.store(&mut inner, target.t, k, Some(stored.clone()), "MODIFIED");
+            return axum::Json(stored).into_response();
         }
     }
     emu.store(&mut inner, target.t, k, None, "DELETED");
