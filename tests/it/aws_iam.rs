@@ -1370,3 +1370,144 @@ async fn the_iam_actions_work_with_exactly_the_permissions_they_declare() {
     quarantine_revoke_sessions_scenario(firebreak.clone(), &admin).await;
     rotate_scenario(firebreak.clone(), &admin, &server.endpoint).await;
 }
+
+/// The plans of every `aws.iam.*` action as `firebreak run --dry-run` prints them (text and
+/// `--format json`), with the key's secret held by the Kubernetes Secret and the Secrets
+/// Manager secret the rotation reads: the secret is never printed, and the dry-run changes
+/// nothing in IAM, Secrets Manager or the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_dry_run_renders_every_iam_plan_without_the_secret_and_changes_nothing() {
+    let aws = moto::aws().await;
+    let user = unique("cli");
+    let (key_id, secret) = user_with_key(&aws, &user).await;
+    let retired = unique("cli-retired");
+    let (retired_key, _) = user_with_key(&aws, &retired).await;
+    aws.iam()
+        .update_access_key()
+        .user_name(&retired)
+        .access_key_id(&retired_key)
+        .status(StatusType::Inactive)
+        .send()
+        .await
+        .unwrap();
+    let secret_id = format!("{user}/aws-credentials");
+    aws.secretsmanager()
+        .create_secret()
+        .name(&secret_id)
+        .secret_string(
+            json!({"AccessKeyId": key_id, "SecretAccessKey": secret.expose()}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let api = KubeApi::start().await;
+    seed_consumers(&api, &key_id, &secret);
+    let before = (keys(&aws, &user).await, keys(&aws, &retired).await);
+
+    let dir = tempfile::tempdir().unwrap();
+    let finding_file = |name: &str, user: &str, key: &str| {
+        let text = String::from_utf8(fixtures::bytes(TRUFFLEHOG_AWS)).unwrap();
+        let mut v: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        // As in `trufflehog_finding`: only the key id, account and user are moto's.
+        v["Redacted"] = json!(key);
+        v["Raw"] = serde_json::to_value(ByteString(key.as_bytes().to_vec())).unwrap();
+        v["ExtraData"]["account"] = json!(ACCOUNT);
+        v["ExtraData"]["arn"] = json!(format!("arn:aws:iam::{ACCOUNT}:user/{user}"));
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{v}\n")).unwrap();
+        path.display().to_string()
+    };
+    let active = finding_file("active.jsonl", &user, &key_id);
+    let inactive = finding_file("inactive.jsonl", &retired, &retired_key);
+    let cases = [
+        ("aws.iam.deactivate-access-key", "{}".to_owned(), &active),
+        (
+            "aws.iam.rotate-access-key",
+            format!(
+                "{{deliver: {{kubernetes_secret: {{namespace: {NS}, name: {SECRET}}}, secrets_manager: {{secret_id: {secret_id}}}}}}}"
+            ),
+            &active,
+        ),
+        ("aws.iam.delete-access-key", "{}".to_owned(), &inactive),
+        (
+            "aws.iam.quarantine-user",
+            "{mode: deny-all}".to_owned(),
+            &active,
+        ),
+    ];
+    let kinds: Vec<&str> = firebreak::action::ACTIONS
+        .iter()
+        .map(|a| a.kind())
+        .filter(|k| k.starts_with("aws.iam."))
+        .collect();
+    assert_eq!(kinds.len(), cases.len(), "every aws.iam action has a case");
+    for (kind, with, finding) in &cases {
+        let pdir = dir.path().join(kind);
+        std::fs::create_dir_all(&pdir).unwrap();
+        std::fs::write(
+            pdir.join("p.yaml"),
+            format!("name: conformance\nmatch: {{class: [credential-exposure]}}\nsteps:\n  - action: {kind}\n    with: {with}\n"),
+        )
+        .unwrap();
+        for format in ["table", "json"] {
+            let args: Vec<String> = [
+                "run",
+                "--dry-run",
+                "--no-store",
+                "--format",
+                format,
+                "--playbooks",
+                &pdir.display().to_string(),
+                "--finding",
+                finding,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            let base = api.base.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+                    .args(&args)
+                    .env_clear()
+                    .env("FIREBREAK_KUBERNETES__URL", base)
+                    .env("FIREBREAK_AWS__REGION", "us-east-1")
+                    .env("FIREBREAK_AWS__ENDPOINT_URL", moto::endpoint())
+                    .env("AWS_ACCESS_KEY_ID", "testing")
+                    .env("AWS_SECRET_ACCESS_KEY", "testing")
+                    .env("AWS_EC2_METADATA_DISABLED", "true")
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{kind} {format}: {stdout}\n{stderr}");
+            assert!(stdout.contains(kind), "{kind} {format}: no plan: {stdout}");
+            assert!(
+                !stdout.contains("NOT CONNECTED"),
+                "{kind} {format}: the dry-run did not reach moto and the emulator: {stdout}"
+            );
+            for shown in [&stdout, &stderr] {
+                assert_no_secret(&format!("{kind} {format}"), shown, &secret);
+            }
+        }
+    }
+    assert_eq!(api.writes(), 0, "the dry-runs wrote to the cluster");
+    assert_eq!(
+        (keys(&aws, &user).await, keys(&aws, &retired).await),
+        before,
+        "the dry-runs changed IAM"
+    );
+    assert_eq!(inline_policy(&aws, &user).await, None);
+    let stored = aws
+        .secretsmanager()
+        .get_secret_value()
+        .secret_id(&secret_id)
+        .send()
+        .await
+        .unwrap();
+    let stored: Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
+    assert_eq!(stored["AccessKeyId"], json!(key_id));
+}
