@@ -171,6 +171,22 @@ async fn read_policy(aws: &Aws, user: &str) -> Result<Option<Value>, ActionError
     }
 }
 
+/// Whether `doc` is a Firebreak quarantine in `mode` that already covers a finding observed at
+/// `observed_at`: deny-all always does; revoke-sessions does when its cutoff is not older than
+/// the finding (sessions issued after an older cutoff may be the ones the finding is about).
+fn covers(doc: &Value, mode: Mode, observed_at: chrono::DateTime<chrono::Utc>) -> bool {
+    if mode_of(doc) != Some(mode) {
+        return false;
+    }
+    if mode == Mode::DenyAll {
+        return true;
+    }
+    doc["Statement"][0]["Condition"]["DateLessThan"]["aws:TokenIssueTime"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|cutoff| cutoff >= observed_at)
+}
+
 /// The mode of a Firebreak quarantine document; `None` when the document is not Firebreak's.
 fn mode_of(doc: &Value) -> Option<Mode> {
     let statements = doc["Statement"].as_array()?;
@@ -283,7 +299,7 @@ impl Action for AwsIamQuarantineUser {
                 }
             };
             let draft = match current.as_ref().map(|d| (d, mode_of(d))) {
-                Some((_, Some(m))) if m == mode => PlanDraft {
+                Some((doc, Some(_))) if covers(doc, mode, input.finding.observed_at) => PlanDraft {
                     target: target(account.as_ref(), &user),
                     summary: format!(
                         "IAM user {user} is already quarantined ({} policy {POLICY_NAME})",
@@ -364,7 +380,10 @@ impl Action for AwsIamQuarantineUser {
                 }),
                 undo: undo.and_then(|u| serde_json::to_value(u).ok()),
             };
-            if let Some(doc) = live.as_ref().filter(|d| mode_of(d) == Some(mode)) {
+            if let Some(doc) = live
+                .as_ref()
+                .filter(|d| covers(d, mode, input.finding.observed_at))
+            {
                 // Planned as a no-op, or applied already (a retry after a crash).
                 return Ok(outcome("unchanged", Some(doc), None));
             }
@@ -439,5 +458,34 @@ impl Action for AwsIamQuarantineUser {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn at(t: &str) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339(t).unwrap().into()
+    }
+
+    #[test]
+    fn an_older_session_cutoff_does_not_cover_a_newer_finding() {
+        let doc = Mode::RevokeSessions.document("2026-01-01T00:00:00Z");
+        assert!(covers(
+            &doc,
+            Mode::RevokeSessions,
+            at("2025-12-31T23:00:00Z")
+        ));
+        assert!(!covers(
+            &doc,
+            Mode::RevokeSessions,
+            at("2026-01-02T00:00:00Z")
+        ));
+        assert!(!covers(&doc, Mode::DenyAll, at("2025-01-01T00:00:00Z")));
+        let deny = Mode::DenyAll.document("");
+        assert!(covers(&deny, Mode::DenyAll, at("2030-01-01T00:00:00Z")));
+        assert_eq!(mode_of(&json!({"Statement": [{"Sid": "Theirs"}]})), None);
     }
 }
