@@ -1003,6 +1003,94 @@ async fn a_rotation_that_failed_before_delivery_leaves_the_old_key_active_and_th
     assert_eq!(outcome.detail["deleted_orphans"], json!([lost]));
 }
 
+/// Lets the first CreateAccessKey reach moto (the key is created) and then answers the client
+/// with a 503, as a connection lost after the request landed would: the SDK retries, and a
+/// second key is created.
+struct LoseFirstAnswer {
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl crate::support::aws_proxy::Interceptor for LoseFirstAnswer {
+    fn intercept<'a>(
+        &'a self,
+        req: &'a crate::support::aws_proxy::ProxyRequest,
+        upstream: &'a str,
+    ) -> crate::support::aws_proxy::BoxFuture<'a, Option<crate::support::aws_proxy::ProxyResponse>>
+    {
+        Box::pin(async move {
+            if req.operation.as_deref() != Some("CreateAccessKey")
+                || self.lost.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return None;
+            }
+            let mut forward = reqwest::Client::new()
+                .request(req.method.clone(), format!("{upstream}{}", req.uri))
+                .body(req.body.clone());
+            for (name, value) in &req.headers {
+                forward = forward.header(name, value);
+            }
+            let landed = forward.send().await.unwrap();
+            assert!(landed.status().is_success(), "{landed:?}");
+            Some(crate::support::aws_proxy::ProxyResponse::query_error(
+                503,
+                "ServiceUnavailable",
+                "the answer was lost",
+            ))
+        })
+    }
+}
+
+/// The SDK retries a CreateAccessKey whose answer was lost and hits the two-key quota; the
+/// engine's next attempt deletes the key nobody saw the secret of and creates one, so exactly
+/// one new key remains.
+#[tokio::test]
+async fn a_create_access_key_retried_after_a_lost_answer_still_leaves_exactly_one_new_key() {
+    let proxy = AwsProxy::start(
+        moto::endpoint(),
+        Arc::new(LoseFirstAnswer {
+            lost: std::sync::atomic::AtomicBool::new(false),
+        }),
+    )
+    .await;
+    let aws = moto::aws_at(&proxy.endpoint, "testing", "testing").await;
+    let observer = moto::aws().await;
+    let user = unique("lost-answer");
+    let (old, old_secret) = user_with_key(&observer, &user).await;
+    let api = KubeApi::start().await;
+    seed_consumers(&api, &old, &old_secret);
+    let ctx = kube_ctx(&aws, &api);
+    let set = playbook("aws.iam.rotate-access-key", &rotate_with());
+    let applied = step(&set, &ctx, &trufflehog_finding(&user, &old), false).await;
+    assert_eq!(applied.status, StepStatus::Applied, "{applied:#?}");
+    let creates = proxy
+        .seen()
+        .iter()
+        .filter(|o| *o == "CreateAccessKey")
+        .count();
+    assert_eq!(
+        creates,
+        3,
+        "the SDK retried, then the engine: {:?}",
+        proxy.seen()
+    );
+    assert_eq!(
+        applied.attempts, 2,
+        "the quota error was retried: {applied:#?}"
+    );
+    let after = keys(&observer, &user).await;
+    let (new, _) = held(&api);
+    assert_eq!(after.len(), 2, "exactly one new key: {after:?}");
+    assert_eq!(after[&new], "Active");
+    assert_eq!(after[&old], "Inactive");
+    assert_eq!(
+        applied.outcome.unwrap().detail["deleted_orphans"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 /// CreateAccessKey throttled twice between Firebreak and moto: the SDK's retry carries the
 /// rotation through and exactly one new key exists.
 #[tokio::test]

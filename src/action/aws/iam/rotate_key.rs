@@ -744,7 +744,20 @@ async fn create_key(aws: &Aws, user: &str) -> Result<Held, ActionError> {
         .user_name(user)
         .send()
         .await
-        .map_err(|e| sdk_error(&format!("creating an access key for IAM user {user}"), &e))?;
+        .map_err(|e| {
+            let what = format!("creating an access key for IAM user {user}");
+            if error_code(&e) == Some("LimitExceeded") {
+                // Room was made before creating, so the key filling it is most likely one this
+                // rotation created whose answer was lost (and the SDK retried): the next
+                // attempt finds it through the baseline tag and deletes it.
+                ActionError::Retryable(format!(
+                    "{what}: the user's two keys are taken, probably by a key whose creation \
+                     answer was lost; the next attempt deletes it"
+                ))
+            } else {
+                sdk_error(&what, &e)
+            }
+        })?;
     let key = out.access_key().ok_or_else(|| {
         ActionError::Permanent("CreateAccessKey answered without a key".to_owned())
     })?;
