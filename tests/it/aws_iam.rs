@@ -1457,6 +1457,7 @@ async fn the_iam_actions_work_with_exactly_the_permissions_they_declare() {
     delete_scenario(firebreak.clone(), &admin).await;
     quarantine_revoke_sessions_scenario(firebreak.clone(), &admin).await;
     rotate_scenario(firebreak.clone(), &admin, &server.endpoint).await;
+    rotation_through_the_engine(firebreak.clone(), &admin, &server.endpoint).await;
 }
 
 /// The plans of every `aws.iam.*` action as `firebreak run --dry-run` prints them (text and
