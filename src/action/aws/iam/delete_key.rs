@@ -176,15 +176,13 @@ impl Action for AwsIamDeleteAccessKey {
         })
     }
 
+    /// Nothing to undo: a deleted access key cannot be restored (the plan says the action is
+    /// not reversible), and its outcome carries no undo record.
     fn rollback<'a>(
         &'a self,
         _ctx: &'a ActionCtx,
         _outcome: &'a Outcome,
     ) -> BoxFuture<'a, Result<(), ActionError>> {
-        Box::pin(async move {
-            Err(ActionError::Permanent(
-                "a deleted access key cannot be restored".to_owned(),
-            ))
-        })
+        Box::pin(async { Ok(()) })
     }
 }
