@@ -756,6 +756,20 @@ async fn rotate_scenario(aws: Aws, observer: &Aws, endpoint: &str) {
         template_annotations(&api, "frontend").is_empty(),
         "unrelated workload untouched"
     );
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(api.client(), NS);
+    let events = events.list(&Default::default()).await.unwrap().items;
+    let about = |name: &str| {
+        events.iter().any(|e| {
+            e.reason.as_deref() == Some("FirebreakRemediation")
+                && e.involved_object.name.as_deref() == Some(name)
+                && e.message.as_deref().is_some_and(|m| m.contains(&new))
+        })
+    };
+    assert!(
+        about(APP) && about(SECRET),
+        "kubectl describe shows the rotation: {events:#?}"
+    );
     let rendered = serde_json::to_string(&applied).unwrap();
     assert_no_secret("the step report", &rendered, &new_secret);
 

@@ -38,7 +38,9 @@ use serde_json::{Value, json};
 
 use super::{KeyRef, KeyState, check_account, key_path, key_user, list_keys, set_status};
 use crate::action::aws::{connected, connection, error_code, not_connected_plan, sdk_error};
-use crate::action::kubernetes::{kube_error, render_problems, undo_of};
+use crate::action::kubernetes::{
+    EVENTS_CREATE, Involved, kube_error, record_event, render_problems, undo_of,
+};
 use crate::action::{
     Action, ActionCtx, ActionError, BoxFuture, Change, Outcome, ParamProblem, Permission, Plan,
     PlanDraft, StepInput, typed_params,
@@ -767,11 +769,12 @@ async fn create_key(aws: &Aws, user: &str) -> Result<Held, ActionError> {
     })
 }
 
+/// Writes the key to the Secret (creating it if needed); returns the Secret's uid.
 async fn deliver_kube(
     client: &kube::Client,
     t: &KubeTarget,
     held: &Held,
-) -> Result<(), ActionError> {
+) -> Result<String, ActionError> {
     let api = Api::<Secret>::namespaced(client.clone(), &t.namespace);
     let shown = format!("Secret {}/{}", t.namespace, t.name);
     let mut data = BTreeMap::new();
@@ -788,14 +791,14 @@ async fn deliver_kube(
         .await
         .map_err(|e| kube_error(&format!("reading {shown}"), e))?
         .is_some();
-    if exists {
+    let written = if exists {
         api.patch(
             &t.name,
             &PatchParams::default(),
             &Patch::Merge(&json!({ "data": data })),
         )
         .await
-        .map_err(|e| kube_error(&format!("writing the new key to {shown}"), e))?;
+        .map_err(|e| kube_error(&format!("writing the new key to {shown}"), e))?
     } else {
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
@@ -809,9 +812,9 @@ async fn deliver_kube(
         };
         api.create(&kube::api::PostParams::default(), &secret)
             .await
-            .map_err(|e| kube_error(&format!("creating {shown}"), e))?;
-    }
-    Ok(())
+            .map_err(|e| kube_error(&format!("creating {shown}"), e))?
+    };
+    Ok(written.metadata.uid.unwrap_or_default())
 }
 
 async fn deliver_secrets_manager(
@@ -889,21 +892,45 @@ async fn verify(aws: &Aws, user: &str, held: &Held) -> Result<(), ActionError> {
     )))
 }
 
+/// Rolls the Deployment's pods (a pod-template annotation); returns its uid.
 async fn roll(
     client: &kube::Client,
     namespace: &str,
     name: &str,
     new_key: &str,
-) -> Result<(), ActionError> {
+) -> Result<String, ActionError> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {
         ROTATED_AT: now, ROTATED_KEY: new_key,
     }}}}});
-    Api::<Deployment>::namespaced(client.clone(), namespace)
+    let rolled = Api::<Deployment>::namespaced(client.clone(), namespace)
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| kube_error(&format!("rolling Deployment {namespace}/{name}"), e))?;
-    Ok(())
+    Ok(rolled.metadata.uid.unwrap_or_default())
+}
+
+/// Records a Kubernetes Event on an object the rotation changed (best-effort).
+async fn event(
+    client: &kube::Client,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    uid: String,
+    message: &str,
+) {
+    let (api_version, kind) = match kind {
+        "Secret" => ("v1", "Secret"),
+        _ => ("apps/v1", "Deployment"),
+    };
+    let involved = Involved {
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+        namespace: Some(namespace.to_owned()),
+        name: name.to_owned(),
+        uid,
+    };
+    record_event(client, &involved, "aws.iam.rotate-access-key", message).await;
 }
 
 /// `e` with every occurrence of the secret masked: a peer's error text should never carry it,
@@ -965,6 +992,7 @@ impl Action for AwsIamRotateAccessKey {
             Permission::new("kubernetes", "core/secrets:patch"),
             Permission::new("kubernetes", "apps/deployments:list"),
             Permission::new("kubernetes", "apps/deployments:patch"),
+            EVENTS_CREATE,
         ];
         PERMISSIONS
     }
@@ -1069,9 +1097,15 @@ impl Action for AwsIamRotateAccessKey {
             if steps.deliver_kube
                 && let (Some(t), Some(c)) = (&params.deliver.kubernetes_secret, &kube)
             {
-                deliver_kube(c, t, &held)
+                let uid = deliver_kube(c, t, &held)
                     .await
                     .map_err(|e| masked(e, &held))?;
+                let message = format!(
+                    "Firebreak wrote the new access key {} of IAM user {user} here (rotation of \
+                     exposed key {old})",
+                    held.id
+                );
+                event(c, "Secret", &t.namespace, &t.name, uid, &message).await;
             }
             if steps.deliver_secrets_manager
                 && let Some(t) = &params.deliver.secrets_manager
@@ -1088,7 +1122,13 @@ impl Action for AwsIamRotateAccessKey {
             }
             if let (Some(t), Some(c)) = (&params.deliver.kubernetes_secret, &kube) {
                 for name in &steps.roll {
-                    roll(c, &t.namespace, name, &held.id).await?;
+                    let uid = roll(c, &t.namespace, name, &held.id).await?;
+                    let message = format!(
+                        "Firebreak rolled this Deployment so its pods read the new access key {} \
+                         from Secret {} (rotation of exposed key {old})",
+                        held.id, t.name
+                    );
+                    event(c, "Deployment", &t.namespace, name, uid, &message).await;
                 }
             }
             if steps.deactivate_old {
