@@ -1614,3 +1614,78 @@ async fn the_cli_dry_run_renders_every_iam_plan_without_the_secret_and_changes_n
     let stored: Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
     assert_eq!(stored["AccessKeyId"], json!(key_id));
 }
+
+/// A console sign-in GuardDuty reported through Security Hub names the user and no access key:
+/// the contain playbook quarantines the user, says the key step does not apply, and still
+/// notifies.
+#[tokio::test]
+async fn the_contain_playbook_on_a_console_login_quarantines_and_still_notifies() {
+    let aws = moto::aws().await;
+    let user = unique("console");
+    aws.iam()
+        .create_user()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap();
+    // The real Security Hub event with only the account and the user replaced by moto's.
+    let text = String::from_utf8(fixtures::bytes(
+        "securityhub/eventbridge-custom-action-guardduty-iam-consolelogin.json",
+    ))
+    .unwrap()
+    .replace("644160558196", ACCOUNT)
+    .replace(
+        "\"UserName\": \"kapil\"",
+        &format!("\"UserName\": \"{user}\""),
+    );
+    let mut findings = parse("securityhub.json", text.as_bytes());
+    assert_eq!(findings.len(), 1);
+    let finding = findings.remove(0);
+    let rx = Receiver::start().await;
+    let mut ctx = ctx(&aws);
+    ctx.webhooks = Arc::new(BTreeMap::from([(
+        "security".to_owned(),
+        WebhookEndpoint {
+            url: Redacted::new(rx.url("/security")),
+        },
+    )]));
+    let pbs = playbook_set(
+        "contain-compromised-iam-user.yaml",
+        &shipped("contain-compromised-iam-user.yaml"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir.path().join("ledger.db")).await);
+    let finding_id = finding.id.to_string();
+    record(&store, finding).await;
+    let w = engine(&store, pbs, ctx);
+    drain(&w).await;
+    let pending = store.pending_approvals().await.unwrap();
+    assert_eq!(pending.len(), 1, "approval is required");
+    assert!(
+        store
+            .decide(
+                &pending[0].execution_id,
+                true,
+                "cli:alice",
+                "confirmed with the user"
+            )
+            .await
+            .unwrap()
+    );
+    drain(&w).await;
+    let policy = inline_policy(&aws, &user).await.unwrap();
+    assert_eq!(policy["Statement"][0]["Sid"], "FirebreakQuarantineDenyAll");
+    let rows = store.executions_of(&finding_id).await.unwrap();
+    let steps = &rows[0].steps;
+    assert_eq!(steps[0].status, "applied");
+    assert_eq!(steps[1].status, "failed");
+    assert!(
+        steps[1]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("names no AWS access key")),
+        "{steps:#?}"
+    );
+    assert_eq!(steps[2].status, "applied", "{steps:#?}");
+    assert_eq!(rx.requests().len(), 1, "the security team is told");
+}
