@@ -243,24 +243,41 @@ async fn a_plan_only_reads_and_a_finding_about_another_account_is_refused() {
     let (proxy, aws) = recorded(moto::endpoint()).await;
     let user = unique("leaky");
     let (key_id, _) = user_with_key(&observer, &user).await;
+    let retired = unique("retired");
+    let (retired_key, _) = user_with_key(&observer, &retired).await;
+    observer
+        .iam()
+        .update_access_key()
+        .user_name(&retired)
+        .access_key_id(&retired_key)
+        .status(StatusType::Inactive)
+        .send()
+        .await
+        .unwrap();
+    let secret_id = format!("{user}/aws-credentials");
+    observer
+        .secretsmanager()
+        .create_secret()
+        .name(&secret_id)
+        .send()
+        .await
+        .unwrap();
     let ctx = ctx(&aws);
-    for kind in [
-        "aws.iam.deactivate-access-key",
-        "aws.iam.quarantine-user",
-        "aws.iam.rotate-access-key",
-    ] {
-        let with = if kind == "aws.iam.rotate-access-key" {
-            "{deliver: {secrets_manager: {secret_id: nowhere}}}"
-        } else {
-            "{}"
-        };
-        let _ = step(
-            &playbook(kind, with),
-            &ctx,
-            &trufflehog_finding(&user, &key_id),
-            true,
-        )
-        .await;
+    let rotate = format!("{{deliver: {{secrets_manager: {{secret_id: {secret_id}}}}}}}");
+    let cases = [
+        ("aws.iam.deactivate-access-key", "{}", (&user, &key_id)),
+        ("aws.iam.quarantine-user", "{}", (&user, &key_id)),
+        (
+            "aws.iam.rotate-access-key",
+            rotate.as_str(),
+            (&user, &key_id),
+        ),
+        ("aws.iam.delete-access-key", "{}", (&retired, &retired_key)),
+    ];
+    for (kind, with, (u, k)) in cases {
+        let planned = step(&playbook(kind, with), &ctx, &trufflehog_finding(u, k), true).await;
+        assert_eq!(planned.status, StepStatus::Planned, "{kind}: {planned:#?}");
+        assert!(!planned.plan.unwrap().noop, "{kind}");
     }
     let seen = proxy.seen();
     assert!(!seen.is_empty());
