@@ -1706,3 +1706,40 @@ async fn the_contain_playbook_on_a_console_login_quarantines_and_still_notifies(
     assert_eq!(steps[2].status, "applied", "{steps:#?}");
     assert_eq!(rx.requests().len(), 1, "the security team is told");
 }
+
+/// The Secret holds another key of the user whose secret is wrong (a hand edit gone bad): the
+/// rotation does not carry on with it, does not delete it and creates nothing; it says what to
+/// fix. Needs IAM enforcement: only then does a wrong secret fail to authenticate.
+#[tokio::test]
+async fn rotation_refuses_to_carry_on_with_a_delivered_key_that_does_not_work() {
+    let (server, admin, firebreak) = least_privilege().await;
+    let user = unique("broken");
+    let (old, _) = user_with_key(&admin, &user).await;
+    let other = admin
+        .iam()
+        .create_access_key()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap();
+    let other = other.access_key().unwrap().access_key_id().to_owned();
+    let api = KubeApi::start().await;
+    let wrong = Redacted::new(["not", "the", "right", "secret"].join("-"));
+    seed_consumers(&api, &other, &wrong);
+    let ctx = kube_ctx(&firebreak, &api);
+    let set = playbook("aws.iam.rotate-access-key", &rotate_with());
+    let report = step(&set, &ctx, &trufflehog_finding(&user, &old), false).await;
+    assert_eq!(report.status, StepStatus::Failed, "{report:#?}");
+    let error = report.error.unwrap();
+    assert!(
+        error.contains(&format!("holds access key {other}")),
+        "{error}"
+    );
+    assert!(error.contains("does not work"), "{error}");
+    assert_no_secret("the error", &error, &wrong);
+    let after = keys(&admin, &user).await;
+    assert_eq!(after.len(), 2, "nothing created or deleted: {after:?}");
+    assert_eq!(after[&old], "Active", "the old key keeps working");
+    assert_eq!(after[&other], "Active");
+    drop(server);
+}

@@ -1080,7 +1080,22 @@ impl Action for AwsIamRotateAccessKey {
                 delete_key(aws, &user, id).await?;
             }
             let (held, created) = match state.delivered(old) {
-                Some(h) => (h.clone(), false),
+                Some(h) => {
+                    // Carry on only with a key that works; one that does not is not ours to
+                    // delete (someone else may hold its right secret): say so.
+                    verify(aws, &user, h).await.map_err(|e| {
+                        masked(
+                            ActionError::Permanent(format!(
+                                "the delivery target holds access key {} of IAM user {user}, \
+                                 which does not work ({e}); put a working key there, or delete \
+                                 key {} if nobody uses it, then run again",
+                                h.id, h.id
+                            )),
+                            h,
+                        )
+                    })?;
+                    (h.clone(), false)
+                }
                 None => {
                     let remaining: Vec<String> = state
                         .keys
