@@ -6,6 +6,7 @@
 //! [`ActionError::Drift`] if it changed since planning. A second apply of the same plan is a no-op.
 
 mod aws;
+pub mod iam_policy;
 mod kubernetes;
 mod notify;
 pub mod rbac;
@@ -24,6 +25,7 @@ use crate::finding::Finding;
 
 pub use aws::{
     AwsIamDeactivateAccessKey, AwsIamDeleteAccessKey, AwsIamQuarantineUser, AwsIamRotateAccessKey,
+    AwsS3BlockPublicAccess, AwsSecurityHubUpdateFinding,
 };
 pub use kubernetes::{
     EVENT_REASON, KubernetesAnnotate, KubernetesCaptureEvidence, KubernetesCordonNode,
@@ -44,6 +46,8 @@ pub static ACTIONS: &[&dyn Action] = &[
     &KubernetesLabel,
     &KubernetesAnnotate,
     &KubernetesCordonNode,
+    &AwsS3BlockPublicAccess,
+    &AwsSecurityHubUpdateFinding,
     &AwsIamDeactivateAccessKey,
     &AwsIamRotateAccessKey,
     &AwsIamDeleteAccessKey,

@@ -360,6 +360,8 @@ pub enum ActionsCmd {
     /// Print the Kubernetes RBAC (ServiceAccount, ClusterRole, binding) the actions need: what
     /// `deploy/rbac.yaml` holds.
     Rbac,
+    /// Print the IAM policy (JSON) the AWS actions need: what `deploy/iam-policy.json` holds.
+    IamPolicy,
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -402,6 +404,10 @@ pub fn main(cli: Cli) -> ExitCode {
 fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // The AWS SDK's deserialisers of large documents (a full Security Hub finding, read on
+        // a task of its own by `aws.securityhub.update-finding`) need more than the default
+        // 2 MiB of stack, and more than 8 MiB in a debug build.
+        .thread_stack_size(16 << 20)
         .build()
         .map_err(|e| {
             output::error(&format!("cannot start the async runtime: {e}"), None);
@@ -452,6 +458,10 @@ fn dispatch(command: Command, config: &Config) -> Exit {
         Command::Actions(ActionsCmd::List { format }) => catalog::actions(format),
         Command::Actions(ActionsCmd::Rbac) => {
             output::text(&crate::action::rbac::kubernetes_rbac());
+            Exit::Ok
+        }
+        Command::Actions(ActionsCmd::IamPolicy) => {
+            output::text(&crate::action::iam_policy::aws_iam_policy());
             Exit::Ok
         }
         Command::Audit(AuditCmd::List {

@@ -217,6 +217,9 @@ pub fn run_table(doc: &RunDocument<'_>) {
         }
         for e in execs {
             outln!("  playbook {}", e.playbook);
+            if let Some(approval) = &e.approval {
+                outln!("    asks first: {approval}");
+            }
             for (i, s) in e.steps.iter().enumerate() {
                 let status = match s.status {
                     StepStatus::Planned => "planned",

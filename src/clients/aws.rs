@@ -7,16 +7,23 @@
 //! place Firebreak lets it happen. Tests pass static credentials and point `endpoint_url` at
 //! moto instead. Whether credentials were found is probed once, with a bound, at [`Aws::load`]:
 //! [`Aws::credentials`] tells the service whether AWS actions can run or only plan.
+//!
+//! Other accounts (`aws.accounts`) are reached through a role: [`Aws::for_account`] gives the
+//! configuration for an account, with credentials from STS `AssumeRole` signed by the base
+//! credentials, built once per account and shared (the SDK caches the assumed credentials and
+//! refreshes them before they expire). An account not configured gets the base credentials.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
-use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
-use crate::config::AwsConfig;
+use crate::config::{AwsAccountConfig, AwsConfig};
 
 /// How long the credential probe may take: the default chain ends with the EC2 metadata
 /// service, which on a machine outside AWS only fails after its own timeouts.
@@ -55,11 +62,56 @@ impl fmt::Display for CredentialStatus {
     }
 }
 
+/// Whose credentials an [`Aws`] signs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The base credentials (the default chain, the profile, or the test's static ones).
+    Base,
+    /// A role of `account` assumed with the base credentials (`aws.accounts`).
+    AssumedRole {
+        /// The account id.
+        account: String,
+        /// The role assumed.
+        role_arn: String,
+    },
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Base => f.write_str("the base credentials"),
+            Self::AssumedRole { account, role_arn } => {
+                write!(f, "role {role_arn} assumed for account {account}")
+            }
+        }
+    }
+}
+
+/// Why no configuration could be made for an account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    /// `aws.accounts.<id>.role_arn` is empty or not an IAM role ARN.
+    #[error(
+        "aws.accounts.{account}.role_arn: `{role_arn}` is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
+    )]
+    BadRoleArn {
+        /// The account id.
+        account: String,
+        /// What was configured.
+        role_arn: String,
+    },
+}
+
 /// The shared AWS SDK configuration and what the credential probe found.
 #[derive(Clone)]
 pub struct Aws {
     sdk: SdkConfig,
     credentials: CredentialStatus,
+    identity: Identity,
+    /// `aws.accounts`, shared by every clone.
+    accounts: Arc<BTreeMap<String, AwsAccountConfig>>,
+    /// The configuration per assumed account, built on first use and shared by every clone.
+    assumed: Arc<Mutex<HashMap<String, Aws>>>,
 }
 
 impl fmt::Debug for Aws {
@@ -68,6 +120,8 @@ impl fmt::Debug for Aws {
             .field("region", &self.region())
             .field("endpoint_url", &self.sdk.endpoint_url())
             .field("credentials", &self.credentials)
+            .field("identity", &self.identity)
+            .field("accounts", &self.accounts.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +147,9 @@ impl Aws {
         if !cfg.endpoint_url.trim().is_empty() {
             loader = loader.endpoint_url(cfg.endpoint_url.trim());
         }
+        if !cfg.profile.trim().is_empty() {
+            loader = loader.profile_name(cfg.profile.trim());
+        }
         if let Some(c) = credentials {
             loader = loader.credentials_provider(c);
         }
@@ -102,7 +159,81 @@ impl Aws {
         loader = loader.retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
         let sdk = loader.load().await;
         let credentials = probe(&sdk).await;
-        Self { sdk, credentials }
+        Self {
+            sdk,
+            credentials,
+            identity: Identity::Base,
+            accounts: Arc::new(cfg.accounts.clone()),
+            assumed: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The configuration to act on resources of `account` with: for an account of
+    /// `aws.accounts`, credentials from STS `AssumeRole` of its role (signed with the base
+    /// credentials; STS is called when a client first signs a request), built once per account;
+    /// for any other account, this configuration (the base credentials). [`Aws::identity`]
+    /// says which.
+    ///
+    /// # Errors
+    /// When the account's configured role ARN is not an IAM role ARN.
+    pub async fn for_account(&self, account: &str) -> Result<Aws, AccountError> {
+        let Some(role) = self.accounts.get(account) else {
+            return Ok(self.clone());
+        };
+        if let Some(cached) = self
+            .assumed
+            .lock()
+            .ok()
+            .and_then(|m| m.get(account).cloned())
+        {
+            return Ok(cached);
+        }
+        let role_arn = role.role_arn.trim();
+        if !role_arn.starts_with("arn:") || !role_arn.contains(":role/") {
+            return Err(AccountError::BadRoleArn {
+                account: account.to_owned(),
+                role_arn: role_arn.to_owned(),
+            });
+        }
+        let mut builder = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+            .session_name(if role.session_name.trim().is_empty() {
+                "firebreak"
+            } else {
+                role.session_name.trim()
+            })
+            .configure(&self.sdk);
+        if let Some(id) = role.external_id.as_deref().filter(|id| !id.is_empty()) {
+            builder = builder.external_id(id);
+        }
+        let provider = builder.build().await;
+        let sdk = self
+            .sdk
+            .to_builder()
+            .credentials_provider(SharedCredentialsProvider::new(provider))
+            .build();
+        let aws = Aws {
+            sdk,
+            // Assuming the role needs the base credentials; whether the role can be assumed
+            // shows on the first call.
+            credentials: self.credentials.clone(),
+            identity: Identity::AssumedRole {
+                account: account.to_owned(),
+                role_arn: role_arn.to_owned(),
+            },
+            accounts: Arc::clone(&self.accounts),
+            assumed: Arc::clone(&self.assumed),
+        };
+        if let Ok(mut m) = self.assumed.lock() {
+            // Two concurrent first uses both build one; the first kept wins, both work.
+            return Ok(m.entry(account.to_owned()).or_insert(aws).clone());
+        }
+        Ok(aws)
+    }
+
+    /// Whose credentials this configuration signs with.
+    #[must_use]
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// What the credential probe found.
@@ -157,6 +288,29 @@ impl Aws {
         aws_sdk_s3::Client::from_conf(conf)
     }
 
+    /// An S3 client for a bucket in `region`: S3 answers for a bucket only in the bucket's own
+    /// region (elsewhere a `PermanentRedirect`). `None`: the configured region.
+    #[must_use]
+    pub fn s3_in(&self, region: Option<&str>) -> aws_sdk_s3::Client {
+        let mut conf = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .force_path_style(self.sdk.endpoint_url().is_some());
+        if let Some(r) = region.map(str::trim).filter(|r| !r.is_empty()) {
+            conf = conf.region(Region::new(r.to_owned()));
+        }
+        aws_sdk_s3::Client::from_conf(conf.build())
+    }
+
+    /// A Security Hub client for a finding of `region` (findings live in the region that
+    /// recorded them, or the aggregation region). `None`: the configured region.
+    #[must_use]
+    pub fn securityhub_in(&self, region: Option<&str>) -> aws_sdk_securityhub::Client {
+        let mut conf = aws_sdk_securityhub::config::Builder::from(&self.sdk);
+        if let Some(r) = region.map(str::trim).filter(|r| !r.is_empty()) {
+            conf = conf.region(Region::new(r.to_owned()));
+        }
+        aws_sdk_securityhub::Client::from_conf(conf.build())
+    }
+
     /// An STS client.
     #[must_use]
     pub fn sts(&self) -> aws_sdk_sts::Client {
@@ -207,6 +361,7 @@ mod tests {
         AwsConfig {
             region: "us-east-1".to_owned(),
             endpoint_url: "http://127.0.0.1:1".to_owned(),
+            ..AwsConfig::default()
         }
     }
 

@@ -297,6 +297,35 @@ pub struct AwsConfig {
     /// Send every AWS API call here instead of the AWS endpoint (moto in tests, a VPC or
     /// FIPS endpoint); empty: the AWS endpoint for the region.
     pub endpoint_url: String,
+    /// A named profile of `~/.aws/config` for the base credentials; empty: the SDK's default
+    /// chain (`AWS_PROFILE`, else `default`).
+    pub profile: String,
+    /// Accounts acted on through a role, by 12-digit account id: an action on a resource of
+    /// one of these accounts uses credentials from STS `AssumeRole` (with the base
+    /// credentials); a resource of any other account is acted on with the base credentials.
+    pub accounts: BTreeMap<String, AwsAccountConfig>,
+}
+
+/// One account Firebreak reaches through a role (`aws.accounts.<account id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsAccountConfig {
+    /// The role to assume, e.g. `arn:aws:iam::210987654321:role/firebreak`.
+    pub role_arn: String,
+    /// The external id the role's trust policy requires, if it requires one.
+    pub external_id: Option<String>,
+    /// The role session name (shown in CloudTrail as who acted).
+    pub session_name: String,
+}
+
+impl Default for AwsAccountConfig {
+    fn default() -> Self {
+        Self {
+            role_arn: String::new(),
+            external_id: None,
+            session_name: "firebreak".to_owned(),
+        }
+    }
 }
 
 /// `kubernetes:` section: which API server(s) the `kubernetes.*` actions talk to (see

@@ -86,6 +86,9 @@ pub struct Execution {
     pub playbook: String,
     /// Steps in order.
     pub steps: Vec<StepReport>,
+    /// What must happen before the playbook applies anything, when it asks first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 /// A playbook that matched but did not act, and why.
@@ -170,6 +173,7 @@ pub async fn run(
                         finding_id: finding.id.to_string(),
                         playbook: ev.playbook.name.clone(),
                         steps,
+                        approval: ev.playbook.approval.describe(),
                     });
                 }
                 Decision::Excluded(reason) | Decision::WhenError(reason) => {

@@ -105,12 +105,11 @@ fn add_execution(report: &mut RunReport, set: &PlaybookSet, finding_id: &str, ro
         });
         return;
     }
-    let kinds: Vec<&str> = set
-        .playbooks()
-        .iter()
-        .find(|p| p.name == row.playbook)
+    let playbook = set.playbooks().iter().find(|p| p.name == row.playbook);
+    let kinds: Vec<&str> = playbook
         .map(|p| p.steps.iter().map(|s| s.action.kind()).collect())
         .unwrap_or_default();
+    let approval = playbook.and_then(|p| p.approval.describe());
     let mut steps: Vec<StepReport> = row.steps.into_iter().map(step_report).collect();
     // Steps never reached (an earlier one failed and stopped the playbook).
     for kind in kinds.iter().skip(steps.len()) {
@@ -136,6 +135,7 @@ fn add_execution(report: &mut RunReport, set: &PlaybookSet, finding_id: &str, ro
         finding_id: finding_id.to_owned(),
         playbook: row.playbook,
         steps,
+        approval,
     });
 }
 

@@ -220,6 +220,8 @@ impl ParserChoice {
 pub fn parse_input(source: &str, bytes: &[u8], choice: ParserChoice) -> ParseReport {
     let mut report = ParseReport::default();
     let mut documents = decode(source, bytes, &mut report);
+    // Nearly every record becomes one finding: grow the vector once, not by doubling.
+    report.findings.reserve(documents.len());
     for doc in &mut documents {
         match choice {
             ParserChoice::Fixed(p) => p.parse(doc, &mut report),

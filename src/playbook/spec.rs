@@ -238,6 +238,24 @@ pub enum ApprovalSpec {
     Github(Box<GithubApproval>),
 }
 
+impl ApprovalSpec {
+    /// What must happen before anything is applied, in one line (`None` when nothing must).
+    #[must_use]
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Self::None => None,
+            Self::Github(gh) => Some(format!(
+                "{} approval(s) from {} on a pull request in {}, within {}; until then only \
+                 planned (break-glass: `firebreak approvals approve`)",
+                gh.min.value,
+                gh.reviewers.value.join(", "),
+                gh.repo.value,
+                gh.expires
+            )),
+        }
+    }
+}
+
 /// Where and by whom a plan is approved.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -306,6 +324,18 @@ pub enum OnFailure {
 /// A duration written as `30s`, `10m`, `2h` or `1d`; stored in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct DurationSpec(pub u64);
+
+impl std::fmt::Display for DurationSpec {
+    /// The largest whole unit: `4h`, `90m`, `45s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            s if s > 0 && s % 86_400 == 0 => write!(f, "{}d", s / 86_400),
+            s if s > 0 && s % 3_600 == 0 => write!(f, "{}h", s / 3_600),
+            s if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
 
 impl FromStr for DurationSpec {
     type Err = String;
@@ -739,5 +769,14 @@ mod tests {
         assert_eq!("1d".parse::<DurationSpec>().unwrap(), DurationSpec(86_400));
         assert!("10 minutes".parse::<DurationSpec>().is_err());
         assert!("".parse::<DurationSpec>().is_err());
+    }
+
+    #[test]
+    fn durations_print_in_their_largest_whole_unit() {
+        for text in ["45s", "90m", "4h", "1d", "36h"] {
+            let d: DurationSpec = text.parse().unwrap();
+            assert_eq!(d.to_string(), text);
+        }
+        assert_eq!(DurationSpec(0).to_string(), "0s");
     }
 }

@@ -56,7 +56,7 @@ fn parse(name: &str, bytes: &[u8]) -> Vec<Finding> {
 
 /// The real trufflehog AWS result with only the key id (`Redacted`, `Raw`), the account and
 /// the user (`ExtraData`) replaced by moto's.
-fn trufflehog_finding(user: &str, key_id: &str) -> Finding {
+pub(crate) fn trufflehog_finding(user: &str, key_id: &str) -> Finding {
     let text = String::from_utf8(fixtures::bytes(TRUFFLEHOG_AWS)).unwrap();
     let mut v: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     v["Redacted"] = json!(key_id);
@@ -84,7 +84,7 @@ fn gitleaks_finding(key_id: &str) -> Finding {
 
 /// The real GuardDuty `UnauthorizedAccess:IAMUser/TorIPCaller` event with only the access key,
 /// the user and the account replaced by moto's.
-fn guardduty_finding(user: &str, key_id: &str) -> Finding {
+pub(crate) fn guardduty_finding(user: &str, key_id: &str) -> Finding {
     let mut v: Value = serde_json::from_slice(&fixtures::bytes(fixtures::GD_TOR_IAM)).unwrap();
     v["account"] = json!(ACCOUNT);
     v["detail"]["accountId"] = json!(ACCOUNT);
@@ -100,7 +100,7 @@ fn guardduty_finding(user: &str, key_id: &str) -> Finding {
 // AWS helpers (all reads go through the SDK).
 
 /// A fresh IAM user with one access key; returns the key id and its secret.
-async fn user_with_key(aws: &Aws, user: &str) -> (String, Redacted<String>) {
+pub(crate) async fn user_with_key(aws: &Aws, user: &str) -> (String, Redacted<String>) {
     let iam = aws.iam();
     iam.create_user().user_name(user).send().await.unwrap();
     let key = iam

@@ -250,3 +250,27 @@ fn webhook_urls_never_appear_in_debug_or_serialised_config() {
         assert!(out.contains("[REDACTED]"), "{out}");
     }
 }
+
+#[test]
+fn aws_accounts_and_profile_load_from_file_with_defaults() {
+    let f = file(
+        "aws:\n  region: eu-west-1\n  profile: security\n  accounts:\n    \"210987654321\":\n      \
+         role_arn: arn:aws:iam::210987654321:role/firebreak\n    \"310987654321\":\n      \
+         role_arn: arn:aws:iam::310987654321:role/firebreak\n      external_id: ext-1\n      \
+         session_name: fb\n",
+    );
+    let cfg = load(Some(f.path()), &[], &[]).expect("loads");
+    assert_eq!(cfg.aws.profile, "security");
+    let a = &cfg.aws.accounts["210987654321"];
+    assert_eq!(a.role_arn, "arn:aws:iam::210987654321:role/firebreak");
+    assert_eq!(a.external_id, None);
+    assert_eq!(a.session_name, "firebreak", "the default session name");
+    let b = &cfg.aws.accounts["310987654321"];
+    assert_eq!(b.external_id.as_deref(), Some("ext-1"));
+    assert_eq!(b.session_name, "fb");
+    // A configuration without the new keys still loads (backward compatible).
+    let old = file("aws:\n  region: eu-west-1\n  endpoint_url: \"\"\n");
+    let cfg = load(Some(old.path()), &[], &[]).expect("loads");
+    assert!(cfg.aws.accounts.is_empty());
+    assert_eq!(cfg.aws.profile, "");
+}

@@ -1335,6 +1335,12 @@ async fn isolate_runtime_threat_only_plans_without_an_approval() {
         "{isolate:#?}"
     );
     assert!(policy(&api).is_none(), "nothing isolated before approval");
+    // The report says why nothing was applied, and who must approve.
+    let asks = isolate.approval.as_deref().unwrap_or_default();
+    assert!(
+        asks.contains("@org/security") && asks.contains("org/infra") && asks.contains("4h"),
+        "{asks}"
+    );
 }
 
 #[tokio::test]

@@ -1,8 +1,12 @@
 //! Firebreak's integration tests: one binary, one module per area (see STYLE.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod aws_accounts;
+mod aws_enforcement;
 mod aws_iam;
 mod aws_peers;
+mod aws_s3;
+mod aws_securityhub;
 mod cli;
 mod config;
 mod engine;

@@ -8,20 +8,24 @@
 //! Permissions are written as IAM actions (`iam:UpdateAccessKey`); `deploy/iam-policy.json` is
 //! generated from them.
 
-// The actions that use these helpers arrive in the following commits.
+// The IAM actions that use the remaining helpers arrive in the following commits.
 #![allow(dead_code)]
 
 mod iam;
+mod s3;
+mod securityhub;
 
 pub use iam::{
     AwsIamDeactivateAccessKey, AwsIamDeleteAccessKey, AwsIamQuarantineUser, AwsIamRotateAccessKey,
 };
+pub use s3::AwsS3BlockPublicAccess;
+pub use securityhub::AwsSecurityHubUpdateFinding;
 
 use aws_sdk_iam::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use serde_json::{Value, json};
 
 use super::{Action, ActionCtx, ActionError, Plan, PlanDraft};
-use crate::clients::aws::Aws;
+use crate::clients::aws::{Aws, Identity};
 
 /// The AWS configuration `plan` reads with: `Ok(Err(why))` when AWS is not usable (plans still
 /// describe the change, without reading).
@@ -38,6 +42,49 @@ pub(crate) fn connection(ctx: &ActionCtx) -> Result<&Aws, String> {
 /// The AWS configuration `apply` and `rollback` need: without one they fail (permanently).
 pub(crate) fn connected(ctx: &ActionCtx) -> Result<&Aws, ActionError> {
     connection(ctx).map_err(|why| ActionError::Permanent(format!("cannot change AWS: {why}")))
+}
+
+/// The AWS configuration to act on a resource of `account` with (plan): `Ok(Err(why))` when AWS
+/// is not usable (plans still describe the change), `Err` when the account's role is
+/// misconfigured. An account of `aws.accounts` gets its assumed role, any other account (or a
+/// resource without one) the base credentials; [`credentials_note`] says which.
+pub(crate) async fn client_for(
+    ctx: &ActionCtx,
+    account: Option<&str>,
+) -> Result<Result<Aws, String>, ActionError> {
+    let aws = match connection(ctx) {
+        Ok(aws) => aws,
+        Err(why) => return Ok(Err(why)),
+    };
+    match account {
+        Some(account) => aws
+            .for_account(account)
+            .await
+            .map(Ok)
+            .map_err(|e| ActionError::Permanent(e.to_string())),
+        None => Ok(Ok(aws.clone())),
+    }
+}
+
+/// [`client_for`] for `apply` and `rollback`: without AWS they fail (permanently).
+pub(crate) async fn connected_for(
+    ctx: &ActionCtx,
+    account: Option<&str>,
+) -> Result<Aws, ActionError> {
+    client_for(ctx, account)
+        .await?
+        .map_err(|why| ActionError::Permanent(format!("cannot change AWS: {why}")))
+}
+
+/// Whose credentials act on `account`, in words, for a plan's `observed` and summary.
+pub(crate) fn credentials_note(aws: &Aws, account: Option<&str>) -> String {
+    match (aws.identity(), account) {
+        (id @ Identity::AssumedRole { .. }, _) => id.to_string(),
+        (Identity::Base, Some(account)) => {
+            format!("the base credentials (account {account} is not in aws.accounts)")
+        }
+        (Identity::Base, None) => "the base credentials (the finding names no account)".to_owned(),
+    }
 }
 
 /// The plan when AWS is not usable: what would be done, said plainly, and that applying fails

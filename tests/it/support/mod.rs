@@ -4,3 +4,4 @@ pub mod aws_proxy;
 pub mod kube_api;
 pub mod moto;
 pub mod receiver;
+pub mod securityhub_shim;

@@ -86,6 +86,7 @@ pub async fn aws_at(endpoint: &str, access_key_id: &str, secret: &str) -> Aws {
     let cfg = AwsConfig {
         region: "us-east-1".to_owned(),
         endpoint_url: endpoint.to_owned(),
+        ..AwsConfig::default()
     };
     let creds = Credentials::new(access_key_id, secret, None, None, "moto-test");
     Aws::with_credentials(&cfg, creds).await
