@@ -1743,3 +1743,50 @@ async fn rotation_refuses_to_carry_on_with_a_delivered_key_that_does_not_work() 
     assert_eq!(after[&other], "Active");
     drop(server);
 }
+
+/// An account listed in `aws.accounts` is acted on through its role: deactivating (and rolling
+/// back) the key assumes the role, and the change lands.
+#[tokio::test]
+async fn the_iam_actions_act_through_the_role_of_a_configured_account() {
+    let observer = moto::aws().await;
+    let role = format!("firebreak-{}", ulid::Ulid::new());
+    let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")}, "Action": "sts:AssumeRole"}]});
+    let role_arn = observer
+        .iam()
+        .create_role()
+        .role_name(&role)
+        .assume_role_policy_document(trust.to_string())
+        .send()
+        .await
+        .unwrap()
+        .role()
+        .unwrap()
+        .arn()
+        .to_owned();
+    let counter = Arc::new(Throttle::new("AssumeRole", 0));
+    let proxy = AwsProxy::start(moto::endpoint(), counter.clone()).await;
+    let cfg = firebreak::config::AwsConfig {
+        region: "us-east-1".to_owned(),
+        endpoint_url: proxy.endpoint.clone(),
+        accounts: BTreeMap::from([(
+            ACCOUNT.to_owned(),
+            firebreak::config::AwsAccountConfig {
+                role_arn,
+                ..firebreak::config::AwsAccountConfig::default()
+            },
+        )]),
+        ..firebreak::config::AwsConfig::default()
+    };
+    let aws = Aws::with_credentials(
+        &cfg,
+        aws_credential_types::Credentials::new("testing", "testing", None, None, "moto-test"),
+    )
+    .await;
+    deactivate_scenario(aws, &observer).await;
+    assert!(
+        counter.forwarded() >= 1,
+        "the role was assumed: {:?}",
+        proxy.seen()
+    );
+}

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{KeyRef, LiveKey, check_account, key_path, live_key, set_status};
-use crate::action::aws::{connected, connection, not_connected_plan};
+use crate::action::aws::{client_for, connected_for, not_connected_plan};
 use crate::action::kubernetes::{render_problems, undo_of};
 use crate::action::{
     Action, ActionCtx, ActionError, BoxFuture, Change, Outcome, ParamProblem, Permission, Plan,
@@ -26,6 +26,9 @@ struct Params {}
 /// What `rollback` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Undo {
+    /// The account the finding named (its role, if `aws.accounts` lists it, signs rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    account: Option<String>,
     user: String,
     access_key_id: String,
 }
@@ -132,13 +135,14 @@ impl Action for AwsIamDeactivateAccessKey {
         Box::pin(async move {
             params_of(&input)?;
             let key = KeyRef::of(input.finding)?;
-            let aws = match connection(ctx) {
+            let aws = match client_for(ctx, key.account.as_deref()).await? {
                 Ok(a) => a,
                 Err(why) => {
                     let what = format!("deactivate access key {}", key.access_key_id);
                     return Ok(not_connected_plan(self, key.target(), &what, &why));
                 }
             };
+            let aws = &aws;
             check_account(aws, key.account.as_deref()).await?;
             let live = read(aws, &key).await?;
             Ok(Self::draft(&key, &live).finish(self))
@@ -153,7 +157,7 @@ impl Action for AwsIamDeactivateAccessKey {
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
             let key = KeyRef::of(input.finding)?;
-            let aws = connected(ctx)?;
+            let aws = &connected_for(ctx, key.account.as_deref()).await?;
             check_account(aws, key.account.as_deref()).await?;
             let live = read(aws, &key).await?;
             if plan.observed["user"] != json!(live.user) {
@@ -187,6 +191,7 @@ impl Action for AwsIamDeactivateAccessKey {
             Ok(outcome(
                 "applied",
                 Some(Undo {
+                    account: key.account.clone(),
                     user: live.user.clone(),
                     access_key_id: key.access_key_id.clone(),
                 }),
@@ -203,7 +208,7 @@ impl Action for AwsIamDeactivateAccessKey {
             let Some(undo) = undo_of::<Undo>(outcome)? else {
                 return Ok(());
             };
-            let aws = connected(ctx)?;
+            let aws = &connected_for(ctx, undo.account.as_deref()).await?;
             let keys = super::list_keys(aws, &undo.user).await?.unwrap_or_default();
             match keys.iter().find(|k| k.id == undo.access_key_id) {
                 None => Err(ActionError::Permanent(format!(

@@ -101,7 +101,8 @@ pub(crate) async fn check_account(aws: &Aws, account: Option<&str>) -> Result<St
     {
         return Err(ActionError::NotApplicable(format!(
             "the finding is about AWS account {named}, but Firebreak is connected to account \
-             {connected}; run it with credentials for {named}"
+             {connected}; list {named} with its role in aws.accounts, or run with credentials \
+             for it"
         )));
     }
     Ok(connected)

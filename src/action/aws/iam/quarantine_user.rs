@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{KeyRef, check_account, key_user};
-use crate::action::aws::{connected, connection, error_code, not_connected_plan, sdk_error};
+use crate::action::aws::{client_for, connected_for, error_code, not_connected_plan, sdk_error};
 use crate::action::kubernetes::{render_problems, undo_of};
 use crate::action::{
     Action, ActionCtx, ActionError, BoxFuture, Change, Outcome, ParamProblem, Permission, Plan,
@@ -90,6 +90,9 @@ struct Params {
 /// What `rollback` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Undo {
+    /// The account the finding named (its role, if `aws.accounts` lists it, signs rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    account: Option<String>,
     user: String,
     /// The document Firebreak wrote.
     written: Value,
@@ -108,6 +111,13 @@ fn user_of(finding: &Finding) -> Option<(Option<String>, String)> {
         ResourceRef::AwsIamUser { account, user } => Some((account.clone(), user.clone())),
         _ => None,
     })
+}
+
+/// The account the finding names for its user or access key, if any.
+fn account_of(finding: &Finding) -> Option<String> {
+    user_of(finding)
+        .and_then(|(account, _)| account)
+        .or_else(|| KeyRef::of(finding).ok().and_then(|k| k.account))
 }
 
 async fn resolve(aws: &Aws, finding: &Finding) -> Result<(Option<String>, String), ActionError> {
@@ -259,7 +269,8 @@ impl Action for AwsIamQuarantineUser {
     ) -> BoxFuture<'a, Result<Plan, ActionError>> {
         Box::pin(async move {
             let params = params_of(&input)?;
-            let aws = match connection(ctx) {
+            let named = account_of(input.finding);
+            let aws = match client_for(ctx, named.as_deref()).await? {
                 Ok(a) => a,
                 Err(why) => {
                     let (account, user) = user_of(input.finding)
@@ -285,6 +296,7 @@ impl Action for AwsIamQuarantineUser {
                     ));
                 }
             };
+            let aws = &aws;
             let (account, user) = resolve(aws, input.finding).await?;
             check_account(aws, account.as_deref()).await?;
             let current = read_policy(aws, &user).await?;
@@ -366,7 +378,7 @@ impl Action for AwsIamQuarantineUser {
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
             let params = params_of(&input)?;
-            let aws = connected(ctx)?;
+            let aws = &connected_for(ctx, account_of(input.finding).as_deref()).await?;
             let (account, user) = resolve(aws, input.finding).await?;
             check_account(aws, account.as_deref()).await?;
             let live = read_policy(aws, &user).await?;
@@ -401,6 +413,7 @@ impl Action for AwsIamQuarantineUser {
             let doc = mode.document(&now);
             put_policy(aws, &user, &doc).await?;
             let undo = Undo {
+                account: account.clone(),
                 user: user.clone(),
                 written: doc.clone(),
                 previous: live,
@@ -418,7 +431,7 @@ impl Action for AwsIamQuarantineUser {
             let Some(undo) = undo_of::<Undo>(outcome)? else {
                 return Ok(());
             };
-            let aws = connected(ctx)?;
+            let aws = &connected_for(ctx, undo.account.as_deref()).await?;
             let live = match read_policy(aws, &undo.user).await {
                 Ok(l) => l,
                 Err(ActionError::NotApplicable(m)) => {

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{KeyRef, KeyState, check_account, key_path, key_user, list_keys, set_status};
-use crate::action::aws::{connected, connection, error_code, not_connected_plan, sdk_error};
+use crate::action::aws::{client_for, connected_for, error_code, not_connected_plan, sdk_error};
 use crate::action::kubernetes::{
     EVENTS_CREATE, Involved, kube_error, record_event, render_problems, undo_of,
 };
@@ -952,6 +952,9 @@ fn masked(e: ActionError, held: &Held) -> ActionError {
 /// What `rollback` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Undo {
+    /// The account the finding named (its role, if `aws.accounts` lists it, signs rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    account: Option<String>,
     user: String,
     old_access_key_id: String,
     new_access_key_id: String,
@@ -1021,10 +1024,11 @@ impl Action for AwsIamRotateAccessKey {
                 key.access_key_id,
                 targets_shown(&params).join(" and ")
             );
-            let aws = match connection(ctx) {
+            let aws = match client_for(ctx, key.account.as_deref()).await? {
                 Ok(a) => a,
                 Err(why) => return Ok(not_connected_plan(self, key.target(), &what, &why)),
             };
+            let aws = &aws;
             let kube = match kube_client(ctx, &params)? {
                 Ok(k) => k,
                 Err(why) => return Ok(not_connected_plan(self, key.target(), &what, &why)),
@@ -1046,7 +1050,7 @@ impl Action for AwsIamRotateAccessKey {
             let params = params_of(&input)?;
             let key = KeyRef::of(input.finding)?;
             let old = key.access_key_id.as_str();
-            let aws = connected(ctx)?;
+            let aws = &connected_for(ctx, key.account.as_deref()).await?;
             let kube = kube_client(ctx, &params)?.map_err(|why| {
                 ActionError::Permanent(format!("cannot change the cluster: {why}"))
             })?;
@@ -1150,6 +1154,7 @@ impl Action for AwsIamRotateAccessKey {
                 set_status(aws, &user, old, StatusType::Inactive).await?;
             }
             let undo = Undo {
+                account: key.account.clone(),
                 user: user.clone(),
                 old_access_key_id: old.to_owned(),
                 new_access_key_id: held.id.clone(),
@@ -1185,7 +1190,7 @@ impl Action for AwsIamRotateAccessKey {
             let Some(undo) = undo_of::<Undo>(outcome)? else {
                 return Ok(());
             };
-            let aws = connected(ctx)?;
+            let aws = &connected_for(ctx, undo.account.as_deref()).await?;
             let keys = list_keys(aws, &undo.user).await?.unwrap_or_default();
             match keys.iter().find(|k| k.id == undo.old_access_key_id) {
                 None => {
