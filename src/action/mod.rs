@@ -23,7 +23,10 @@ use sha2::{Digest, Sha256};
 
 use crate::finding::Finding;
 
-pub use aws::{AwsS3BlockPublicAccess, AwsSecurityHubUpdateFinding};
+pub use aws::{
+    AwsIamDeactivateAccessKey, AwsIamDeleteAccessKey, AwsIamQuarantineUser, AwsIamRotateAccessKey,
+    AwsS3BlockPublicAccess, AwsSecurityHubUpdateFinding,
+};
 pub use kubernetes::{
     EVENT_REASON, KubernetesAnnotate, KubernetesCaptureEvidence, KubernetesCordonNode,
     KubernetesDeletePod, KubernetesIsolatePod, KubernetesLabel, KubernetesScaleToZero,
@@ -45,6 +48,10 @@ pub static ACTIONS: &[&dyn Action] = &[
     &KubernetesCordonNode,
     &AwsS3BlockPublicAccess,
     &AwsSecurityHubUpdateFinding,
+    &AwsIamDeactivateAccessKey,
+    &AwsIamRotateAccessKey,
+    &AwsIamDeleteAccessKey,
+    &AwsIamQuarantineUser,
 ];
 
 /// Looks up an action by kind.

@@ -543,11 +543,16 @@ fn dispatch(command: Command, config: &Config) -> Exit {
 }
 
 /// Whether any playbook of `set` has a `kubernetes.*` step.
+/// Whether a step acts on Kubernetes: a `kubernetes.*` action, or another that declares
+/// Kubernetes permissions (`aws.iam.rotate-access-key` delivers the new key to a Secret).
 fn uses_kubernetes(set: &crate::playbook::PlaybookSet) -> bool {
-    set.playbooks()
-        .iter()
-        .flat_map(|p| &p.steps)
-        .any(|s| s.action.kind().starts_with("kubernetes."))
+    set.playbooks().iter().flat_map(|p| &p.steps).any(|s| {
+        s.action.kind().starts_with("kubernetes.")
+            || s.action
+                .permissions()
+                .iter()
+                .any(|p| p.system == "kubernetes")
+    })
 }
 
 fn uses_aws(set: &crate::playbook::PlaybookSet) -> bool {

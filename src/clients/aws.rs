@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -27,6 +28,10 @@ use crate::config::{AwsAccountConfig, AwsConfig};
 /// How long the credential probe may take: the default chain ends with the EC2 metadata
 /// service, which on a machine outside AWS only fails after its own timeouts.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times one AWS call is tried (the first try included) when throttled or failing
+/// transiently, before the error reaches the action (which the engine may retry again).
+const MAX_ATTEMPTS: u32 = 5;
 
 /// Whether the credential chain produced credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +153,10 @@ impl Aws {
         if let Some(c) = credentials {
             loader = loader.credentials_provider(c);
         }
+        // Throttling is normal under containment bursts: standard retry backs off exponentially
+        // with jitter. (Adaptive mode's client-side rate limiter, measured against moto, held a
+        // client at a few calls per second for many seconds after two throttled calls.)
+        loader = loader.retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
         let sdk = loader.load().await;
         let credentials = probe(&sdk).await;
         Self {

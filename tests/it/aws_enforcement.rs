@@ -5,7 +5,7 @@
 //! stops mattering.
 //!
 //! Each action is one row of [`SCENARIOS`]: how to set up its target (as the admin) and which
-//! of its permissions the control removes. The IAM actions join as more rows.
+//! of its permissions the control removes.
 //!
 //! Security Hub `BatchUpdateFindings` is answered by the shim in front of moto
 //! (`support::securityhub_shim`), which checks the caller's IAM policies itself.
@@ -74,6 +74,67 @@ fn hub_finding(env: &Env) -> BoxFuture<'_, Finding> {
     })
 }
 
+fn deny_all() -> Value {
+    json!({"mode": "deny-all"})
+}
+
+/// The Secrets Manager secret the rotation scenario delivers to (created once per server).
+const ROTATED_SECRET: &str = "firebreak-enforced/aws-credentials";
+
+fn rotate_params() -> Value {
+    json!({"deliver": {"secrets_manager": {"secret_id": ROTATED_SECRET}}})
+}
+
+/// A fresh IAM user with one access key, and the (derived, real) trufflehog finding about it.
+async fn leaked_key(env: &Env, prefix: &str) -> (String, String, Finding) {
+    let user = format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let (key, _) = crate::aws_iam::user_with_key(&env.admin, &user).await;
+    let finding = crate::aws_iam::trufflehog_finding(&user, &key);
+    (user, key, finding)
+}
+
+fn exposed_key(env: &Env) -> BoxFuture<'_, Finding> {
+    Box::pin(async move { leaked_key(env, "fb-exposed").await.2 })
+}
+
+fn rotated_key(env: &Env) -> BoxFuture<'_, Finding> {
+    Box::pin(async move {
+        // Created by the first run; the control's run finds it there.
+        let _ = env
+            .admin
+            .secretsmanager()
+            .create_secret()
+            .name(ROTATED_SECRET)
+            .send()
+            .await;
+        leaked_key(env, "fb-rotated").await.2
+    })
+}
+
+fn retired_key(env: &Env) -> BoxFuture<'_, Finding> {
+    Box::pin(async move {
+        let (user, key, finding) = leaked_key(env, "fb-retired").await;
+        env.admin
+            .iam()
+            .update_access_key()
+            .user_name(&user)
+            .access_key_id(&key)
+            .status(aws_sdk_iam::types::StatusType::Inactive)
+            .send()
+            .await
+            .unwrap();
+        finding
+    })
+}
+
+fn compromised_user(env: &Env) -> BoxFuture<'_, Finding> {
+    Box::pin(async move {
+        let user = format!("fb-tor-{}", ulid::Ulid::new().to_string().to_lowercase());
+        let (key, _) = crate::aws_iam::user_with_key(&env.admin, &user).await;
+        crate::aws_iam::guardduty_finding(&user, &key)
+    })
+}
+
 /// Every AWS action, with how to exercise it.
 const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -87,6 +148,30 @@ const SCENARIOS: &[Scenario] = &[
         params: resolved,
         setup: hub_finding,
         needs: "securityhub:BatchUpdateFindings",
+    },
+    Scenario {
+        action: "aws.iam.deactivate-access-key",
+        params: no_params,
+        setup: exposed_key,
+        needs: "iam:UpdateAccessKey",
+    },
+    Scenario {
+        action: "aws.iam.rotate-access-key",
+        params: rotate_params,
+        setup: rotated_key,
+        needs: "iam:CreateAccessKey",
+    },
+    Scenario {
+        action: "aws.iam.delete-access-key",
+        params: no_params,
+        setup: retired_key,
+        needs: "iam:DeleteAccessKey",
+    },
+    Scenario {
+        action: "aws.iam.quarantine-user",
+        params: deny_all,
+        setup: compromised_user,
+        needs: "iam:PutUserPolicy",
     },
 ];
 

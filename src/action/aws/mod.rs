@@ -11,9 +11,13 @@
 // The IAM actions that use the remaining helpers arrive in the following commits.
 #![allow(dead_code)]
 
+mod iam;
 mod s3;
 mod securityhub;
 
+pub use iam::{
+    AwsIamDeactivateAccessKey, AwsIamDeleteAccessKey, AwsIamQuarantineUser, AwsIamRotateAccessKey,
+};
 pub use s3::AwsS3BlockPublicAccess;
 pub use securityhub::AwsSecurityHubUpdateFinding;
 
