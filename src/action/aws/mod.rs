@@ -8,9 +8,6 @@
 //! Permissions are written as IAM actions (`iam:UpdateAccessKey`); `deploy/iam-policy.json` is
 //! generated from them.
 
-// The IAM actions that use the remaining helpers arrive in the following commits.
-#![allow(dead_code)]
-
 mod iam;
 mod s3;
 mod securityhub;
@@ -37,11 +34,6 @@ pub(crate) fn connection(ctx: &ActionCtx) -> Result<&Aws, String> {
         Some(why) => Err(why),
         None => Ok(aws),
     }
-}
-
-/// The AWS configuration `apply` and `rollback` need: without one they fail (permanently).
-pub(crate) fn connected(ctx: &ActionCtx) -> Result<&Aws, ActionError> {
-    connection(ctx).map_err(|why| ActionError::Permanent(format!("cannot change AWS: {why}")))
 }
 
 /// The AWS configuration to act on a resource of `account` with (plan): `Ok(Err(why))` when AWS

@@ -7,8 +7,6 @@
 //! protocols), the `Action` form field (query protocols: IAM, STS, SQS), or, for REST
 //! protocols, left to the interceptor to match on method and path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// Interceptors that read the whole request (the Security Hub shim) arrive with the AWS actions.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::pin::Pin;

@@ -72,7 +72,6 @@ const HINT: &str = "hint: the AWS tests need moto: run .ci/run, or \
 ///
 /// # Panics
 /// When moto cannot be started: the test fails, with what to install.
-#[allow(dead_code)] // the IAM-enforcement tests arrive with the AWS actions
 pub fn spawn(env: &[(&str, &str)]) -> Moto {
     match start(env) {
         Ok(m) => m,
