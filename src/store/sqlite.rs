@@ -67,6 +67,12 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Page size of a newly created database (an existing one keeps its own). A stored finding is
+/// about 1.8 KB, so 4 KiB pages hold two and every commit writes a WAL frame (page plus header,
+/// misaligned with the OS's pages) per two findings; with 16 KiB pages a commit writes fewer,
+/// larger frames: ingest measured 52k -> 63k findings/s at 100 per POST, same `synchronous=FULL`.
+const PAGE_SIZE: u32 = 16 * 1024;
+
 fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
     if !url.starts_with("sqlite:") {
         return Err(StoreError::UnsupportedUrl(url.to_owned()));
@@ -77,6 +83,7 @@ fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
+        .page_size(PAGE_SIZE)
         .foreign_keys(true))
 }
 
