@@ -200,7 +200,7 @@ impl Intake {
         let prepared = report
             .findings
             .iter()
-            .map(|f| prepare_finding(f, &intake, false))
+            .map(prepare_finding)
             .collect::<Result<Vec<_>, StoreError>>()
             .map_err(|e| IntakeError::Store(Arc::new(e)))?;
         let (reply, answer) = oneshot::channel();

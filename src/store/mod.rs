@@ -69,43 +69,33 @@ pub struct IngestBatch {
     pub prepared: Vec<PreparedFinding>,
 }
 
-/// A finding encoded for the ledger: its stored body and its `finding.received` audit detail.
+/// A finding encoded for the ledger: its stored body and that body's content hash, which the
+/// batch's `findings.received` audit record lists.
 #[derive(Debug, Clone)]
 pub struct PreparedFinding {
     /// The canonical finding as JSON.
     pub body: String,
-    /// The audit detail, scrubbed and in canonical JSON.
-    pub received_detail: String,
+    /// `sha256:<hex>` of `body`.
+    pub sha256: String,
 }
 
-/// Encodes `f` as it is stored and audited when it arrives through `intake`.
+/// Encodes `f` as it is stored and audited.
 ///
 /// # Errors
 /// The finding cannot be serialised (a bug).
-pub fn prepare_finding(
-    f: &Finding,
-    intake: &str,
-    dry_run: bool,
-) -> Result<PreparedFinding, StoreError> {
+pub fn prepare_finding(f: &Finding) -> Result<PreparedFinding, StoreError> {
     let body = serde_json::to_string(f).map_err(|e| StoreError::Corrupt {
         table: "findings",
         reason: e.to_string(),
     })?;
-    let mut detail = serde_json::json!({
-        "source": f.source,
-        "rule": f.rule,
-        "severity": f.severity,
-        "class": f.class,
-        "fingerprint": f.fingerprint,
-        "intake": intake,
-    });
-    if dry_run {
-        detail["dry_run"] = Value::Bool(true);
-    }
-    Ok(PreparedFinding {
-        body,
-        received_detail: audit_detail(&detail),
-    })
+    let sha256 = body_hash(&body);
+    Ok(PreparedFinding { body, sha256 })
+}
+
+/// The content hash of a stored finding body, as `findings.received` lists it.
+#[must_use]
+pub fn body_hash(body: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(body.as_bytes())))
 }
 
 /// What the store did with one finding.
@@ -367,7 +357,9 @@ pub struct PendingApproval {
 /// One audit event to append.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditEvent {
-    /// What happened: `finding.received`, `finding.deduplicated`, `execution.matched`,
+    /// What happened: `findings.received` (one per ingest batch: `detail.findings` lists each
+    /// stored finding's `id` and `sha256`, the content hash of its stored body),
+    /// `finding.deduplicated`, `execution.matched`,
     /// `step.planned`, `step.applied`, `step.failed`, `execution.state`, `kill_switch`, ….
     pub kind: String,
     /// Related finding.
@@ -443,7 +435,8 @@ pub struct VerifyReport {
 pub struct AuditQuery {
     /// Only records after this sequence number.
     pub after_seq: Option<i64>,
-    /// Only this finding.
+    /// Only this finding: the records naming it, and the `findings.received` record of the
+    /// batch that stored it.
     pub finding_id: Option<String>,
     /// At most this many.
     pub limit: Option<i64>,

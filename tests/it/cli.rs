@@ -678,7 +678,7 @@ fn run_records_its_findings_and_plans_in_the_store_and_a_dry_run_never_dedups_a_
     let audit = audit_kinds(&store);
     let received: Vec<&Value> = audit
         .iter()
-        .filter(|a| a["kind"] == "finding.received")
+        .filter(|a| a["kind"] == "findings.received")
         .collect();
     assert_eq!(received.len(), 2, "both rehearsals are recorded");
     assert!(received.iter().all(|a| a["detail"]["dry_run"] == true));

@@ -106,7 +106,7 @@ async fn a_stored_finding_is_matched_applied_once_and_audited_in_order() {
     assert_eq!(
         kinds,
         [
-            "finding.received",
+            "findings.received",
             "execution.matched",
             "execution.state",
             "step.applying",

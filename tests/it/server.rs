@@ -130,8 +130,8 @@ async fn falco_fixture_posted_as_is_is_stored_before_202_with_a_receipt() {
 
     assert_eq!(svc.stored().await, 1);
     let audit = svc.store.audit_list(AuditQuery::default()).await.unwrap();
-    assert_eq!(audit[0].kind, "finding.received");
-    assert_eq!(audit[0].finding_id.as_deref(), Some(id.as_str()));
+    assert_eq!(audit[0].kind, "findings.received");
+    assert_eq!(audit[0].detail["findings"][0]["id"], id.as_str());
     assert_eq!(audit[0].detail["intake"], "http:/v1/findings/falco");
 }
 
@@ -485,7 +485,12 @@ async fn findings_grouped_into_one_commit_keep_the_route_they_arrived_on() {
     for (id, intake) in expected {
         let rec = audit
             .iter()
-            .find(|r| r.kind == "finding.received" && r.finding_id.as_deref() == Some(&*id))
+            .find(|r| {
+                r.kind == "findings.received"
+                    && r.detail["findings"]
+                        .as_array()
+                        .is_some_and(|l| l.iter().any(|f| f["id"] == id.as_str()))
+            })
             .unwrap();
         assert_eq!(rec.detail["intake"], intake.as_str());
     }

@@ -45,11 +45,47 @@ async fn a_new_finding_is_stored_and_audited() {
     assert!(!receipts[0].duplicate);
     assert_eq!(store.backlog().await.unwrap(), (1, 0));
     let audit = store.audit_list(AuditQuery::default()).await.unwrap();
-    assert_eq!(audit[0].kind, "finding.received");
-    assert_eq!(
-        audit[0].finding_id.as_deref(),
-        Some(f.id.to_string().as_str())
+    assert_eq!(audit.len(), 1, "one record for the batch");
+    assert_eq!(audit[0].kind, "findings.received");
+    assert_eq!(audit[0].detail["findings"][0]["id"], f.id.to_string());
+    assert!(
+        audit[0].detail["findings"][0]["sha256"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("sha256:")),
+        "{}",
+        audit[0].detail
     );
+}
+
+#[tokio::test]
+async fn a_batch_is_audited_once_and_each_finding_finds_its_record() {
+    let (_d, _u, store) = open().await;
+    let findings: Vec<Finding> = (0..3).map(|_| copy_of(FALCO_SHELL)).collect();
+    store
+        .record(batch(findings.clone()), Duration::ZERO)
+        .await
+        .unwrap();
+    let audit = store.audit_list(AuditQuery::default()).await.unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let listed: Vec<&str> = audit[0].detail["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    let ids: Vec<String> = findings.iter().map(|f| f.id.to_string()).collect();
+    assert_eq!(listed, ids);
+    for id in &ids {
+        let mine = store
+            .audit_list(AuditQuery {
+                finding_id: Some(id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].seq, audit[0].seq);
+    }
 }
 
 #[tokio::test]
@@ -265,7 +301,7 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
     assert_eq!(
         kinds,
         [
-            "finding.received",
+            "findings.received",
             "execution.matched",
             "execution.matched",
             "step.applied",
@@ -383,6 +419,49 @@ async fn verify_detects_removal_of_the_newest_records() {
         "{:?}",
         report.problems
     );
+}
+
+#[tokio::test]
+async fn verify_detects_an_edited_or_removed_finding() {
+    let (_d, url, store) = open().await;
+    let findings: Vec<Finding> = (0..3).map(|_| copy_of(FALCO_SHELL)).collect();
+    store
+        .record(batch(findings.clone()), Duration::ZERO)
+        .await
+        .unwrap();
+    let report = store.audit_verify().await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    let (edited, removed) = (findings[0].id.to_string(), findings[2].id.to_string());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE findings SET body = replace(body, 'Terminal', 'Harmless') WHERE id = ?")
+        .bind(&edited)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM findings WHERE id = ?")
+        .bind(&removed)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let report = store.audit_verify().await.unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&edited) && p.contains("edited")),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&removed) && p.contains("removed")),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
 }
 
 #[tokio::test]
