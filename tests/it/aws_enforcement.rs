@@ -177,30 +177,7 @@ const SCENARIOS: &[Scenario] = &[
 
 /// Starts moto with IAM enforcement and spends its unchecked requests on an admin.
 async fn env() -> Env {
-    let moto = moto::spawn(&[("INITIAL_NO_AUTH_ACTION_COUNT", "4")]);
-    let bootstrap = moto::aws_at(&moto.endpoint, "bootstrap", "unchecked").await;
-    let iam = bootstrap.iam();
-    // Requests 1-3 of the 4 unchecked ones.
-    iam.create_user().user_name("admin").send().await.unwrap();
-    iam.put_user_policy()
-        .user_name("admin")
-        .policy_name("admin")
-        .policy_document(
-            json!({"Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
-            .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let key = iam
-        .create_access_key()
-        .user_name("admin")
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
-    let admin = moto::aws_at(&moto.endpoint, key.access_key_id(), key.secret_access_key()).await;
+    let (moto, admin) = moto::enforcing().await;
     let shim = BatchUpdateFindings::enforcing(admin.securityhub(), admin.iam());
     let proxy = AwsProxy::start(&moto.endpoint, Arc::new(shim)).await;
     Env {

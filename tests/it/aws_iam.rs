@@ -482,33 +482,7 @@ async fn quarantine_user_does_not_overwrite_a_policy_firebreak_did_not_write() {
 /// quarantine and denied after it (deny-all), and allowed again after rollback.
 #[tokio::test]
 async fn quarantine_user_deny_all_denies_the_users_requests_under_iam_enforcement() {
-    let server = moto::spawn(&[("INITIAL_NO_AUTH_ACTION_COUNT", "4")]);
-    // The first four requests are not checked: an admin user with an admin policy and a key.
-    let bootstrap = moto::aws_at(&server.endpoint, "testing", "testing").await;
-    let iam = bootstrap.iam();
-    iam.create_user().user_name("admin").send().await.unwrap();
-    let admin_policy = json!({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "*", "Resource": "*"}]});
-    iam.put_user_policy()
-        .user_name("admin")
-        .policy_name("admin")
-        .policy_document(admin_policy.to_string())
-        .send()
-        .await
-        .unwrap();
-    let key = iam
-        .create_access_key()
-        .user_name("admin")
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
-    let admin = moto::aws_at(
-        &server.endpoint,
-        key.access_key_id(),
-        key.secret_access_key(),
-    )
-    .await;
+    let (server, admin) = moto::enforcing().await;
 
     let user = unique("stolen");
     admin
@@ -1402,33 +1376,7 @@ async fn the_contain_playbook_waits_for_approval_then_quarantines_and_deactivate
 /// An IAM-enforcing moto with an admin (the observer) and a `firebreak` user whose only policy
 /// allows what the `aws.iam.*` actions declare; returns the server and both configurations.
 async fn least_privilege() -> (moto::Moto, Aws, Aws) {
-    let server = moto::spawn(&[("INITIAL_NO_AUTH_ACTION_COUNT", "4")]);
-    // The first four requests are not checked: an admin user with an admin policy and a key.
-    let bootstrap = moto::aws_at(&server.endpoint, "testing", "testing").await;
-    let iam = bootstrap.iam();
-    iam.create_user().user_name("admin").send().await.unwrap();
-    let admin_policy = json!({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "*", "Resource": "*"}]});
-    iam.put_user_policy()
-        .user_name("admin")
-        .policy_name("admin")
-        .policy_document(admin_policy.to_string())
-        .send()
-        .await
-        .unwrap();
-    let key = iam
-        .create_access_key()
-        .user_name("admin")
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
-    let admin = moto::aws_at(
-        &server.endpoint,
-        key.access_key_id(),
-        key.secret_access_key(),
-    )
-    .await;
+    let (server, admin) = moto::enforcing().await;
 
     let mut grants: Vec<String> = firebreak::action::ACTIONS
         .iter()

@@ -79,6 +79,40 @@ pub fn spawn(env: &[(&str, &str)]) -> Moto {
     }
 }
 
+/// A moto of the test's own that enforces IAM (SigV4 and policies), and the configuration of an
+/// admin (`Action: *`) created with the server's unchecked first requests: the observer and
+/// set-up principal of least-privilege tests. The server exits when the first value is dropped.
+pub async fn enforcing() -> (Moto, Aws) {
+    // The first four requests are not checked; the admin takes three of them.
+    let server = spawn(&[("INITIAL_NO_AUTH_ACTION_COUNT", "4")]);
+    let bootstrap = aws_at(&server.endpoint, "bootstrap", "unchecked").await;
+    let iam = bootstrap.iam();
+    let admin_policy =
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+    iam.create_user().user_name("admin").send().await.unwrap();
+    iam.put_user_policy()
+        .user_name("admin")
+        .policy_name("admin")
+        .policy_document(admin_policy)
+        .send()
+        .await
+        .unwrap();
+    let out = iam
+        .create_access_key()
+        .user_name("admin")
+        .send()
+        .await
+        .unwrap();
+    let key = out.access_key().unwrap();
+    let admin = aws_at(
+        &server.endpoint,
+        key.access_key_id(),
+        key.secret_access_key(),
+    )
+    .await;
+    (server, admin)
+}
+
 /// AWS configuration pointing at `endpoint` with the given static credentials (never the
 /// environment).
 pub async fn aws_at(endpoint: &str, access_key_id: &str, secret: &str) -> Aws {
