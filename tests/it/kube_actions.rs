@@ -1195,6 +1195,36 @@ fn matching(set: &PlaybookSet, f: &Finding) -> Vec<String> {
     names
 }
 
+/// Every leaked credential reaches a person: an AWS key whose id the scanner gave is rotated
+/// (and that playbook notifies), one it redacted, a private key or another vendor's token is
+/// alerted, and none gets both.
+#[test]
+fn leaked_credentials_are_rotated_when_they_can_be_and_alerted_otherwise() {
+    let set = shipped();
+    let rotated = fixtures::findings("trufflehog/trufflehog-v3-git-aws-canary.jsonl");
+    assert!(!rotated.is_empty());
+    for f in &rotated {
+        assert_eq!(matching(&set, f), ["rotate-exposed-aws-key"], "{}", f.rule);
+    }
+    for rel in [
+        "gitleaks/gitleaks-v8-report-aws-access-token.json",
+        "gitleaks/gitleaks-v7-report-aws-access-key-redacted.json",
+        "trivy/trivy-secret-aws-access-key-id.json",
+        "github/secret_scanning_alert-reopened.json",
+    ] {
+        let found = fixtures::findings(rel);
+        assert!(!found.is_empty(), "{rel}");
+        for f in &found {
+            assert_eq!(
+                matching(&set, f),
+                ["alert-leaked-credential"],
+                "{rel}: {}",
+                f.rule
+            );
+        }
+    }
+}
+
 /// Falco's "Detect outbound connections to common miner pool ports". No real alert of that rule
 /// is among the fixtures, so it is derived from the real `Terminal shell in container` alert
 /// (same pod, same format), changing only the fields that differ for that rule.
