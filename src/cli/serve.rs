@@ -103,12 +103,17 @@ pub fn serve(opts: &ServeOptions, config: &Config) -> Exit {
     rt.block_on(run(opts, config))
 }
 
+/// Turns SIGTERM and Ctrl-C into the shutdown notice. The SIGTERM handler is installed before
+/// this returns (not inside the spawned task): a SIGTERM that arrives just after the service
+/// says it is listening must shut it down gracefully, not kill it with the default action.
 fn shutdown_signal(tx: watch::Sender<bool>) {
+    #[cfg(unix)]
+    let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            match sigterm {
                 Ok(mut s) => {
                     s.recv().await;
                 }
