@@ -7,8 +7,8 @@ use aws_sdk_iam::types::StatusType;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{KeyRef, LiveKey, check_account, key_path, live_key, set_status};
-use crate::action::aws::{client_for, connected_for, not_connected_plan};
+use super::{KeyRef, LiveKey, key_path, live_key, set_status};
+use crate::action::aws::{connected_for, not_connected_plan};
 use crate::action::kubernetes::{render_problems, undo_of};
 use crate::action::{
     Action, ActionCtx, ActionError, BoxFuture, Change, Outcome, ParamProblem, Permission, Plan,
@@ -135,7 +135,7 @@ impl Action for AwsIamDeactivateAccessKey {
         Box::pin(async move {
             params_of(&input)?;
             let key = KeyRef::of(input.finding)?;
-            let aws = match client_for(ctx, key.account.as_deref()).await? {
+            let aws = match key.planning_client(ctx).await? {
                 Ok(a) => a,
                 Err(why) => {
                     let what = format!("deactivate access key {}", key.access_key_id);
@@ -143,7 +143,6 @@ impl Action for AwsIamDeactivateAccessKey {
                 }
             };
             let aws = &aws;
-            check_account(aws, key.account.as_deref()).await?;
             let live = read(aws, &key).await?;
             Ok(Self::draft(&key, &live).finish(self))
         })
@@ -157,8 +156,7 @@ impl Action for AwsIamDeactivateAccessKey {
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
             let key = KeyRef::of(input.finding)?;
-            let aws = &connected_for(ctx, key.account.as_deref()).await?;
-            check_account(aws, key.account.as_deref()).await?;
+            let aws = &key.acting_client(ctx).await?;
             let live = read(aws, &key).await?;
             if plan.observed["user"] != json!(live.user) {
                 return Err(ActionError::Drift(format!(

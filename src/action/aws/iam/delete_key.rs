@@ -9,8 +9,8 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{KeyRef, check_account, key_path, live_key};
-use crate::action::aws::{client_for, connected_for, not_connected_plan, sdk_error};
+use super::{KeyRef, key_path, live_key};
+use crate::action::aws::{not_connected_plan, sdk_error};
 use crate::action::kubernetes::render_problems;
 use crate::action::{
     Action, ActionCtx, ActionError, BoxFuture, Change, Outcome, ParamProblem, Permission, Plan,
@@ -84,7 +84,7 @@ impl Action for AwsIamDeleteAccessKey {
         Box::pin(async move {
             params_of(&input)?;
             let key = KeyRef::of(input.finding)?;
-            let aws = match client_for(ctx, key.account.as_deref()).await? {
+            let aws = match key.planning_client(ctx).await? {
                 Ok(a) => a,
                 Err(why) => {
                     let what = format!("delete access key {}", key.access_key_id);
@@ -92,7 +92,6 @@ impl Action for AwsIamDeleteAccessKey {
                 }
             };
             let aws = &aws;
-            check_account(aws, key.account.as_deref()).await?;
             let draft = match read(aws, &key).await? {
                 None => PlanDraft {
                     target: key.target(),
@@ -139,8 +138,7 @@ impl Action for AwsIamDeleteAccessKey {
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
             let key = KeyRef::of(input.finding)?;
-            let aws = &connected_for(ctx, key.account.as_deref()).await?;
-            check_account(aws, key.account.as_deref()).await?;
+            let aws = &key.acting_client(ctx).await?;
             let outcome = |result: &str, user: Option<&str>| Outcome {
                 action: self.kind().to_owned(),
                 target: plan.target.clone(),

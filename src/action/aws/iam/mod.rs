@@ -19,8 +19,8 @@ pub use rotate_key::AwsIamRotateAccessKey;
 use aws_sdk_iam::types::StatusType;
 use serde::{Deserialize, Serialize};
 
-use super::{error_code, sdk_error};
-use crate::action::ActionError;
+use super::{client_for, connected_for, error_code, sdk_error};
+use crate::action::{ActionCtx, ActionError};
 use crate::clients::aws::Aws;
 use crate::finding::{Finding, ResourceRef};
 
@@ -68,6 +68,27 @@ impl KeyRef {
             access_key_id: self.access_key_id.clone(),
         }
         .key()
+    }
+
+    /// The AWS configuration `plan` reads this key with, its account checked against the
+    /// connected one; `Ok(Err(why))` when AWS is not usable (the plan then says so).
+    pub(crate) async fn planning_client(
+        &self,
+        ctx: &ActionCtx,
+    ) -> Result<Result<Aws, String>, ActionError> {
+        let aws = match client_for(ctx, self.account.as_deref()).await? {
+            Ok(aws) => aws,
+            Err(why) => return Ok(Err(why)),
+        };
+        check_account(&aws, self.account.as_deref()).await?;
+        Ok(Ok(aws))
+    }
+
+    /// [`KeyRef::planning_client`] for `apply`: without AWS it fails (permanently).
+    pub(crate) async fn acting_client(&self, ctx: &ActionCtx) -> Result<Aws, ActionError> {
+        let aws = connected_for(ctx, self.account.as_deref()).await?;
+        check_account(&aws, self.account.as_deref()).await?;
+        Ok(aws)
     }
 }
 
