@@ -115,6 +115,11 @@ pub struct Plan {
     pub action: String,
     /// The target, as a stable key (also the lock key).
     pub target: String,
+    /// Every other resource this plan changes, as stable keys (a rotation changes the key, the
+    /// Secret it delivers to and each Deployment it rolls). Guards count and the engine locks
+    /// [`Plan::changed_targets`]: the target and these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_targets: Vec<String>,
     /// One sentence a reviewer reads first.
     pub summary: String,
     /// The live state read while planning (what `apply` re-checks for drift).
@@ -140,6 +145,8 @@ pub struct Plan {
 pub struct PlanDraft {
     /// See [`Plan::target`].
     pub target: String,
+    /// See [`Plan::other_targets`] (duplicates and the target itself are dropped).
+    pub other_targets: Vec<String>,
     /// See [`Plan::summary`].
     pub summary: String,
     /// See [`Plan::observed`].
@@ -158,9 +165,18 @@ impl PlanDraft {
     /// Completes the plan for `action`, scrubbing secrets and computing the hash.
     #[must_use]
     pub fn finish(self, action: &dyn Action) -> Plan {
+        let target = crate::redact::scrub(&self.target).into_owned();
+        let mut other_targets: Vec<String> = Vec::with_capacity(self.other_targets.len());
+        for t in &self.other_targets {
+            let t = crate::redact::scrub(t).into_owned();
+            if t != target && !other_targets.contains(&t) {
+                other_targets.push(t);
+            }
+        }
         let mut plan = Plan {
             action: action.kind().to_owned(),
-            target: crate::redact::scrub(&self.target).into_owned(),
+            target,
+            other_targets,
             summary: crate::redact::scrub(&self.summary).into_owned(),
             observed: self.observed,
             before: self.before,
@@ -186,6 +202,11 @@ impl PlanDraft {
 }
 
 impl Plan {
+    /// Every resource this plan changes: the target first, then the others, each once.
+    pub fn changed_targets(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.target.as_str()).chain(self.other_targets.iter().map(String::as_str))
+    }
+
     /// SHA-256 over the canonical JSON of every field except `hash`.
     #[must_use]
     pub fn compute_hash(&self) -> String {

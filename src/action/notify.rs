@@ -263,6 +263,7 @@ impl Action for NotifyWebhook {
                     let name = params.endpoint.as_deref().unwrap_or_default();
                     let shown = format!("endpoint:{name}");
                     return Ok(PlanDraft {
+                        other_targets: Vec::new(),
                         target: shown.clone(),
                         summary: format!(
                             "POST a JSON notification about {} to {shown}: NOT CONFIGURED, set \
@@ -286,6 +287,7 @@ impl Action for NotifyWebhook {
                 Err(e) => return Err(e),
             };
             Ok(PlanDraft {
+                other_targets: Vec::new(),
                 target: dest.shown.clone(),
                 summary: format!(
                     "POST a JSON notification about {} to {}",

@@ -520,6 +520,7 @@ impl AwsS3BlockPublicAccess {
         let base = format!("s3://{}", b.bucket);
         if state.closed() {
             return PlanDraft {
+                other_targets: Vec::new(),
                 target: b.key(),
                 summary: format!(
                     "{base} is already closed to the public: Public Access Block all on, no \
@@ -583,6 +584,7 @@ impl AwsS3BlockPublicAccess {
             });
         }
         PlanDraft {
+            other_targets: Vec::new(),
             target: b.key(),
             summary: format!(
                 "close {base} to the public: remove {} public ACL grant(s) and {} public policy \

@@ -258,6 +258,7 @@ impl Action for AwsSecurityHubUpdateFinding {
             });
             let draft = if status == want {
                 PlanDraft {
+                    other_targets: Vec::new(),
                     target: f.key(),
                     summary: format!("Security Hub finding {} is already {want}", f.id),
                     observed,
@@ -269,6 +270,7 @@ impl Action for AwsSecurityHubUpdateFinding {
             } else {
                 let note = note_text(&input, &params);
                 PlanDraft {
+                    other_targets: Vec::new(),
                     target: f.key(),
                     summary: format!(
                         "set Security Hub finding {} from {status} to {want} with a note by \

@@ -198,6 +198,7 @@ impl Action for KubernetesCordonNode {
             });
             if node.unschedulable {
                 return Ok(PlanDraft {
+                    other_targets: Vec::new(),
                     target: key,
                     summary: format!("node {} ({}) is already cordoned", t.node, t.via),
                     observed,
@@ -210,6 +211,7 @@ impl Action for KubernetesCordonNode {
             }
             let path = format!("v1/nodes/{}", t.node);
             Ok(PlanDraft {
+                other_targets: Vec::new(),
                 target: key,
                 summary: format!(
                     "cordon node {} ({}): no new pod is scheduled there; its pods keep running",

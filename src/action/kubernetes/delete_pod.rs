@@ -157,6 +157,7 @@ impl Action for KubernetesDeletePod {
                 .filter(|p| p.metadata.deletion_timestamp.is_none());
             let Some(live) = live else {
                 return Ok(PlanDraft {
+                    other_targets: Vec::new(),
                     target,
                     summary: format!("pod {} is already gone (or terminating)", pod.shown()),
                     observed: json!({"pod": {"namespace": pod.namespace, "name": pod.name, "uid": null}}),
@@ -174,6 +175,7 @@ impl Action for KubernetesDeletePod {
                 |g| format!("a grace period of {g}s"),
             );
             Ok(PlanDraft {
+                other_targets: Vec::new(),
                 target,
                 summary: format!(
                     "capture evidence of pod {} ({}), then delete it with {grace}{}",

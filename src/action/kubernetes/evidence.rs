@@ -398,6 +398,7 @@ impl Action for KubernetesCaptureEvidence {
             let containers = container_names(&live);
             let node = live.spec.as_ref().and_then(|s| s.node_name.clone());
             Ok(PlanDraft {
+                other_targets: Vec::new(),
                 target,
                 summary: format!("{what}; nothing in the cluster changes"),
                 observed: json!({

@@ -345,6 +345,7 @@ impl Action for KubernetesIsolatePod {
                 )
             };
             Ok(PlanDraft {
+                other_targets: Vec::new(),
                 target,
                 summary,
                 observed: live.observed(&pod, &policy),

@@ -237,6 +237,7 @@ async fn plan(
         )
     };
     Ok(PlanDraft {
+        other_targets: Vec::new(),
         target: object.key(),
         summary,
         observed: json!({"object": object, "uid": uid, "before": before}),

@@ -132,6 +132,7 @@ pub(crate) fn not_connected_plan(
     why: &str,
 ) -> Plan {
     PlanDraft {
+        other_targets: Vec::new(),
         target,
         summary: format!(
             "{what}: NOT CONNECTED, {why}; nothing was read, and applying fails until a cluster \

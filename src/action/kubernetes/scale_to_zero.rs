@@ -277,6 +277,7 @@ impl KubernetesScaleToZero {
         );
         if w.replicas == 0 {
             return PlanDraft {
+                other_targets: Vec::new(),
                 target,
                 summary: format!(
                     "{} (owner of pod {}) is already scaled to zero",
@@ -291,6 +292,7 @@ impl KubernetesScaleToZero {
             };
         }
         PlanDraft {
+            other_targets: Vec::new(),
             target,
             summary: format!(
                 "scale {} (owner of pod {}) from {} replica(s) to 0, keeping {} in the {} \

@@ -719,6 +719,7 @@ fn draft(c: &Console, live: &Live, w: &Work, p: &Params) -> PlanDraft {
         format!("{summary}. Note: {}", notes.join("; "))
     };
     PlanDraft {
+        other_targets: Vec::new(),
         target: object_key(c.cluster.as_deref(), ns, "Service", &c.service),
         summary,
         observed: observed(c, live),

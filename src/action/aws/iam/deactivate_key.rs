@@ -67,6 +67,7 @@ impl AwsIamDeactivateAccessKey {
         let shown = format!("access key {} of IAM user {}", key.access_key_id, live.user);
         if status == "Inactive" {
             return PlanDraft {
+                other_targets: Vec::new(),
                 target: key.target(),
                 summary: format!("{shown} is already Inactive"),
                 observed: observed(key, live),
@@ -77,6 +78,7 @@ impl AwsIamDeactivateAccessKey {
             };
         }
         PlanDraft {
+            other_targets: Vec::new(),
             target: key.target(),
             summary: format!(
                 "deactivate {shown}: requests signed with it fail from now on (rollback \

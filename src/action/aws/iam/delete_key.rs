@@ -94,6 +94,7 @@ impl Action for AwsIamDeleteAccessKey {
             let aws = &aws;
             let draft = match read(aws, &key).await? {
                 None => PlanDraft {
+                    other_targets: Vec::new(),
                     target: key.target(),
                     summary: format!("access key {} is already deleted", key.access_key_id),
                     observed: json!({"access_key_id": key.access_key_id, "exists": false}),
@@ -106,6 +107,7 @@ impl Action for AwsIamDeleteAccessKey {
                     return Err(refuse_active(&key, &user));
                 }
                 Some((user, status)) => PlanDraft {
+                    other_targets: Vec::new(),
                     target: key.target(),
                     summary: format!(
                         "delete Inactive access key {} of IAM user {user} (cannot be undone)",

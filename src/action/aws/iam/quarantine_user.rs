@@ -312,6 +312,7 @@ impl Action for AwsIamQuarantineUser {
             };
             let draft = match current.as_ref().map(|d| (d, mode_of(d))) {
                 Some((doc, Some(_))) if covers(doc, mode, input.finding.observed_at) => PlanDraft {
+                    other_targets: Vec::new(),
                     target: target(account.as_ref(), &user),
                     summary: format!(
                         "IAM user {user} is already quarantined ({} policy {POLICY_NAME})",
@@ -330,6 +331,7 @@ impl Action for AwsIamQuarantineUser {
                     )));
                 }
                 Some((doc, Some(_))) => PlanDraft {
+                    other_targets: Vec::new(),
                     target: target(account.as_ref(), &user),
                     summary: format!(
                         "change the quarantine of IAM user {user} to {}: {what} (rollback \
@@ -348,6 +350,7 @@ impl Action for AwsIamQuarantineUser {
                     noop: false,
                 },
                 None => PlanDraft {
+                    other_targets: Vec::new(),
                     target: target(account.as_ref(), &user),
                     summary: format!(
                         "quarantine IAM user {user} with inline policy {POLICY_NAME} ({}): \

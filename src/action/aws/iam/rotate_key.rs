@@ -542,6 +542,7 @@ impl AwsIamRotateAccessKey {
         let target = key.target();
         if steps.is_empty() {
             return PlanDraft {
+                other_targets: Vec::new(),
                 target,
                 summary: format!(
                     "access key {old} of IAM user {user} is already rotated: {} hold key {new_key} \
@@ -673,6 +674,7 @@ impl AwsIamRotateAccessKey {
             ));
         }
         PlanDraft {
+            other_targets: Vec::new(),
             target,
             summary,
             before: json!({"old_status": state.old_status, "keys": state.keys}),
