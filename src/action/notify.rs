@@ -44,13 +44,11 @@ enum Include {
     Finding,
     /// The hash of the plan being applied (`plan_hash`).
     Plan,
-    /// Reserved for the outcomes of earlier steps; the step input does not carry them yet.
-    Outcome,
 }
 
 impl Include {
     fn all() -> Vec<Include> {
-        vec![Include::Finding, Include::Plan, Include::Outcome]
+        vec![Include::Finding, Include::Plan]
     }
 }
 
@@ -445,6 +443,15 @@ mod tests {
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].path, "methd", "{p:?}");
         assert!(p[0].message.contains("unknown field"), "{p:?}");
+    }
+
+    #[test]
+    fn outcome_is_not_an_include_until_steps_carry_earlier_outcomes() {
+        // The body cannot carry earlier steps' outcomes (the step input does not have them), so
+        // `include: [outcome]` is refused at load rather than silently sending nothing.
+        let p = problems(&json!({"url": "https://a.example/", "include": ["outcome"]}));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].path, "include[0]", "{p:?}");
     }
 
     #[test]
