@@ -136,6 +136,10 @@ pub struct Plan {
     pub permissions: Vec<Permission>,
     /// True when the target is already in the desired state: apply does nothing.
     pub noop: bool,
+    /// Why nothing was read and nothing can apply this plan (no cluster, no AWS credentials):
+    /// the engine records the step as planned only instead of applying it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_connected: Option<String>,
     /// SHA-256 of everything above (stable across runs for the same inputs and state).
     pub hash: String,
 }
@@ -185,6 +189,7 @@ impl PlanDraft {
             reversible: action.reversible(),
             permissions: action.permissions().to_vec(),
             noop: self.noop,
+            not_connected: None,
             hash: String::new(),
         };
         for v in [&mut plan.observed, &mut plan.before, &mut plan.after] {
@@ -202,6 +207,14 @@ impl PlanDraft {
 }
 
 impl Plan {
+    /// The same plan, marked as made without a client (`why`): it can only be planned.
+    #[must_use]
+    pub fn not_connected(mut self, why: &str) -> Plan {
+        self.not_connected = Some(crate::redact::scrub(why).into_owned());
+        self.hash = self.compute_hash();
+        self
+    }
+
     /// Every resource this plan changes: the target first, then the others, each once.
     pub fn changed_targets(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.target.as_str()).chain(self.other_targets.iter().map(String::as_str))

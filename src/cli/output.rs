@@ -226,6 +226,8 @@ pub fn run_table(doc: &RunDocument<'_>) {
             for (i, s) in e.steps.iter().enumerate() {
                 let status = match s.status {
                     StepStatus::Planned => "planned",
+                    StepStatus::PlannedOnly => "PLANNED ONLY (nothing can apply it here)",
+                    StepStatus::Paused => "PAUSED (kill switch)",
                     StepStatus::Applied => "applied",
                     StepStatus::Failed => "FAILED",
                     StepStatus::Skipped => "skipped",
@@ -274,6 +276,9 @@ pub fn run_table(doc: &RunDocument<'_>) {
                 n.playbook,
                 n.reason
             );
+            if let Some(approval) = &n.approval {
+                outln!("    asks first: {approval}");
+            }
         }
     }
     rejections(doc.rejected);
@@ -285,7 +290,7 @@ pub fn run_table(doc: &RunDocument<'_>) {
         .collect();
     let count = |st: StepStatus| steps.iter().filter(|s| s.status == st).count();
     note(&format!(
-        "{} finding(s), {} rejected, {} execution(s): {} step(s) planned, {} applied, {} failed, {} skipped{}",
+        "{} finding(s), {} rejected, {} execution(s): {} step(s) planned, {} applied, {} failed, {} skipped{}{}{}",
         doc.findings.len(),
         doc.rejected.len(),
         doc.report.executions.len(),
@@ -293,6 +298,14 @@ pub fn run_table(doc: &RunDocument<'_>) {
         count(StepStatus::Applied),
         count(StepStatus::Failed),
         count(StepStatus::Skipped),
+        match count(StepStatus::PlannedOnly) {
+            0 => String::new(),
+            n => format!(", {n} planned only (no client)"),
+        },
+        match count(StepStatus::Paused) {
+            0 => String::new(),
+            n => format!(", {n} paused (kill switch)"),
+        },
         if doc.dry_run { " (dry-run)" } else { "" }
     ));
 }

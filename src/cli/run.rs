@@ -80,7 +80,10 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
         output::note("dry-run: plans only, nothing will be changed");
     }
     if opts.kill_switch {
-        output::note("kill switch is on (engine.kill_switch): no step will be planned or applied");
+        output::note(
+            "kill switch is on (engine.kill_switch): findings are matched, every execution is \
+             parked before its first step",
+        );
     }
 
     let progress = output::Progress::new(parsed.findings.len());
@@ -98,30 +101,34 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
     } else {
         ctx
     };
-    let report = if args.no_store {
-        runtime.block_on(engine::run(&set, &ctx, &parsed.findings, &opts, &|| {
-            progress.tick();
-        }))
+    let store_url = if args.no_store {
+        output::note(
+            "--no-store: an in-memory store for this run only; nothing is kept, and no store-wide \
+             kill switch (`firebreak pause`) applies to it (engine.kill_switch still does)",
+        );
+        crate::store::MEMORY_URL.to_owned()
     } else {
-        let recorded = runtime.block_on(recorded_run(
-            config,
-            set,
-            ctx,
-            &source,
-            &parsed,
-            opts,
-            &|n| (0..n).for_each(|_| progress.tick()),
-        ));
-        match recorded {
-            Ok(report) => report,
-            Err(e) => {
-                progress.finish();
-                output::error(
-                    &format!("store {}: {e}", config.store.url),
-                    Some("set store.url (or FIREBREAK_STORE__URL), or run with --no-store"),
-                );
-                return Exit::Usage;
-            }
+        config.store.url.clone()
+    };
+    let recorded = runtime.block_on(recorded_run(
+        config,
+        &store_url,
+        set,
+        ctx,
+        &source,
+        &parsed,
+        opts,
+        &|n| (0..n).for_each(|_| progress.tick()),
+    ));
+    let report = match recorded {
+        Ok(report) => report,
+        Err(e) => {
+            progress.finish();
+            output::error(
+                &format!("store {}: {e}", crate::redact::scrub(&store_url)),
+                Some("set store.url (or FIREBREAK_STORE__URL), or run with --no-store"),
+            );
+            return Exit::Usage;
         }
     };
     progress.finish();
@@ -152,10 +159,13 @@ enum RecordedError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// Runs through the store named by `store.url`, sharing history, dedup, guards, locks and the
-/// audit trail with `firebreak serve`.
+/// Runs through the store at `url` (`store.url`, sharing history, dedup, guards, locks and
+/// the audit trail with `firebreak serve`; or an in-memory store), on the engine the service
+/// uses.
+#[allow(clippy::too_many_arguments)] // the run's inputs, each used once
 async fn recorded_run(
     config: &Config,
+    url: &str,
     set: PlaybookSet,
     ctx: ActionCtx,
     source: &str,
@@ -163,11 +173,7 @@ async fn recorded_run(
     run: RunOptions,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<RunReport, RecordedError> {
-    let store = Arc::new(
-        SqliteStore::open(&config.store.url)
-            .await
-            .map_err(RecordedError::Open)?,
-    );
+    let store = Arc::new(SqliteStore::open(url).await.map_err(RecordedError::Open)?);
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let batch = IngestBatch {
         intake: format!("cli:{user}:{source}"),
@@ -181,8 +187,8 @@ async fn recorded_run(
         run,
         ..WorkerOptions::default()
     };
-    let report = engine::recorded::run(
-        store,
+    let mut report = engine::recorded::run(
+        Arc::clone(&store),
         Arc::new(set),
         ctx,
         batch,
@@ -191,9 +197,14 @@ async fn recorded_run(
         progress,
     )
     .await?;
-    output::note(&format!(
-        "recorded in {} (`firebreak audit list` shows the trail)",
-        crate::redact::scrub(&config.store.url)
-    ));
+    if url == crate::store::MEMORY_URL {
+        // The store is gone when the run ends: the report keeps the evidence.
+        engine::recorded::inline_evidence(&*store, &mut report).await?;
+    } else {
+        output::note(&format!(
+            "recorded in {} (`firebreak audit list` shows the trail)",
+            crate::redact::scrub(url)
+        ));
+    }
     Ok(report)
 }

@@ -1,5 +1,5 @@
-//! `firebreak run` with a store: the manual run goes through the same ledger, guards, locks
-//! and audit trail as the service.
+//! `firebreak run`: the manual run drives the same [`Worker`] as the service, through the
+//! same ledger, guards, locks and audit trail (with `--no-store`, an in-memory store).
 //!
 //! The run records its findings under a scope of its own (so a running service never picks
 //! them up, and a dry run's findings are never applied by anyone), drives a [`Worker`] limited
@@ -18,6 +18,76 @@ use crate::store::{ExecState, ExecutionRow, IngestBatch, StepRow, Store, StoreEr
 
 /// How often the run looks again while an execution waits for a lock another engine holds.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// Runs `findings` through the engine on a store of its own, in memory, gone when the run ends
+/// (`firebreak run --no-store`): the same worker, retries, guards, locks and kill switch
+/// (`opts.kill_switch`) as with a store; only nothing is kept. `progress` is called once per
+/// finding matched.
+///
+/// # Errors
+/// Store failures (of the in-memory database).
+pub async fn run_in_memory(
+    set: &Arc<PlaybookSet>,
+    ctx: &ActionCtx,
+    findings: &[crate::finding::Finding],
+    opts: &super::RunOptions,
+    progress: &(dyn Fn() + Sync),
+) -> Result<RunReport, StoreError> {
+    let store = Arc::new(crate::store::memory().await?);
+    let batch = IngestBatch {
+        intake: "cli".into(),
+        findings: findings.to_vec(),
+        ..IngestBatch::default()
+    };
+    let opts = WorkerOptions {
+        run: opts.clone(),
+        ..WorkerOptions::default()
+    };
+    let mut report = run(
+        Arc::clone(&store),
+        Arc::clone(set),
+        ctx.clone(),
+        batch,
+        Duration::ZERO,
+        opts,
+        &|n| (0..n).for_each(|_| progress()),
+    )
+    .await?;
+    inline_evidence(&*store, &mut report).await?;
+    Ok(report)
+}
+
+/// Puts each evidence bundle a step stored back into its outcome (`detail.evidence.bundle`):
+/// for a store that is gone when the run ends, the report is the only place it survives.
+///
+/// # Errors
+/// Store failures.
+pub async fn inline_evidence<S: Store>(
+    store: &S,
+    report: &mut RunReport,
+) -> Result<(), StoreError> {
+    for step in report.executions.iter_mut().flat_map(|e| &mut e.steps) {
+        let Some(evidence) = step
+            .outcome
+            .as_mut()
+            .and_then(|o| o.detail.get_mut("evidence"))
+            .and_then(serde_json::Value::as_object_mut)
+        else {
+            continue;
+        };
+        let Some(sha256) = evidence
+            .get("sha256")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        if let Some(bundle) = store.evidence(&sha256).await? {
+            evidence.insert("bundle".into(), bundle);
+        }
+    }
+    Ok(())
+}
 
 /// Records `batch` under a fresh scope and runs it to the point where nothing can advance now.
 /// `progress` is called with the number of findings matched in each round.
@@ -39,24 +109,30 @@ pub async fn run<S: Store>(
     let ids: Vec<String> = batch.findings.iter().map(|f| f.id.to_string()).collect();
     let receipts = store.record(batch, dedup_window).await?;
     opts.scope = Some(scope.clone());
+    let opts_kill_switch = opts.run.kill_switch;
     let playbooks = Arc::new(RwLock::new(Arc::clone(&set)));
     let bound = opts.lease.saturating_mul(2);
     let worker = Worker::new(Arc::clone(&store), playbooks, ctx, opts);
 
     let started = Instant::now();
-    loop {
+    let configured_pause = opts_kill_switch;
+    let paused = loop {
         let round = worker.round().await?;
         progress(round.findings);
         if round != Round::default() {
             continue;
         }
-        // Nothing claimable: done, unless an execution waits briefly for a target lock.
+        // Nothing claimable: the kill switch parked what is left, or everything finished, or
+        // an execution waits briefly for a target lock.
+        if configured_pause || store.flag("kill_switch").await? {
+            break true;
+        }
         let waiting = store.waiting_in_scope(&scope).await?;
         if waiting == 0 || started.elapsed() > bound {
-            break;
+            break false;
         }
         tokio::time::sleep(IDLE_POLL).await;
-    }
+    };
     let handed_over = store.release_scope(&scope).await?;
     if handed_over > 0 {
         tracing::info!(
@@ -75,18 +151,22 @@ pub async fn run<S: Store>(
             continue;
         }
         for row in store.executions_of(id).await? {
-            add_execution(&mut report, &set, id, row);
+            add_execution(&mut report, &set, id, row, paused);
         }
     }
     Ok(report)
 }
 
-fn add_execution(report: &mut RunReport, set: &PlaybookSet, finding_id: &str, row: ExecutionRow) {
-    // The kill switch stops an execution that would have acted: report its steps as skipped,
-    // as the in-memory run does, rather than as a match that did not act.
-    let killed =
-        row.state == ExecState::Skipped && row.reason.as_deref() == Some(KILL_SWITCH_REASON);
-    let acted = killed
+fn add_execution(
+    report: &mut RunReport,
+    set: &PlaybookSet,
+    finding_id: &str,
+    row: ExecutionRow,
+    paused: bool,
+) {
+    // Parked by the kill switch: still `matched` or `applying`, its remaining steps not run.
+    let parked = paused && matches!(row.state, ExecState::Matched | ExecState::Applying);
+    let acted = parked
         || matches!(
             row.state,
             ExecState::Planned
@@ -95,38 +175,49 @@ fn add_execution(report: &mut RunReport, set: &PlaybookSet, finding_id: &str, ro
                 | ExecState::Scheduled
                 | ExecState::Applying
         );
+    let playbook = set.playbooks().iter().find(|p| p.name == row.playbook);
     if !acted {
         report.not_acted.push(NotActed {
             finding_id: finding_id.to_owned(),
-            playbook: row.playbook,
             reason: row
                 .reason
                 .unwrap_or_else(|| format!("execution is {}", row.state.as_str())),
+            approval: (row.state == ExecState::PendingApproval)
+                .then(|| playbook.and_then(|p| p.approval.describe()))
+                .flatten(),
+            playbook: row.playbook,
         });
         return;
     }
-    let playbook = set.playbooks().iter().find(|p| p.name == row.playbook);
     let kinds: Vec<&str> = playbook
         .map(|p| p.steps.iter().map(|s| s.action.kind()).collect())
         .unwrap_or_default();
     let approval = playbook.and_then(|p| p.approval.describe());
     let mut steps: Vec<StepReport> = row.steps.into_iter().map(step_report).collect();
-    // Steps never reached (an earlier one failed and stopped the playbook).
+    // Steps never reached: an earlier one failed and stopped the playbook, the kill switch
+    // parked it, or they wait for a timer.
     for kind in kinds.iter().skip(steps.len()) {
+        let (status, error) = if parked {
+            (
+                StepStatus::Paused,
+                Some(format!(
+                    "{KILL_SWITCH_REASON}: parked; it continues after `firebreak resume`"
+                )),
+            )
+        } else if row.state == ExecState::Failed {
+            (
+                StepStatus::Skipped,
+                Some("an earlier step failed".to_owned()),
+            )
+        } else {
+            (StepStatus::Scheduled, None)
+        };
         steps.push(StepReport {
             action: (*kind).to_owned(),
-            status: if row.state == ExecState::Failed || killed {
-                StepStatus::Skipped
-            } else {
-                StepStatus::Scheduled
-            },
+            status,
             plan: None,
             outcome: None,
-            error: if killed {
-                Some("kill switch is on: nothing is planned or applied".to_owned())
-            } else {
-                (row.state == ExecState::Failed).then(|| "an earlier step failed".to_owned())
-            },
+            error,
             attempts: 0,
             due_at: None,
         });
@@ -143,6 +234,7 @@ fn add_execution(report: &mut RunReport, set: &PlaybookSet, finding_id: &str, ro
 fn step_report(s: StepRow) -> StepReport {
     let status = match s.status.as_str() {
         "planned" => StepStatus::Planned,
+        "planned_only" => StepStatus::PlannedOnly,
         "applied" => StepStatus::Applied,
         "scheduled" => StepStatus::Scheduled,
         "skipped" => StepStatus::Skipped,

@@ -2,9 +2,9 @@
 //!
 //! What a step did is read from the store (its recorded [`Outcome`] and the outcome's `undo`),
 //! never re-derived from the playbook, so a playbook edited or removed since still rolls back
-//! what was done. Each undo holds the target's lock (as applying does), so a rollback never
-//! races an engine acting on the same target; a lock held by someone else is reported, not
-//! waited for. Every undo attempt and the rollback as a whole are audited. Steps that were not
+//! what was done. Each undo holds the locks of every resource the step changed (as applying
+//! does), so a rollback never races an engine acting on the same target; a lock held by someone
+//! else is reported, not waited for. Every undo attempt and the rollback as a whole are audited. Steps that were not
 //! applied, and applied steps whose action cannot be undone (evidence kept, a message sent),
 //! are left as they are and reported so. Nothing here prints.
 
@@ -200,11 +200,34 @@ pub async fn rollback<S: Store>(
             continue;
         }
         let locks = act.locks_target();
-        let (status, error) = if locks
-            && !store
-                .lock_target(&outcome.target, &owner, &execution.id, opts.lease)
-                .await?
+        // Every resource the step's plan changed is locked while it is undone, under a holder of
+        // its own: an engine advancing the same execution never shares a rollback's lock.
+        let mut keys = vec![outcome.target.clone()];
+        if let Some(others) = row
+            .plan
+            .as_ref()
+            .and_then(|p| p.get("other_targets"))
+            .and_then(Value::as_array)
         {
+            keys.extend(others.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
+        let holder = format!("rollback:{}", execution.id);
+        let mut held: Vec<&str> = Vec::new();
+        let mut busy = false;
+        if locks {
+            for key in &keys {
+                if store.lock_target(key, &owner, &holder, opts.lease).await? {
+                    held.push(key);
+                } else {
+                    busy = true;
+                    break;
+                }
+            }
+        }
+        let (status, error) = if busy {
+            for key in held.drain(..) {
+                store.unlock_target(key, &owner).await?;
+            }
             (
                 RollbackStatus::Locked,
                 Some(
@@ -214,8 +237,8 @@ pub async fn rollback<S: Store>(
             )
         } else {
             let undone = act.rollback(ctx, &outcome).await;
-            if locks {
-                store.unlock_target(&outcome.target, &owner).await?;
+            for key in held.drain(..) {
+                store.unlock_target(key, &owner).await?;
             }
             match undone {
                 Ok(()) => (RollbackStatus::Undone, None),

@@ -122,7 +122,17 @@ fn read_text(file: &Path) -> Result<String, Diagnostic> {
 /// Every problem found in the file.
 pub fn load_str(file: &Path, text: &str) -> Result<(Playbook, u64), Vec<Diagnostic>> {
     let spec = parse(file, text).map_err(|d| vec![d])?;
-    compile(file, spec)
+    let (mut pb, line) = compile(file, spec)?;
+    pb.revision = revision_of(text);
+    pb.source = std::sync::Arc::from(text);
+    Ok((pb, line))
+}
+
+/// The revision of a playbook's text: `sha256:<hex>`.
+#[must_use]
+pub fn revision_of(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
 }
 
 fn parse(file: &Path, text: &str) -> Result<PlaybookSpec, Diagnostic> {
@@ -507,6 +517,8 @@ fn compile(file: &Path, spec: PlaybookSpec) -> Result<(Playbook, u64), Vec<Diagn
             guards: spec.guards,
             approval: spec.approval,
             steps,
+            revision: String::new(),
+            source: std::sync::Arc::from(""),
         },
         name_line,
     ))

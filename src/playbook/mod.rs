@@ -15,7 +15,7 @@ use std::cell::OnceCell;
 use std::path::PathBuf;
 
 pub(crate) use load::split_hint;
-pub use load::{LoadError, load_dir, load_str};
+pub use load::{LoadError, load_dir, load_str, revision_of};
 pub use matcher::MatchResult;
 pub use spec::{ApprovalSpec, GuardsSpec, OnFailure, OnLimit, PlaybookSpec};
 
@@ -42,6 +42,11 @@ pub struct Playbook {
     pub approval: ApprovalSpec,
     /// Steps, in order.
     pub steps: Vec<Step>,
+    /// `sha256:<hex>` of the file's text: the revision an execution is pinned to.
+    pub revision: String,
+    /// The file's text (stored with the revision, so an execution finishes on the playbook it
+    /// started with whatever happens to the file).
+    pub source: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Playbook {

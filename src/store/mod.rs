@@ -37,6 +37,16 @@ pub enum StoreError {
     /// The store URL is not one we can open.
     #[error("unsupported store url `{0}`: expected sqlite://PATH (or sqlite::memory:)")]
     UnsupportedUrl(String),
+    /// The caller's lease on an execution was taken over (another worker claimed it after the
+    /// lease ran out, or it was cancelled): the write was refused and nothing changed. The caller
+    /// must stop working on the execution.
+    #[error(
+        "lease lost on execution {execution_id}: another worker owns it now (or it was cancelled); the write was refused"
+    )]
+    LeaseLost {
+        /// The execution.
+        execution_id: String,
+    },
     /// A migration failed.
     #[error("migration {name} failed: {source}")]
     Migration {
@@ -121,8 +131,53 @@ pub struct ClaimedFinding {
 pub struct MatchRecord {
     /// Execution id.
     pub id: String,
-    /// True when it was created now and leased to the caller.
-    pub leased: bool,
+    /// The lease, when it was created now and leased to the caller.
+    pub lease: Option<Lease>,
+}
+
+/// One playbook's verdict on a finding, as [`Store::record_matches`] records it.
+#[derive(Debug, Clone)]
+pub struct MatchInput<'a> {
+    /// Playbook name.
+    pub playbook: &'a str,
+    /// The playbook revision (sha256 of its text) the execution is pinned to.
+    pub revision: &'a str,
+    /// The file it was loaded from.
+    pub file: &'a str,
+    /// Its exact text (stored once per revision).
+    pub source: &'a str,
+    /// `matched` (it acts) or `skipped` (excluded, `when` error).
+    pub state: ExecState,
+    /// Why, for a skipped match.
+    pub reason: Option<String>,
+}
+
+/// A stored playbook revision: the exact text an execution started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaybookRevision {
+    /// `sha256:<hex>` of `source`.
+    pub revision: String,
+    /// Playbook name.
+    pub name: String,
+    /// The file it was loaded from.
+    pub file: String,
+    /// The YAML text.
+    pub source: String,
+}
+
+/// Proof that a worker holds an execution: the lease owner and the fencing token its claim
+/// received. Every write about the execution carries it, and the store refuses a write whose
+/// token is no longer current ([`StoreError::LeaseLost`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The execution.
+    pub execution_id: String,
+    /// Its finding.
+    pub finding_id: String,
+    /// The worker holding it.
+    pub owner: String,
+    /// The fencing token of the claim (bumped by every claim).
+    pub fence: i64,
 }
 
 /// States of an execution (one playbook run for one finding).
@@ -208,6 +263,11 @@ impl ExecState {
 pub struct ClaimedExecution {
     /// Execution id.
     pub id: String,
+    /// The claim: every write about the execution carries it.
+    pub lease: Lease,
+    /// The playbook revision the execution is pinned to (`None`: recorded before revisions
+    /// were pinned; the playbook in force by name is used).
+    pub revision: Option<String>,
     /// The finding.
     pub finding: Finding,
     /// Playbook name.
@@ -242,7 +302,8 @@ pub struct StepRow {
     pub idx: u32,
     /// Action kind.
     pub action: String,
-    /// `planned`, `applying`, `applied`, `failed` or `skipped`.
+    /// `planned`, `planned_only` (no client to apply with), `scheduled`, `applying`, `applied`,
+    /// `failed` or `skipped`.
     pub status: String,
     /// The plan, when made.
     pub plan: Option<Value>,
@@ -257,17 +318,14 @@ pub struct StepRow {
     pub due_at: Option<i64>,
 }
 
-/// What the guards are asked before an execution acts for the first time.
+/// What the guards are asked before a step of an execution changes something.
 #[derive(Debug, Clone)]
 pub struct Admission<'a> {
-    /// The execution.
-    pub execution_id: &'a str,
-    /// Its finding.
-    pub finding_id: &'a str,
     /// Its playbook (limits are per playbook).
     pub playbook: &'a str,
-    /// The target key (the finding's primary resource).
-    pub target: &'a str,
+    /// The keys of every resource the step about to apply changes (its plan's
+    /// [`crate::action::Plan::changed_targets`]; for a message, what it is about).
+    pub targets: &'a [String],
     /// Blast radius: distinct targets per rolling hour.
     pub max_targets_per_hour: Option<u32>,
     /// Rate limit: executions per rolling hour.
@@ -464,20 +522,29 @@ pub trait Store: Send + Sync + 'static {
         scope: Option<&str>,
     ) -> impl Future<Output = Result<Vec<ClaimedFinding>, StoreError>> + Send;
 
-    /// Marks a claimed finding matched and creates one execution per playbook (idempotent:
-    /// an existing execution for the same finding and playbook is kept). With `lease`
-    /// (`owner`, duration), the executions it creates in state `matched` are leased to that
-    /// owner in the same transaction, so the caller can advance them without claiming them
-    /// again. Returns one record per playbook, in order.
+    /// Marks a claimed finding matched and creates one execution per playbook, each pinned to
+    /// the playbook revision it matched with (the revision's text is stored once). Idempotent:
+    /// an existing execution for the same finding and playbook is kept. With `lease`, up to
+    /// `lease.max` of the executions it creates in state `matched` are leased to that owner in
+    /// the same transaction (with a fencing token), so the caller can advance them without
+    /// claiming them again. Returns one record per playbook, in order.
     fn record_matches(
         &self,
         finding_id: &str,
-        playbooks: &[(String, ExecState, Option<String>)],
-        lease: Option<(&str, Duration)>,
+        matches: &[MatchInput<'_>],
+        lease: Option<LeaseRequest<'_>>,
     ) -> impl Future<Output = Result<Vec<MatchRecord>, StoreError>> + Send;
+
+    /// The stored text of a playbook revision an execution is pinned to.
+    fn playbook_revision(
+        &self,
+        revision: &str,
+    ) -> impl Future<Output = Result<Option<PlaybookRevision>, StoreError>> + Send;
 
     /// Claims up to `limit` executions that still have work (non-final state, lease free or
     /// expired, not waiting for a timer or a lock) whose finding was recorded with `scope`.
+    /// Every claim bumps the execution's fencing token. While the kill switch is on nothing
+    /// is claimed: waiting executions keep their state and due times.
     fn claim_executions(
         &self,
         owner: &str,
@@ -509,22 +576,49 @@ pub trait Store: Send + Sync + 'static {
         execution_id: &str,
     ) -> impl Future<Output = Result<Option<(String, ExecutionRow)>, StoreError>> + Send;
 
-    /// Upserts a step record and appends its audit line, in one transaction.
+    /// Upserts a step record and appends its audit line, in one transaction. Refused with
+    /// [`StoreError::LeaseLost`] unless `lease` is still current.
     fn save_step(
         &self,
-        execution_id: &str,
-        finding_id: &str,
+        lease: &Lease,
         step: &StepRow,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Sets an execution's state (and releases its lease when final), with an audit line.
+    /// Refused with [`StoreError::LeaseLost`] unless `lease` is still current.
     fn set_execution_state(
         &self,
-        execution_id: &str,
-        finding_id: &str,
+        lease: &Lease,
         state: ExecState,
         reason: Option<&str>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Extends the lease on an execution, and the target locks it holds, to `duration` from
+    /// now (the database's clock). [`StoreError::LeaseLost`] when another worker took it over.
+    fn renew(
+        &self,
+        lease: &Lease,
+        duration: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Releases a claimed execution without changing its state or its due times (the kill
+    /// switch is on), with an audit line. It is claimed again after `resume`.
+    fn park(
+        &self,
+        lease: &Lease,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Cancels an execution that has not finished (an operator's decision: e.g. its playbook
+    /// was removed), whoever holds it: the state becomes `cancelled`, its fencing token is
+    /// bumped so a worker still holding it stops, and the decision is audited with who and
+    /// why. Returns false when the execution is unknown or already finished.
+    fn cancel(
+        &self,
+        execution_id: &str,
+        by: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Appends an audit record.
     fn audit(
@@ -567,17 +661,34 @@ pub trait Store: Send + Sync + 'static {
     /// Duplicates counted for a finding.
     fn duplicates(&self, finding_id: &str) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
-    /// Asks the playbook's guards, atomically, whether an execution may act; when it may,
-    /// records it as acting and sets it `applying` (audited), in the same transaction.
-    /// Idempotent per execution (a resumed execution is admitted again), and an execution a
-    /// person approved passes every limit. A denial is audited; the state is then the caller's.
+    /// Asks the playbook's guards, atomically, whether a step may change `admission.targets`;
+    /// when it may, records each target as acted on by the execution (the first admission of
+    /// an execution also counts as a run) and sets it `applying` (audited), in the same
+    /// transaction. Targets the execution already acted on pass again (a resumed or later
+    /// step is not counted twice), and an execution a person approved passes every limit. A
+    /// denial is audited; the state is then the caller's.
     fn admit(
         &self,
+        lease: &Lease,
         admission: &Admission<'_>,
     ) -> impl Future<Output = Result<Option<GuardDenial>, StoreError>> + Send;
 
-    /// Takes the lock on `key` for `owner` until `lease` passes. Returns false when another
-    /// owner holds it. Taking a lock one already holds extends it.
+    /// Takes the locks on every key in `keys` for the execution `lease` holds, until
+    /// `duration` passes, all or none. Returns false when another execution holds any of them.
+    /// Taking locks the execution already holds extends them; [`Store::renew`] keeps them.
+    fn lock_targets(
+        &self,
+        lease: &Lease,
+        keys: &[String],
+        duration: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Releases every target lock the execution `lease` holds.
+    fn unlock_targets(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes the lock on `key` for `owner` (an operator's rollback, not an engine) until
+    /// `lease` passes. Returns false when another owner holds it. Taking a lock one already
+    /// holds extends it.
     fn lock_target(
         &self,
         key: &str,
@@ -597,7 +708,7 @@ pub trait Store: Send + Sync + 'static {
     /// earlier than `wake_at` (Unix ms).
     fn defer_execution(
         &self,
-        execution_id: &str,
+        lease: &Lease,
         wake_at: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -605,10 +716,16 @@ pub trait Store: Send + Sync + 'static {
     /// execution set `scheduled` and released until then, and an audit line, in one transaction.
     fn schedule_step(
         &self,
-        execution_id: &str,
-        finding_id: &str,
+        lease: &Lease,
         step: &StepRow,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The evidence bundle recorded under `sha256` (as an outcome's `detail.evidence.sha256`
+    /// names it), if any.
+    fn evidence(
+        &self,
+        sha256: &str,
+    ) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
 
     /// Executions waiting for a person, oldest first.
     fn pending_approvals(
@@ -625,6 +742,29 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
+
+/// What [`Store::record_matches`] may lease to its caller.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseRequest<'a> {
+    /// The worker.
+    pub owner: &'a str,
+    /// How long the lease lasts unless renewed.
+    pub duration: Duration,
+    /// At most this many new executions (what the worker can start now).
+    pub max: usize,
+}
+
+/// A store in memory, gone when dropped (`firebreak run --no-store`): the same implementation
+/// and migrations as the embedded default, nothing written to disk.
+///
+/// # Errors
+/// The database cannot be created (out of memory).
+pub async fn memory() -> Result<sqlite::SqliteStore, StoreError> {
+    sqlite::SqliteStore::open(MEMORY_URL).await
+}
+
+/// The URL of an in-memory store.
+pub const MEMORY_URL: &str = "sqlite::memory:";
 
 /// Milliseconds since the Unix epoch.
 #[must_use]

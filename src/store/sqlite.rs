@@ -17,9 +17,9 @@ use tokio::sync::Mutex;
 
 use super::{
     Admission, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution, ClaimedFinding, ExecState,
-    ExecutionRow, GENESIS, GuardDenial, IngestBatch, MatchRecord, PendingApproval, PreparedFinding,
-    Receipt, StepRow, Store, StoreError, VerifyReport, audit_detail, audit_hash, body_hash, now_ms,
-    prepare_finding,
+    ExecutionRow, GENESIS, GuardDenial, IngestBatch, Lease, LeaseRequest, MatchInput, MatchRecord,
+    PendingApproval, PlaybookRevision, PreparedFinding, Receipt, StepRow, Store, StoreError,
+    VerifyReport, audit_detail, audit_hash, body_hash, now_ms, prepare_finding,
 };
 use crate::finding::Finding;
 
@@ -37,6 +37,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_batch_audit",
         include_str!("migrations/sqlite_0004_batch_audit.sql"),
+    ),
+    (
+        "0005_fenced_leases",
+        include_str!("migrations/sqlite_0005_fenced_leases.sql"),
     ),
 ];
 
@@ -99,25 +103,6 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl SqliteStore {
-    /// The evidence bundle recorded under `sha256` (as an outcome's `detail.evidence.sha256`
-    /// names it), if any.
-    ///
-    /// # Errors
-    /// Database failures, or a stored body that is not JSON.
-    pub async fn evidence(&self, sha256: &str) -> Result<Option<Value>, StoreError> {
-        let body: Option<String> = sqlx::query_scalar("SELECT body FROM evidence WHERE sha256 = ?")
-            .bind(sha256)
-            .fetch_optional(&self.readers)
-            .await?;
-        body.map(|b| {
-            serde_json::from_str(&b).map_err(|e| StoreError::Corrupt {
-                table: "evidence",
-                reason: e.to_string(),
-            })
-        })
-        .transpose()
-    }
-
     /// The recorded steps of an execution, by index.
     async fn steps_of(&self, execution_id: &str) -> Result<Vec<StepRow>, StoreError> {
         let rows = sqlx::query(
@@ -448,6 +433,49 @@ fn decode_finding(body: &str) -> Result<Finding, StoreError> {
     serde_json::from_str(body).map_err(|e| corrupt("findings", e.to_string()))
 }
 
+/// Refuses, inside an open write transaction, a write from a worker whose lease on the
+/// execution is no longer current (another worker claimed it since, or it was cancelled).
+/// Nothing else can move the lease until the transaction ends.
+async fn fenced(conn: &mut SqliteConnection, lease: &Lease) -> Result<(), StoreError> {
+    let current: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM executions WHERE id = ? AND lease_owner = ? AND fence = ?",
+    )
+    .bind(&lease.execution_id)
+    .bind(&lease.owner)
+    .bind(lease.fence)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match current {
+        Some(_) => Ok(()),
+        None => Err(StoreError::LeaseLost {
+            execution_id: lease.execution_id.clone(),
+        }),
+    }
+}
+
+/// Releases every target lock the execution `lease` holds, inside an open transaction.
+async fn release_locks(conn: &mut SqliteConnection, lease: &Lease) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM locks WHERE execution_id = ? AND owner = ?")
+        .bind(&lease.execution_id)
+        .bind(&lease.owner)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// A step's outcome as stored: scrubbed like every detail, except its `undo` record, which is
+/// kept exactly as the action returned it (rollback must get back what apply saved; actions
+/// keep secrets out of it by construction).
+fn outcome_json(outcome: &Value) -> String {
+    let mut o = outcome.clone();
+    let undo = o.as_object_mut().and_then(|m| m.remove("undo"));
+    crate::redact::scrub_json(&mut o);
+    if let (Some(undo), Some(map)) = (undo, o.as_object_mut()) {
+        map.insert("undo".into(), undo);
+    }
+    crate::action::canonical_json(&o)
+}
+
 /// Upserts a step and appends its audit line, inside an open transaction. A step leaving
 /// `scheduled` marks its timer fired.
 async fn upsert_step(
@@ -512,7 +540,7 @@ async fn upsert_step(
     .bind(&step.status)
     .bind(step.plan.as_ref().map(audit_detail))
     .bind(&plan_hash)
-    .bind(step.outcome.as_ref().map(audit_detail))
+    .bind(step.outcome.as_ref().map(outcome_json))
     .bind(step.error.as_deref().map(|e| crate::redact::scrub(e).into_owned()))
     .bind(i64::from(step.attempts))
     .bind(now)
@@ -773,40 +801,60 @@ impl Store for SqliteStore {
     async fn record_matches(
         &self,
         finding_id: &str,
-        playbooks: &[(String, ExecState, Option<String>)],
-        lease: Option<(&str, Duration)>,
+        matches: &[MatchInput<'_>],
+        lease: Option<LeaseRequest<'_>>,
     ) -> Result<Vec<MatchRecord>, StoreError> {
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
-        let mut ids = Vec::with_capacity(playbooks.len());
-        for (playbook, state, reason) in playbooks {
+        let mut ids = Vec::with_capacity(matches.len());
+        let mut leased_count = 0usize;
+        for m in matches {
             let existing: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM executions WHERE finding_id = ? AND playbook = ?",
             )
             .bind(finding_id)
-            .bind(playbook)
+            .bind(m.playbook)
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(id) = existing {
-                ids.push(MatchRecord { id, leased: false });
+                ids.push(MatchRecord { id, lease: None });
                 continue;
             }
             let id = ulid::Ulid::new().to_string();
-            let leased = lease.filter(|_| *state == ExecState::Matched);
+            let acts = m.state == ExecState::Matched;
+            let leased = lease.filter(|l| acts && leased_count < l.max);
+            if leased.is_some() {
+                leased_count += 1;
+            }
+            if acts {
+                sqlx::query(
+                    "INSERT INTO playbook_revisions (revision, name, file, source, recorded_at) \
+                     VALUES (?, ?, ?, ?, ?) ON CONFLICT (revision) DO NOTHING",
+                )
+                .bind(m.revision)
+                .bind(m.playbook)
+                .bind(m.file)
+                .bind(m.source)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
             sqlx::query(
-                "INSERT INTO executions (id, finding_id, playbook, state, reason, created_at, updated_at, lease_owner, lease_until) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO executions (id, finding_id, playbook, state, reason, created_at, updated_at, \
+                   lease_owner, lease_until, fence, playbook_rev) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&id)
             .bind(finding_id)
-            .bind(playbook)
-            .bind(state.as_str())
-            .bind(reason)
+            .bind(m.playbook)
+            .bind(m.state.as_str())
+            .bind(&m.reason)
             .bind(now)
             .bind(now)
-            .bind(leased.map(|(owner, _)| owner))
-            .bind(leased.map(|(_, d)| now + ms(d)))
+            .bind(leased.map(|l| l.owner))
+            .bind(leased.map(|l| now + ms(l.duration)))
+            .bind(i64::from(leased.is_some()))
+            .bind(acts.then_some(m.revision))
             .execute(&mut *tx)
             .await?;
             append_audit(
@@ -815,14 +863,22 @@ impl Store for SqliteStore {
                     kind: "execution.matched".into(),
                     finding_id: Some(finding_id.to_owned()),
                     execution_id: Some(id.clone()),
-                    detail: serde_json::json!({ "playbook": playbook, "state": state.as_str(), "reason": reason }),
+                    detail: serde_json::json!({
+                        "playbook": m.playbook,
+                        "revision": acts.then_some(m.revision),
+                        "state": m.state.as_str(),
+                        "reason": m.reason,
+                    }),
                 },
             )
             .await?;
-            ids.push(MatchRecord {
-                id,
-                leased: leased.is_some(),
+            let lease = leased.map(|l| Lease {
+                execution_id: id.clone(),
+                finding_id: finding_id.to_owned(),
+                owner: l.owner.to_owned(),
+                fence: 1,
             });
+            ids.push(MatchRecord { id, lease });
         }
         sqlx::query("UPDATE findings SET state = 'matched', lease_owner = NULL, lease_until = NULL WHERE id = ?")
             .bind(finding_id)
@@ -832,6 +888,24 @@ impl Store for SqliteStore {
         Ok(ids)
     }
 
+    async fn playbook_revision(
+        &self,
+        revision: &str,
+    ) -> Result<Option<PlaybookRevision>, StoreError> {
+        let row: Option<(String, String, String, String)> = sqlx::query_as(
+            "SELECT revision, name, file, source FROM playbook_revisions WHERE revision = ?",
+        )
+        .bind(revision)
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(row.map(|(revision, name, file, source)| PlaybookRevision {
+            revision,
+            name,
+            file,
+            source,
+        }))
+    }
+
     async fn claim_executions(
         &self,
         owner: &str,
@@ -839,17 +913,23 @@ impl Store for SqliteStore {
         limit: u32,
         scope: Option<&str>,
     ) -> Result<Vec<ClaimedExecution>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let rows = {
             let mut w = self.writer.lock().await;
             let now = now_ms();
+            // Every claim bumps the fencing token: a worker whose lease ran out and was taken
+            // over here has its later writes refused.
             sqlx::query(
-                "UPDATE executions SET lease_owner = ?, lease_until = ? WHERE id IN ( \
+                "UPDATE executions SET lease_owner = ?, lease_until = ?, fence = fence + 1 WHERE id IN ( \
                    SELECT e.id FROM executions e JOIN findings f ON f.id = e.finding_id \
                    WHERE e.state IN ('matched', 'applying', 'scheduled') \
                    AND (f.scope IS ? OR (? IS NULL AND f.dry_run = 0 AND f.received_at < ?)) \
                    AND (e.lease_until IS NULL OR e.lease_until < ?) AND (e.wake_at IS NULL OR e.wake_at <= ?) \
+                   AND NOT EXISTS (SELECT 1 FROM meta WHERE key = 'flag:kill_switch' AND value = 'on') \
                    ORDER BY e.created_at, e.id LIMIT ?) \
-                 RETURNING id, finding_id, playbook, state",
+                 RETURNING id, finding_id, playbook, state, fence, playbook_rev",
             )
             .bind(owner)
             .bind(now + ms(lease))
@@ -874,6 +954,13 @@ impl Store for SqliteStore {
                     .await?;
             let steps = self.steps_of(&id).await?;
             out.push(ClaimedExecution {
+                lease: Lease {
+                    execution_id: id.clone(),
+                    finding_id,
+                    owner: owner.to_owned(),
+                    fence: row.try_get("fence")?,
+                },
+                revision: row.try_get("playbook_rev")?,
                 id,
                 finding: decode_finding(&body)?,
                 playbook: row.try_get("playbook")?,
@@ -974,32 +1061,149 @@ impl Store for SqliteStore {
         Ok(Some((finding_id, row)))
     }
 
-    async fn save_step(
-        &self,
-        execution_id: &str,
-        finding_id: &str,
-        step: &StepRow,
-    ) -> Result<(), StoreError> {
+    async fn save_step(&self, lease: &Lease, step: &StepRow) -> Result<(), StoreError> {
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
-        upsert_step(&mut tx, execution_id, finding_id, step).await?;
+        fenced(&mut tx, lease).await?;
+        upsert_step(&mut tx, &lease.execution_id, &lease.finding_id, step).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn set_execution_state(
         &self,
-        execution_id: &str,
-        finding_id: &str,
+        lease: &Lease,
         state: ExecState,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
-        set_state(&mut tx, execution_id, finding_id, state, reason).await?;
+        fenced(&mut tx, lease).await?;
+        set_state(
+            &mut tx,
+            &lease.execution_id,
+            &lease.finding_id,
+            state,
+            reason,
+        )
+        .await?;
+        if state.is_final() {
+            release_locks(&mut tx, lease).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
+
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let until = now_ms() + ms(duration);
+        let renewed = sqlx::query(
+            "UPDATE executions SET lease_until = ? WHERE id = ? AND lease_owner = ? AND fence = ?",
+        )
+        .bind(until)
+        .bind(&lease.execution_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if renewed == 0 {
+            return Err(StoreError::LeaseLost {
+                execution_id: lease.execution_id.clone(),
+            });
+        }
+        sqlx::query("UPDATE locks SET until = ? WHERE execution_id = ? AND owner = ?")
+            .bind(until)
+            .bind(&lease.execution_id)
+            .bind(&lease.owner)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn park(&self, lease: &Lease, reason: &str) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        fenced(&mut tx, lease).await?;
+        let state: String = sqlx::query_scalar(
+            "UPDATE executions SET lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? \
+             RETURNING state",
+        )
+        .bind(now_ms())
+        .bind(&lease.execution_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        release_locks(&mut tx, lease).await?;
+        append_audit(
+            &mut tx,
+            &AuditEvent {
+                kind: "execution.parked".into(),
+                finding_id: Some(lease.finding_id.clone()),
+                execution_id: Some(lease.execution_id.clone()),
+                detail: serde_json::json!({ "state": state, "reason": reason }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn cancel(&self, execution_id: &str, by: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT finding_id, state FROM executions WHERE id = ?")
+                .bind(execution_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((finding_id, state)) = row else {
+            return Ok(false);
+        };
+        if ExecState::parse(&state).is_none_or(ExecState::is_final) {
+            return Ok(false);
+        }
+        let now = now_ms();
+        // A new fencing token: a worker still holding the execution has its next write refused.
+        sqlx::query("UPDATE executions SET fence = fence + 1, wake_at = NULL WHERE id = ?")
+            .bind(execution_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM locks WHERE execution_id = ?")
+            .bind(execution_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE schedules SET fired_at = ? WHERE execution_id = ? AND fired_at IS NULL",
+        )
+        .bind(now)
+        .bind(execution_id)
+        .execute(&mut *tx)
+        .await?;
+        append_audit(
+            &mut tx,
+            &AuditEvent {
+                kind: "execution.cancelled".into(),
+                finding_id: Some(finding_id.clone()),
+                execution_id: Some(execution_id.to_owned()),
+                detail: serde_json::json!({ "by": by, "reason": reason, "state_before": state }),
+            },
+        )
+        .await?;
+        let why = format!("cancelled by {by}: {reason}");
+        set_state(
+            &mut tx,
+            execution_id,
+            &finding_id,
+            ExecState::Cancelled,
+            Some(&why),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
@@ -1203,65 +1407,83 @@ impl Store for SqliteStore {
         Ok(n.unwrap_or(0))
     }
 
-    async fn admit(&self, a: &Admission<'_>) -> Result<Option<GuardDenial>, StoreError> {
+    async fn admit(
+        &self,
+        lease: &Lease,
+        a: &Admission<'_>,
+    ) -> Result<Option<GuardDenial>, StoreError> {
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        fenced(&mut tx, lease).await?;
+        let (eid, fid) = (lease.execution_id.as_str(), lease.finding_id.as_str());
         let now = now_ms();
-        let admitted: Option<i64> =
-            sqlx::query_scalar("SELECT at FROM acted WHERE execution_id = ?")
-                .bind(a.execution_id)
-                .fetch_optional(&mut *tx)
+        let admitted: Vec<String> =
+            sqlx::query_scalar("SELECT target FROM acted WHERE execution_id = ?")
+                .bind(eid)
+                .fetch_all(&mut *tx)
                 .await?;
-        if admitted.is_some() {
-            return Ok(None); // resumed: admitted before
+        let first = admitted.is_empty();
+        let mut fresh: Vec<&str> = Vec::new();
+        for t in a.targets {
+            if !admitted.contains(t) && !fresh.contains(&t.as_str()) {
+                fresh.push(t);
+            }
         }
-        let approved: Option<String> =
-            sqlx::query_scalar("SELECT approved_by FROM executions WHERE id = ?")
-                .bind(a.execution_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten();
+        let (approved, state): (Option<String>, String) =
+            sqlx::query_as("SELECT approved_by, state FROM executions WHERE id = ?")
+                .bind(eid)
+                .fetch_one(&mut *tx)
+                .await?;
         let hour_ago = now - 3_600_000;
         let mut denial = None;
         if approved.is_none() && a.requires_approval {
             denial = Some(GuardDenial::ApprovalRequired);
         }
-        if approved.is_none() && denial.is_none() {
+        if approved.is_none() && denial.is_none() && !fresh.is_empty() {
             if let Some(cooldown) = a.cooldown {
-                let recent: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM acted WHERE playbook = ? AND target = ? AND at > ?",
-                )
-                .bind(a.playbook)
-                .bind(a.target)
-                .bind(now - ms(cooldown))
-                .fetch_one(&mut *tx)
-                .await?;
-                if recent > 0 {
-                    denial = Some(GuardDenial::Cooldown {
-                        seconds: cooldown.as_secs(),
-                    });
+                for t in &fresh {
+                    let recent: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM acted WHERE playbook = ? AND target = ? AND at > ? AND execution_id != ?",
+                    )
+                    .bind(a.playbook)
+                    .bind(*t)
+                    .bind(now - ms(cooldown))
+                    .bind(eid)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if recent > 0 {
+                        denial = Some(GuardDenial::Cooldown {
+                            seconds: cooldown.as_secs(),
+                        });
+                        break;
+                    }
                 }
             }
             if let (None, Some(limit)) = (&denial, a.max_targets_per_hour) {
-                let (distinct, known): (i64, i64) = sqlx::query_as(
-                    "SELECT COUNT(DISTINCT target), COALESCE(SUM(target = ?), 0) FROM acted WHERE playbook = ? AND at > ?",
+                let known: Vec<String> = sqlx::query_scalar(
+                    "SELECT DISTINCT target FROM acted WHERE playbook = ? AND at > ?",
                 )
-                .bind(a.target)
+                .bind(a.playbook)
+                .bind(hour_ago)
+                .fetch_all(&mut *tx)
+                .await?;
+                let unseen = fresh
+                    .iter()
+                    .filter(|t| !known.iter().any(|k| k == *t))
+                    .count();
+                if unseen > 0 && known.len() + unseen > usize::try_from(limit).unwrap_or(usize::MAX)
+                {
+                    denial = Some(GuardDenial::BlastRadius { limit });
+                }
+            }
+            if let (None, Some(limit), true) = (&denial, a.max_runs_per_hour, first) {
+                let runs: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(DISTINCT execution_id) FROM acted WHERE playbook = ? AND at > ?",
+                )
                 .bind(a.playbook)
                 .bind(hour_ago)
                 .fetch_one(&mut *tx)
                 .await?;
-                if known == 0 && distinct >= i64::from(limit) {
-                    denial = Some(GuardDenial::BlastRadius { limit });
-                }
-            }
-            if let (None, Some(limit)) = (&denial, a.max_runs_per_hour) {
-                let runs: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM acted WHERE playbook = ? AND at > ?")
-                        .bind(a.playbook)
-                        .bind(hour_ago)
-                        .fetch_one(&mut *tx)
-                        .await?;
                 if runs >= i64::from(limit) {
                     denial = Some(GuardDenial::RateLimit { limit });
                 }
@@ -1269,31 +1491,29 @@ impl Store for SqliteStore {
         }
         match &denial {
             None => {
-                set_state(
-                    &mut tx,
-                    a.execution_id,
-                    a.finding_id,
-                    ExecState::Applying,
-                    None,
-                )
-                .await?;
-                sqlx::query(
-                    "INSERT INTO acted (execution_id, playbook, target, at) VALUES (?, ?, ?, ?)",
-                )
-                .bind(a.execution_id)
-                .bind(a.playbook)
-                .bind(a.target)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if let Some(by) = approved {
+                if state != ExecState::Applying.as_str() {
+                    set_state(&mut tx, eid, fid, ExecState::Applying, None).await?;
+                }
+                for t in &fresh {
+                    sqlx::query(
+                        "INSERT INTO acted (execution_id, playbook, target, at) VALUES (?, ?, ?, ?) \
+                         ON CONFLICT (execution_id, target) DO NOTHING",
+                    )
+                    .bind(eid)
+                    .bind(a.playbook)
+                    .bind(*t)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let (Some(by), false) = (approved, fresh.is_empty()) {
                     append_audit(
                         &mut tx,
                         &AuditEvent {
                             kind: "guard.waived".into(),
-                            finding_id: Some(a.finding_id.to_owned()),
-                            execution_id: Some(a.execution_id.to_owned()),
-                            detail: serde_json::json!({ "playbook": a.playbook, "target": a.target, "approved_by": by }),
+                            finding_id: Some(fid.to_owned()),
+                            execution_id: Some(eid.to_owned()),
+                            detail: serde_json::json!({ "playbook": a.playbook, "targets": fresh, "approved_by": by }),
                         },
                     )
                     .await?;
@@ -1304,11 +1524,11 @@ impl Store for SqliteStore {
                     &mut tx,
                     &AuditEvent {
                         kind: "guard.denied".into(),
-                        finding_id: Some(a.finding_id.to_owned()),
-                        execution_id: Some(a.execution_id.to_owned()),
+                        finding_id: Some(fid.to_owned()),
+                        execution_id: Some(eid.to_owned()),
                         detail: serde_json::json!({
                             "playbook": a.playbook,
-                            "target": a.target,
+                            "targets": a.targets,
                             "reason": d.to_string(),
                             "limit": d,
                         }),
@@ -1319,6 +1539,53 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(denial)
+    }
+
+    async fn lock_targets(
+        &self,
+        lease: &Lease,
+        keys: &[String],
+        duration: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        fenced(&mut tx, lease).await?;
+        let now = now_ms();
+        for key in keys {
+            // Held by another execution and not expired: busy. A lock of the same execution
+            // (held by a worker whose lease this one took over) is taken over.
+            let busy: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM locks WHERE key = ? AND execution_id != ? AND until >= ?",
+            )
+            .bind(key)
+            .bind(&lease.execution_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if busy.is_some() {
+                return Ok(false);
+            }
+        }
+        for key in keys {
+            sqlx::query(
+                "INSERT INTO locks (key, owner, execution_id, until) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, \
+                   execution_id = excluded.execution_id, until = excluded.until",
+            )
+            .bind(key)
+            .bind(&lease.owner)
+            .bind(&lease.execution_id)
+            .bind(now + ms(duration))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn unlock_targets(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().await;
+        release_locks(&mut w, lease).await
     }
 
     async fn lock_target(
@@ -1356,28 +1623,34 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn defer_execution(&self, execution_id: &str, wake_at: i64) -> Result<(), StoreError> {
+    async fn defer_execution(&self, lease: &Lease, wake_at: i64) -> Result<(), StoreError> {
         let mut w = self.writer.lock().await;
-        sqlx::query(
-            "UPDATE executions SET wake_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+        let deferred = sqlx::query(
+            "UPDATE executions SET wake_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? \
+             WHERE id = ? AND lease_owner = ? AND fence = ?",
         )
         .bind(wake_at)
         .bind(now_ms())
-        .bind(execution_id)
+        .bind(&lease.execution_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
         .execute(&mut *w)
-        .await?;
+        .await?
+        .rows_affected();
+        if deferred == 0 {
+            return Err(StoreError::LeaseLost {
+                execution_id: lease.execution_id.clone(),
+            });
+        }
         Ok(())
     }
 
-    async fn schedule_step(
-        &self,
-        execution_id: &str,
-        finding_id: &str,
-        step: &StepRow,
-    ) -> Result<(), StoreError> {
+    async fn schedule_step(&self, lease: &Lease, step: &StepRow) -> Result<(), StoreError> {
+        let (execution_id, finding_id) = (lease.execution_id.as_str(), lease.finding_id.as_str());
         let due = step.due_at.unwrap_or_else(now_ms);
         let mut w = self.writer.lock().await;
         let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        fenced(&mut tx, lease).await?;
         sqlx::query(
             "INSERT INTO schedules (execution_id, idx, action, due_at, created_at) VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (execution_id, idx) DO NOTHING",
@@ -1406,8 +1679,23 @@ impl Store for SqliteStore {
         .bind(execution_id)
         .execute(&mut *tx)
         .await?;
+        release_locks(&mut tx, lease).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn evidence(&self, sha256: &str) -> Result<Option<Value>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM evidence WHERE sha256 = ?")
+            .bind(sha256)
+            .fetch_optional(&self.readers)
+            .await?;
+        body.map(|b| {
+            serde_json::from_str(&b).map_err(|e| StoreError::Corrupt {
+                table: "evidence",
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
     }
 
     async fn pending_approvals(&self) -> Result<Vec<PendingApproval>, StoreError> {

@@ -95,6 +95,7 @@ pub struct Metrics {
     approvals_pending: Gauge,
     sqs_messages: Family<OutcomeLabel, Counter>,
     sqs_errors: Family<OperationLabel, Counter>,
+    leases_lost: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -134,6 +135,7 @@ impl Metrics {
         let approvals_pending = Gauge::default();
         let sqs_messages = Family::<OutcomeLabel, Counter>::default();
         let sqs_errors = Family::<OperationLabel, Counter>::default();
+        let leases_lost = Counter::default();
 
         registry.register(
             "findings_received",
@@ -212,6 +214,12 @@ impl Metrics {
             "Failed SQS calls and commits of SQS batches, by operation",
             sqs_errors.clone(),
         );
+        registry.register(
+            "leases_lost",
+            "Executions this process stopped working on because another worker took over its \
+             lease (its refused writes are logged and audited as lease.lost)",
+            leases_lost.clone(),
+        );
 
         registry.register(
             "executions",
@@ -243,6 +251,7 @@ impl Metrics {
             approvals_pending,
             sqs_messages,
             sqs_errors,
+            leases_lost,
         }
     }
 
@@ -373,6 +382,11 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// This process lost the lease of an execution and stopped working on it.
+    pub fn lease_lost(&self) {
+        self.leases_lost.inc();
     }
 
     /// A playbook reload finished with `outcome` (`loaded` or `rejected`).

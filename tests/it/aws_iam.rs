@@ -21,7 +21,7 @@ use firebreak::clients::aws::Aws;
 use firebreak::clients::kube::Kube;
 use firebreak::config::{Config, WebhookEndpoint};
 use firebreak::engine::worker::{Round, Worker, WorkerOptions};
-use firebreak::engine::{RunOptions, RunReport, StepReport, StepStatus, run};
+use firebreak::engine::{RunOptions, RunReport, StepReport, StepStatus, run_in_memory as run};
 use firebreak::finding::{Finding, ParserChoice, parse_input};
 use firebreak::playbook::{PlaybookSet, load_str};
 use firebreak::redact::Redacted;
@@ -145,21 +145,28 @@ fn ctx(aws: &Aws) -> ActionCtx {
         .with_aws(aws.clone())
 }
 
-fn playbook(action: &str, with: &str) -> PlaybookSet {
+fn playbook(action: &str, with: &str) -> Arc<PlaybookSet> {
     let yaml = format!(
         "name: contain\nmatch: {{class: credential-exposure}}\nsteps:\n  - action: {action}\n    with: {with}\n"
     );
     let (pb, _) = load_str(Path::new("contain.yaml"), &yaml).unwrap_or_else(|d| panic!("{d:#?}"));
-    PlaybookSet::new(vec![pb])
+    Arc::new(PlaybookSet::new(vec![pb]))
 }
 
-async fn step(set: &PlaybookSet, ctx: &ActionCtx, finding: &Finding, dry_run: bool) -> StepReport {
+async fn step(
+    set: &Arc<PlaybookSet>,
+    ctx: &ActionCtx,
+    finding: &Finding,
+    dry_run: bool,
+) -> StepReport {
     let opts = RunOptions {
         dry_run,
         retry_base: Duration::from_millis(1),
         ..RunOptions::default()
     };
-    let report: RunReport = run(set, ctx, std::slice::from_ref(finding), &opts, &|| {}).await;
+    let report: RunReport = run(set, ctx, std::slice::from_ref(finding), &opts, &|| {})
+        .await
+        .unwrap();
     assert_eq!(report.executions.len(), 1, "{report:#?}");
     report.executions[0].steps[0].clone()
 }

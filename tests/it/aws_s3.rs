@@ -4,6 +4,7 @@
 //! back through the SDK.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use aws_sdk_s3::types::{
     AccessControlPolicy, Grant, Grantee, Permission as S3Permission, Type as GranteeType,
@@ -11,7 +12,7 @@ use aws_sdk_s3::types::{
 use firebreak::action::{ActionCtx, ActionError, StepInput, action};
 use firebreak::clients::aws::Aws;
 use firebreak::config::Config;
-use firebreak::engine::{RunOptions, StepReport, StepStatus, run};
+use firebreak::engine::{RunOptions, StepReport, StepStatus, run_in_memory as run};
 use firebreak::finding::{Finding, ParserChoice, parse_input};
 use firebreak::playbook::{PlaybookSet, load_str};
 use serde_json::{Value, json};
@@ -61,19 +62,26 @@ pub fn ctx(aws: Aws) -> ActionCtx {
         .with_aws(aws)
 }
 
-fn playbooks(yaml_steps: &str) -> PlaybookSet {
+fn playbooks(yaml_steps: &str) -> Arc<PlaybookSet> {
     let yaml = format!("name: lock\nmatch: {{class: [public-storage]}}\nsteps:\n{yaml_steps}");
     let (pb, _) = load_str(Path::new("lock.yaml"), &yaml).unwrap_or_else(|d| panic!("{d:#?}"));
-    PlaybookSet::new(vec![pb])
+    Arc::new(PlaybookSet::new(vec![pb]))
 }
 
-async fn step(set: &PlaybookSet, ctx: &ActionCtx, finding: &Finding, dry_run: bool) -> StepReport {
+async fn step(
+    set: &Arc<PlaybookSet>,
+    ctx: &ActionCtx,
+    finding: &Finding,
+    dry_run: bool,
+) -> StepReport {
     let opts = RunOptions {
         dry_run,
         retry_base: std::time::Duration::from_millis(1),
         ..RunOptions::default()
     };
-    let report = run(set, ctx, std::slice::from_ref(finding), &opts, &|| {}).await;
+    let report = run(set, ctx, std::slice::from_ref(finding), &opts, &|| {})
+        .await
+        .unwrap();
     assert_eq!(report.executions.len(), 1, "{report:#?}");
     report.executions[0].steps[0].clone()
 }
@@ -439,14 +447,15 @@ async fn block_public_access_apply_reports_drift_when_the_policy_changed_after_t
 }
 
 #[tokio::test]
-async fn without_aws_block_public_access_plans_and_says_not_connected() {
+async fn without_aws_block_public_access_is_planned_only_not_failed() {
     let ctx = ActionCtx::from_config(&Config::default()).unwrap();
     let finding = parse_one(&s3_8_record("example"));
     let set = playbooks("  - action: aws.s3.block-public-access\n");
     let plan = step(&set, &ctx, &finding, true).await.plan.unwrap();
     assert!(plan.summary.contains("NOT CONNECTED"), "{}", plan.summary);
     let applied = step(&set, &ctx, &finding, false).await;
-    assert_eq!(applied.status, StepStatus::Failed);
+    assert_eq!(applied.status, StepStatus::PlannedOnly, "{applied:#?}");
+    assert!(applied.error.is_none(), "{applied:#?}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aws_sdk_securityhub::types::AwsSecurityFindingIdentifier;
 use firebreak::action::{ActionCtx, StepInput, action};
 use firebreak::config::{Config, WebhookEndpoint};
-use firebreak::engine::{RunOptions, StepStatus, run};
+use firebreak::engine::{RunOptions, StepStatus, run_in_memory as run};
 use firebreak::finding::Finding;
 use firebreak::playbook::{PlaybookSet, load_str};
 use firebreak::redact::Redacted;
@@ -85,12 +85,12 @@ fn record(bucket: &str) -> Value {
     v
 }
 
-fn set(yaml_steps: &str) -> PlaybookSet {
+fn set(yaml_steps: &str) -> Arc<PlaybookSet> {
     let yaml =
         format!("name: close-loop\nmatch: {{class: [public-storage]}}\nsteps:\n{yaml_steps}");
     let (pb, _) =
         load_str(Path::new("close-loop.yaml"), &yaml).unwrap_or_else(|d| panic!("{d:#?}"));
-    PlaybookSet::new(vec![pb])
+    Arc::new(PlaybookSet::new(vec![pb]))
 }
 
 fn opts(dry_run: bool) -> RunOptions {
@@ -123,7 +123,8 @@ fn update_finding_sets_notified_with_a_note_naming_the_playbook_and_finding() {
             &opts(true),
             &|| {},
         )
-        .await;
+        .await
+        .unwrap();
         let step = &planned.executions[0].steps[0];
         assert_eq!(step.status, StepStatus::Planned, "{step:#?}");
         let plan = step.plan.as_ref().unwrap();
@@ -139,7 +140,8 @@ fn update_finding_sets_notified_with_a_note_naming_the_playbook_and_finding() {
             &opts(false),
             &|| {},
         )
-        .await;
+        .await
+        .unwrap();
         let step = &applied.executions[0].steps[0];
         assert_eq!(step.status, StepStatus::Applied, "{step:#?}");
         assert_eq!(step.outcome.as_ref().unwrap().result, "applied");
@@ -157,7 +159,8 @@ fn update_finding_sets_notified_with_a_note_naming_the_playbook_and_finding() {
             &opts(false),
             &|| {},
         )
-        .await;
+        .await
+        .unwrap();
         let step2 = &second.executions[0].steps[0];
         assert!(step2.plan.as_ref().unwrap().noop);
         assert_eq!(step2.outcome.as_ref().unwrap().result, "unchanged");
@@ -252,7 +255,7 @@ fn lock_public_bucket_playbook_closes_the_bucket_resolves_the_finding_and_notifi
         ));
         let text = std::fs::read_to_string(file).unwrap();
         let (pb, _) = load_str(file, &text).unwrap_or_else(|d| panic!("{d:#?}"));
-        let lock = PlaybookSet::new(vec![pb]);
+        let lock = Arc::new(PlaybookSet::new(vec![pb]));
         for rel in [
             "securityhub/asff-afsbp-s3-2-public-read-passed.json",
             "securityhub/asff-afsbp-s3-3-public-write-passed.json",
@@ -270,7 +273,8 @@ fn lock_public_bucket_playbook_closes_the_bucket_resolves_the_finding_and_notifi
                 &opts(true),
                 &|| {},
             )
-            .await;
+            .await
+            .unwrap();
             assert_eq!(report.executions.len(), 1, "{rel} matches: {report:#?}");
         }
 
@@ -282,7 +286,9 @@ fn lock_public_bucket_playbook_closes_the_bucket_resolves_the_finding_and_notifi
             .filter(|r| r["Compliance"]["Status"] == "FAILED")
             .map(parse_one)
             .collect();
-        let report = run(&lock, &dry, &prowler, &opts(true), &|| {}).await;
+        let report = run(&lock, &dry, &prowler, &opts(true), &|| {})
+            .await
+            .unwrap();
         let matched: Vec<&str> = report
             .executions
             .iter()
@@ -301,7 +307,9 @@ fn lock_public_bucket_playbook_closes_the_bucket_resolves_the_finding_and_notifi
         );
         let s3_1 =
             fixtures::finding("securityhub/asff-afsbp-s3-1-account-block-public-access.json");
-        let report = run(&lock, &dry, &[s3_1], &opts(true), &|| {}).await;
+        let report = run(&lock, &dry, &[s3_1], &opts(true), &|| {})
+            .await
+            .unwrap();
         assert!(report.executions.is_empty(), "{report:#?}");
 
         let (_proxy, aws) = hub_peer("testing").await;
@@ -329,7 +337,8 @@ fn lock_public_bucket_playbook_closes_the_bucket_resolves_the_finding_and_notifi
             &opts(false),
             &|| {},
         )
-        .await;
+        .await
+        .unwrap();
         assert_eq!(report.executions.len(), 1, "{report:#?}");
         let steps = &report.executions[0].steps;
         assert!(

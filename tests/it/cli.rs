@@ -318,7 +318,7 @@ async fn run_applies_and_exit_code_reflects_step_failures() {
 }
 
 #[test]
-fn run_with_kill_switch_plans_nothing() {
+fn run_with_the_kill_switch_parks_every_execution_and_sends_nothing() {
     let dir = playbook_dir("http://127.0.0.1:9/never");
     let o = firebreak_with(
         &[
@@ -335,7 +335,13 @@ fn run_with_kill_switch_plans_nothing() {
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
-    assert_eq!(doc["executions"][0]["steps"][0]["status"], "skipped");
+    // Parked, not finalised: the step is reported paused (the service continues it after
+    // `firebreak resume`); the webhook at port 9 was never called (it would fail the step).
+    assert_eq!(
+        doc["executions"][0]["steps"][0]["status"], "paused",
+        "{doc}"
+    );
+    assert!(doc["executions"][0]["steps"][0]["plan"].is_null(), "{doc}");
     assert!(stderr(&o).contains("kill switch"), "{}", stderr(&o));
 }
 

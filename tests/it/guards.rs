@@ -446,23 +446,26 @@ async fn a_playbook_that_asks_for_approval_never_acts_until_a_person_approves() 
 }
 
 #[tokio::test]
-async fn without_a_store_a_playbook_that_asks_for_approval_only_plans() {
+async fn without_a_store_a_playbook_that_asks_for_approval_is_held_and_never_acts() {
     let rx = Receiver::start().await;
     let pbs = playbooks(&needs_approval(&rx.url("/hook"), "{}"));
     let set = Arc::clone(&pbs.read().unwrap());
     let ctx = ActionCtx::from_config(&Config::default()).unwrap();
     let finding = fixtures::finding(FALCO_SHELL);
-    let report = firebreak::engine::run(
+    let report = firebreak::engine::run_in_memory(
         &set,
         &ctx,
         std::slice::from_ref(&finding),
         &RunOptions::default(),
         &|| {},
     )
-    .await;
-    assert_eq!(
-        report.executions[0].steps[0].status,
-        firebreak::engine::StepStatus::Planned
+    .await
+    .unwrap();
+    assert!(report.executions.is_empty(), "{report:#?}");
+    assert_eq!(report.not_acted.len(), 1, "{report:#?}");
+    assert!(
+        report.not_acted[0].reason.contains("approval required"),
+        "{report:#?}"
     );
     assert!(rx.requests().is_empty());
 }

@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use firebreak::action::{ActionCtx, ActionError, Outcome, StepInput, action};
 use firebreak::clients::kube::Kube;
 use firebreak::config::Config;
-use firebreak::engine::{RunOptions, RunReport, StepReport, StepStatus, run};
+use firebreak::engine::{RunOptions, RunReport, StepReport, StepStatus, run_in_memory as run};
 use firebreak::finding::Finding;
 use firebreak::playbook::{PlaybookSet, load_str};
 use k8s_openapi::api::apps::v1::{
@@ -31,21 +32,28 @@ fn ctx(api: &KubeApi) -> ActionCtx {
         .with_kube(Kube::from_url(&api.base).unwrap())
 }
 
-fn playbooks(action: &str, with: &str) -> PlaybookSet {
+fn playbooks(action: &str, with: &str) -> Arc<PlaybookSet> {
     let yaml = format!(
         "name: contain\nmatch: {{source: [falco]}}\nsteps:\n  - action: {action}\n    with: {with}\n"
     );
     let (pb, _) = load_str(Path::new("contain.yaml"), &yaml).unwrap_or_else(|d| panic!("{d:#?}"));
-    PlaybookSet::new(vec![pb])
+    Arc::new(PlaybookSet::new(vec![pb]))
 }
 
-async fn step(set: &PlaybookSet, ctx: &ActionCtx, finding: &Finding, dry_run: bool) -> StepReport {
+async fn step(
+    set: &Arc<PlaybookSet>,
+    ctx: &ActionCtx,
+    finding: &Finding,
+    dry_run: bool,
+) -> StepReport {
     let opts = RunOptions {
         dry_run,
         retry_base: std::time::Duration::from_millis(1),
         ..RunOptions::default()
     };
-    let report: RunReport = run(set, ctx, std::slice::from_ref(finding), &opts, &|| {}).await;
+    let report: RunReport = run(set, ctx, std::slice::from_ref(finding), &opts, &|| {})
+        .await
+        .unwrap();
     assert_eq!(report.executions.len(), 1, "{report:#?}");
     report.executions[0].steps[0].clone()
 }
@@ -280,16 +288,19 @@ async fn scale_to_zero_apply_reports_drift_when_replicas_changed_after_the_plan(
 }
 
 #[tokio::test]
-async fn without_a_cluster_kubernetes_steps_plan_and_say_not_connected() {
+async fn without_a_cluster_kubernetes_steps_are_planned_only_not_failed() {
     let ctx = ActionCtx::from_config(&Config::default()).unwrap();
     let set = playbooks("kubernetes.isolate-pod", "{}");
     let finding = fixtures::finding(FALCO_SHELL);
     let planned = step(&set, &ctx, &finding, true).await;
     let plan = planned.plan.unwrap();
     assert!(plan.summary.contains("NOT CONNECTED"), "{}", plan.summary);
+    // Not a dry run: the step is planned only (its own outcome), never a failed apply.
     let applied = step(&set, &ctx, &finding, false).await;
-    assert_eq!(applied.status, StepStatus::Failed);
-    assert!(applied.error.unwrap().contains("no Kubernetes cluster"));
+    assert_eq!(applied.status, StepStatus::PlannedOnly, "{applied:#?}");
+    assert!(applied.error.is_none(), "{applied:#?}");
+    let why = applied.plan.unwrap().not_connected.unwrap();
+    assert!(why.contains("no Kubernetes cluster"), "{why}");
 }
 
 fn policy(api: &KubeApi) -> Option<NetworkPolicy> {
@@ -401,12 +412,12 @@ fn typed<K: serde::de::DeserializeOwned>(v: Value) -> K {
     serde_json::from_value(v).unwrap()
 }
 
-fn playbook_yaml(matcher: &str, action: &str, with: &str) -> PlaybookSet {
+fn playbook_yaml(matcher: &str, action: &str, with: &str) -> Arc<PlaybookSet> {
     let yaml = format!(
         "name: contain\nmatch: {matcher}\nsteps:\n  - action: {action}\n    with: {with}\n"
     );
     let (pb, _) = load_str(Path::new("contain.yaml"), &yaml).unwrap_or_else(|d| panic!("{d:#?}"));
-    PlaybookSet::new(vec![pb])
+    Arc::new(PlaybookSet::new(vec![pb]))
 }
 
 /// The Falco finding's pod `default/kubecon` on node `node-1`, with a credential in its
@@ -658,7 +669,7 @@ async fn delete_pod_refuses_a_statefulset_pod_unless_allowed() {
     assert!(api.get::<Pod>("default", "kubecon").is_none());
 }
 
-fn set_delete(with: &str) -> PlaybookSet {
+fn set_delete(with: &str) -> Arc<PlaybookSet> {
     playbooks("kubernetes.delete-pod", with)
 }
 
@@ -1180,9 +1191,11 @@ async fn conformance_every_kubernetes_action_plans_without_writes_or_secrets() {
     }
 }
 
-fn shipped() -> PlaybookSet {
-    firebreak::playbook::load_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/playbooks")))
-        .unwrap_or_else(|e| panic!("{e:#?}"))
+fn shipped() -> Arc<PlaybookSet> {
+    Arc::new(
+        firebreak::playbook::load_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/playbooks")))
+            .unwrap_or_else(|e| panic!("{e:#?}")),
+    )
 }
 
 fn matching(set: &PlaybookSet, f: &Finding) -> Vec<String> {
@@ -1321,7 +1334,9 @@ async fn stop_cryptominer_keeps_evidence_and_scales_the_miners_deployment_to_zer
         retry_base: std::time::Duration::from_millis(1),
         ..RunOptions::default()
     };
-    let report = run(&set, &ctx, &[falco_miner_finding()], &opts, &|| {}).await;
+    let report = run(&set, &ctx, &[falco_miner_finding()], &opts, &|| {})
+        .await
+        .unwrap();
     let stop = report
         .executions
         .iter()
@@ -1345,7 +1360,7 @@ async fn stop_cryptominer_keeps_evidence_and_scales_the_miners_deployment_to_zer
 }
 
 #[tokio::test]
-async fn isolate_runtime_threat_only_plans_without_an_approval() {
+async fn isolate_runtime_threat_is_held_for_approval_and_changes_nothing() {
     let api = KubeApi::start().await;
     seed_kubecon(&api, vec![], &fake_secret());
     let ctx = ctx(&api);
@@ -1356,17 +1371,24 @@ async fn isolate_runtime_threat_only_plans_without_an_approval() {
         &RunOptions::default(),
         &|| {},
     )
-    .await;
+    .await
+    .unwrap();
+    assert!(
+        report
+            .executions
+            .iter()
+            .all(|e| e.playbook != "isolate-runtime-threat"),
+        "{report:#?}"
+    );
     let isolate = report
-        .executions
+        .not_acted
         .iter()
         .find(|e| e.playbook == "isolate-runtime-threat")
         .unwrap();
     assert!(
         isolate
-            .steps
-            .iter()
-            .all(|s| s.status == StepStatus::Planned),
+            .reason
+            .starts_with("held for approval: approval required"),
         "{isolate:#?}"
     );
     assert!(policy(&api).is_none(), "nothing isolated before approval");
@@ -1405,10 +1427,7 @@ async fn the_service_keeps_the_evidence_bundle_in_the_store_and_the_audit_trail_
         )
         .await
         .unwrap();
-    let set = Arc::new(RwLock::new(Arc::new(playbooks(
-        "kubernetes.capture-evidence",
-        "{}",
-    ))));
+    let set = Arc::new(RwLock::new(playbooks("kubernetes.capture-evidence", "{}")));
     let worker = Worker::new(
         Arc::clone(&store),
         set,

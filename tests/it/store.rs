@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use firebreak::finding::Finding;
 use firebreak::store::sqlite::SqliteStore;
-use firebreak::store::{AuditEvent, AuditQuery, ExecState, IngestBatch, StepRow, Store};
+use firebreak::store::{
+    AuditEvent, AuditQuery, ExecState, IngestBatch, MatchInput, StepRow, Store, StoreError,
+};
 use sqlx::Connection;
 
 use crate::fixtures::{self, FALCO_SHELL, GD_TROJAN};
@@ -232,6 +234,138 @@ async fn leases_give_each_finding_to_one_worker_until_they_expire() {
     );
 }
 
+/// A playbook's verdict as the engine records it (a fixed revision and text).
+fn matched(playbook: &'static str, state: ExecState, reason: Option<&str>) -> MatchInput<'static> {
+    MatchInput {
+        playbook,
+        revision: "sha256:0000",
+        file: "t.yaml",
+        source: "name: t",
+        state,
+        reason: reason.map(str::to_owned),
+    }
+}
+
+#[tokio::test]
+async fn a_write_from_a_worker_whose_lease_was_taken_over_is_refused() {
+    let (_d, _u, store) = open().await;
+    let f = copy_of(FALCO_SHELL);
+    let fid = f.id.to_string();
+    store.record(batch(vec![f]), HOUR).await.unwrap();
+    store.claim_findings("w", HOUR, 10, None).await.unwrap();
+    store
+        .record_matches(&fid, &[matched("alert", ExecState::Matched, None)], None)
+        .await
+        .unwrap();
+    // Worker a's lease runs out at once; worker b claims the execution after it.
+    let a = store
+        .claim_executions("a", Duration::ZERO, 10, None)
+        .await
+        .unwrap()
+        .remove(0)
+        .lease;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let b = store
+        .claim_executions("b", HOUR, 10, None)
+        .await
+        .unwrap()
+        .remove(0)
+        .lease;
+    assert_eq!(b.fence, a.fence + 1, "every claim bumps the fencing token");
+    let step = StepRow {
+        idx: 0,
+        action: "notify.webhook".into(),
+        status: "applied".into(),
+        plan: None,
+        outcome: None,
+        error: None,
+        attempts: 1,
+        due_at: None,
+    };
+    let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseLost { .. }));
+    assert!(lost(store.save_step(&a, &step).await), "a's step write");
+    assert!(lost(
+        store
+            .set_execution_state(&a, ExecState::Applied, None)
+            .await
+    ));
+    assert!(lost(store.renew(&a, HOUR).await));
+    assert!(lost(store.defer_execution(&a, 0).await));
+    assert!(lost(store.park(&a, "test").await));
+    assert!(matches!(
+        store.lock_targets(&a, &["k".to_owned()], HOUR).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    // b's writes land; nothing a tried is in the ledger.
+    store.renew(&b, HOUR).await.unwrap();
+    assert!(
+        store
+            .lock_targets(&b, &["k".to_owned()], HOUR)
+            .await
+            .unwrap()
+    );
+    store.save_step(&b, &step).await.unwrap();
+    store
+        .set_execution_state(&b, ExecState::Applied, None)
+        .await
+        .unwrap();
+    let audit = store
+        .audit_list(AuditQuery {
+            finding_id: Some(fid),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.iter().filter(|r| r.kind == "step.applied").count(), 1);
+    assert!(audit.iter().all(|r| r.kind != "execution.parked"));
+}
+
+#[tokio::test]
+async fn a_cancelled_execution_refuses_its_holder_and_is_never_claimed_again() {
+    let (_d, _u, store) = open().await;
+    let f = copy_of(FALCO_SHELL);
+    let fid = f.id.to_string();
+    store.record(batch(vec![f]), HOUR).await.unwrap();
+    store.claim_findings("w", HOUR, 10, None).await.unwrap();
+    let ids = store
+        .record_matches(&fid, &[matched("alert", ExecState::Matched, None)], None)
+        .await
+        .unwrap();
+    let held = store
+        .claim_executions("a", HOUR, 10, None)
+        .await
+        .unwrap()
+        .remove(0)
+        .lease;
+    assert!(
+        store
+            .cancel(&ids[0].id, "alice", "playbook retired")
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store.renew(&held, HOUR).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(
+        !store.cancel(&ids[0].id, "alice", "again").await.unwrap(),
+        "a finished execution is not cancelled twice"
+    );
+    assert!(
+        store
+            .claim_executions("b", Duration::ZERO, 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (_, row) = store.execution(&ids[0].id).await.unwrap().unwrap();
+    assert_eq!(row.state, ExecState::Cancelled);
+    assert_eq!(
+        row.reason.as_deref(),
+        Some("cancelled by alice: playbook retired")
+    );
+}
+
 #[tokio::test]
 async fn executions_steps_and_states_round_trip_and_are_audited() {
     let (_d, _u, store) = open().await;
@@ -244,12 +378,8 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
         .record_matches(
             &fid,
             &[
-                ("alert".into(), ExecState::Matched, None),
-                (
-                    "other".into(),
-                    ExecState::Skipped,
-                    Some("exclude[0] applies".into()),
-                ),
+                matched("alert", ExecState::Matched, None),
+                matched("other", ExecState::Skipped, Some("exclude[0] applies")),
             ],
             None,
         )
@@ -258,7 +388,7 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
     assert_eq!(ids.len(), 2);
     // Idempotent: recording the same matches again creates nothing new.
     let again = store
-        .record_matches(&fid, &[("alert".into(), ExecState::Matched, None)], None)
+        .record_matches(&fid, &[matched("alert", ExecState::Matched, None)], None)
         .await
         .unwrap();
     assert_eq!(again[0], ids[0]);
@@ -277,9 +407,10 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
         attempts: 1,
         due_at: None,
     };
-    store.save_step(&ids[0].id, &fid, &step).await.unwrap();
+    assert_eq!(execs[0].id, ids[0].id);
+    store.save_step(&execs[0].lease, &step).await.unwrap();
     store
-        .set_execution_state(&ids[0].id, &fid, ExecState::Applied, None)
+        .set_execution_state(&execs[0].lease, ExecState::Applied, None)
         .await
         .unwrap();
     assert!(

@@ -79,8 +79,8 @@ pub(crate) fn credentials_note(aws: &Aws, account: Option<&str>) -> String {
     }
 }
 
-/// The plan when AWS is not usable: what would be done, said plainly, and that applying fails
-/// until credentials are configured.
+/// The plan when AWS is not usable: what would be done, said plainly; the engine records it as
+/// planned only (nothing can apply it until credentials are configured).
 pub(crate) fn not_connected_plan(
     action: &dyn Action,
     target: String,
@@ -91,7 +91,7 @@ pub(crate) fn not_connected_plan(
         other_targets: Vec::new(),
         target,
         summary: format!(
-            "{what}: NOT CONNECTED, {why}; nothing was read, and applying fails until AWS \
+            "{what}: NOT CONNECTED, {why}; nothing was read, and it is only planned until AWS \
              credentials are configured"
         ),
         observed: json!({ "aws_connected": false }),
@@ -101,6 +101,7 @@ pub(crate) fn not_connected_plan(
         noop: false,
     }
     .finish(action)
+    .not_connected(why)
 }
 
 /// Error codes AWS services use for throttling and transient failures.

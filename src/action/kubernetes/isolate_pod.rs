@@ -345,7 +345,13 @@ impl Action for KubernetesIsolatePod {
                 )
             };
             Ok(PlanDraft {
-                other_targets: Vec::new(),
+                // The pod gets a label and the NetworkPolicy is created: both are changed.
+                other_targets: vec![object_key(
+                    pod.cluster.as_deref(),
+                    &pod.namespace,
+                    "NetworkPolicy",
+                    &policy,
+                )],
                 target,
                 summary,
                 observed: live.observed(&pod, &policy),

@@ -123,8 +123,8 @@ pub(crate) fn connected(
         .map_err(|why| ActionError::Permanent(format!("cannot change the cluster: {why}")))
 }
 
-/// The plan when no cluster is connected: what would be done, said plainly, and that applying
-/// fails until a cluster is configured.
+/// The plan when no cluster is connected: what would be done, said plainly; the engine records
+/// it as planned only (nothing can apply it until a cluster is configured).
 pub(crate) fn not_connected_plan(
     action: &dyn Action,
     target: String,
@@ -135,7 +135,7 @@ pub(crate) fn not_connected_plan(
         other_targets: Vec::new(),
         target,
         summary: format!(
-            "{what}: NOT CONNECTED, {why}; nothing was read, and applying fails until a cluster \
+            "{what}: NOT CONNECTED, {why}; nothing was read, and it is only planned until a cluster \
              is configured"
         ),
         observed: json!({ "cluster_connected": false }),
@@ -145,6 +145,7 @@ pub(crate) fn not_connected_plan(
         noop: false,
     }
     .finish(action)
+    .not_connected(why)
 }
 
 /// A kube-rs error as an action error: conflicts, throttling, server errors and transport

@@ -718,8 +718,33 @@ fn draft(c: &Console, live: &Live, w: &Work, p: &Params) -> PlanDraft {
     } else {
         format!("{summary}. Note: {}", notes.join("; "))
     };
+    // Every object the plan changes besides the Service: guards count them, the engine locks them.
+    let mut other_targets = Vec::new();
+    if !w.args.is_empty() {
+        other_targets.push(object_key(
+            c.cluster.as_deref(),
+            ns,
+            "Deployment",
+            &c.deployment,
+        ));
+    }
+    for name in w.ingresses.keys() {
+        other_targets.push(object_key(c.cluster.as_deref(), ns, "Ingress", name));
+    }
+    for b in &w.bindings {
+        other_targets.push(
+            ResourceRef::Kubernetes {
+                cluster: c.cluster.clone(),
+                namespace: None,
+                kind: "ClusterRoleBinding".into(),
+                name: b.metadata.name.clone().unwrap_or_default(),
+                container: None,
+            }
+            .key(),
+        );
+    }
     PlanDraft {
-        other_targets: Vec::new(),
+        other_targets,
         target: object_key(c.cluster.as_deref(), ns, "Service", &c.service),
         summary,
         observed: observed(c, live),

@@ -3,8 +3,9 @@
 //! answers with a status code the test chooses.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -42,6 +43,10 @@ impl Received {
 struct Shared {
     requests: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
+    /// How long each answer waits (milliseconds).
+    delay_ms: Arc<AtomicU64>,
+    /// While `true`, answers wait until it turns `false` (the request is already recorded).
+    held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A running receiver; it stops when the test's runtime ends.
@@ -57,6 +62,8 @@ impl Receiver {
         let shared = Shared {
             requests: Arc::new(Mutex::new(Vec::new())),
             status: Arc::new(AtomicU16::new(200)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            held: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let app = Router::new().fallback(record).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -75,6 +82,22 @@ impl Receiver {
     /// Makes every later request get `status`.
     pub fn respond_with(&self, status: u16) {
         self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Makes every later answer wait `delay` (a slow peer).
+    pub fn delay_answers(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.shared.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Holds every answer (requests are still recorded at once) until [`Self::release`].
+    pub fn hold(&self) {
+        self.shared.held.send_replace(true);
+    }
+
+    /// Lets held and later answers go.
+    pub fn release(&self) {
+        self.shared.held.send_replace(false);
     }
 
     /// A URL on this receiver.
@@ -110,6 +133,12 @@ async fn record(
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     });
+    let delay = shared.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut held = shared.held.subscribe();
+    let _ = held.wait_for(|h| !*h).await;
     let status = StatusCode::from_u16(shared.status.load(Ordering::SeqCst))
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     // A body that must never reach an error message.
