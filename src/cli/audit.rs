@@ -209,6 +209,32 @@ pub fn decide(config: &Config, execution: &str, approve: bool, reason: &str) -> 
     })
 }
 
+/// `cancel`: an operator stops an unfinished execution for good (audited).
+pub fn cancel(config: &Config, execution: &str, reason: &str) -> Exit {
+    with_store(config, |store| async move {
+        match store.cancel(execution, &cli_user(), reason).await {
+            Ok(true) => {
+                output::note(
+                    "cancelled: no further step runs; a worker still holding it stops at its next \
+                     write (audited). What it applied stays: `firebreak rollback` undoes it",
+                );
+                Exit::Ok
+            }
+            Ok(false) => {
+                output::error(
+                    &format!("execution {execution} is unknown or already finished"),
+                    Some("`firebreak audit list` shows executions and their states"),
+                );
+                Exit::Failure
+            }
+            Err(e) => {
+                output::error(&format!("cannot cancel: {e}"), None);
+                Exit::Failure
+            }
+        }
+    })
+}
+
 /// `pause` / `resume`: sets the kill switch in the store (every engine sharing it obeys).
 pub fn kill_switch(config: &Config, on: bool, reason: Option<String>) -> Exit {
     with_store(config, |store| async move {
@@ -220,9 +246,10 @@ pub fn kill_switch(config: &Config, on: bool, reason: Option<String>) -> Exit {
         match store.set_flag("kill_switch", on, &by).await {
             Ok(()) => {
                 output::note(if on {
-                    "paused: no step will be applied until `firebreak resume` (audited)"
+                    "paused: every engine on this store parks its executions before their next \
+                     step until `firebreak resume` (audited)"
                 } else {
-                    "resumed: steps are applied again (audited)"
+                    "resumed: parked executions continue (audited)"
                 });
                 Exit::Ok
             }

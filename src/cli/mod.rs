@@ -107,7 +107,21 @@ pub enum Command {
     Approvals(ApprovalsCmd),
     /// Undo what an execution applied, last step first (audited).
     Rollback(RollbackArgs),
-    /// Turn the kill switch on: no engine sharing the store applies anything until `resume`.
+    /// Cancel an unfinished execution for good (audited)
+    ///
+    /// For an execution in flight, scheduled, held or parked, e.g. one whose playbook was
+    /// removed: it runs no further step. What it already applied stays; `rollback` undoes it.
+    Cancel {
+        /// The execution id (from `firebreak run`, `approvals list` or `audit list`).
+        execution: String,
+        /// Why (recorded in the audit trail with your user name).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Turn the kill switch on: engines sharing the store park work until `resume`
+    ///
+    /// Every execution is parked before its next step; its state and timers are kept, and it
+    /// continues after `firebreak resume`.
     Pause {
         /// Why (recorded in the audit trail).
         #[arg(long)]
@@ -510,6 +524,7 @@ fn dispatch(command: Command, config: &Config) -> Exit {
             audit::decide(config, &execution, false, &reason)
         }
         Command::Rollback(args) => rollback::rollback(&args, config),
+        Command::Cancel { execution, reason } => audit::cancel(config, &execution, &reason),
         Command::Pause { reason } => audit::kill_switch(config, true, reason),
         Command::Resume { reason } => audit::kill_switch(config, false, reason),
         Command::Bench(BenchCmd::Parse {

@@ -752,3 +752,55 @@ fn a_real_run_held_by_a_cooldown_is_listed_and_approved_from_the_cli() {
         "the held execution was handed to the service"
     );
 }
+
+#[test]
+fn cancel_stops_a_scheduled_execution_for_good_and_is_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let env = [("FIREBREAK_STORE__URL", url.as_str())];
+    let pbs = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        pbs.path().join("later.yaml"),
+        "name: later\nmatch: {class: runtime-threat}\nsteps:\n  - action: notify.webhook\n    after: 1h\n    with: {url: \"http://127.0.0.1:9/later\"}\n",
+    )
+    .expect("write");
+    let o = firebreak_with(
+        &[
+            "run",
+            "--playbooks",
+            &pbs.path().to_string_lossy(),
+            "--finding",
+            &fixture(FALCO_SHELL),
+            "--format",
+            "json",
+        ],
+        &env,
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(doc["executions"][0]["steps"][0]["status"], "scheduled");
+    let id = doc["executions"][0]["execution_id"].as_str().expect("id");
+
+    let o = firebreak_with(&["cancel", id, "--reason", "playbook retired"], &env, b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = firebreak_with(&["cancel", id, "--reason", "again"], &env, b"");
+    assert_eq!(code(&o), 1, "a finished execution: {}", stderr(&o));
+    assert!(stderr(&o).contains("already finished"), "{}", stderr(&o));
+
+    let o = firebreak_with(&["audit", "list", "--format", "json"], &env, b"");
+    let records: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let records = records.as_array().expect("array");
+    let cancelled = records
+        .iter()
+        .find(|r| r["kind"] == "execution.cancelled")
+        .expect("audited");
+    assert_eq!(cancelled["detail"]["reason"], "playbook retired");
+    assert_eq!(cancelled["detail"]["state_before"], "scheduled");
+    assert_eq!(
+        records.last().expect("last")["detail"]["state"],
+        "cancelled"
+    );
+    let o = firebreak_with(&["audit", "verify"], &env, b"");
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+}

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+const HOUR: Duration = Duration::from_secs(3600);
 
 use firebreak::action::{ActionCtx, ActionError, Outcome, StepInput, action};
 use firebreak::clients::kube::Kube;
@@ -1405,7 +1408,6 @@ async fn the_service_keeps_the_evidence_bundle_in_the_store_and_the_audit_trail_
     use firebreak::engine::worker::{Round, Worker, WorkerOptions};
     use firebreak::store::sqlite::SqliteStore;
     use firebreak::store::{AuditQuery, IngestBatch, Store};
-    use std::sync::{Arc, RwLock};
 
     let api = KubeApi::start().await;
     let secret = fake_secret();
@@ -1665,4 +1667,105 @@ async fn secure_dashboard_and_delete_pod_refuse_to_apply_a_plan_the_cluster_move
     assert!(matches!(err, ActionError::Drift(_)), "{err:?}");
     assert_eq!(api.writes(), writes, "the new pod is not deleted");
     assert!(api.get::<Pod>("default", "kubecon").is_some());
+}
+
+/// A worker on a fresh durable store with one Falco finding, running `yaml`.
+async fn engine_on(
+    api: &KubeApi,
+    yaml: &str,
+) -> (
+    tempfile::TempDir,
+    Arc<firebreak::store::sqlite::SqliteStore>,
+    firebreak::engine::worker::Worker<firebreak::store::sqlite::SqliteStore>,
+) {
+    use firebreak::engine::worker::{Worker, WorkerOptions};
+    use firebreak::store::sqlite::SqliteStore;
+    use firebreak::store::{IngestBatch, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}", dir.path().join("l.db").display()))
+            .await
+            .unwrap(),
+    );
+    store
+        .record(
+            IngestBatch {
+                intake: "test".into(),
+                findings: vec![fixtures::finding(FALCO_SHELL)],
+                ..IngestBatch::default()
+            },
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let (pb, _) = load_str(Path::new("g.yaml"), yaml).unwrap_or_else(|d| panic!("{d:#?}"));
+    let set = Arc::new(RwLock::new(Arc::new(PlaybookSet::new(vec![pb]))));
+    let worker = Worker::new(
+        Arc::clone(&store),
+        set,
+        ctx(api),
+        WorkerOptions {
+            owner: "w1".into(),
+            ..WorkerOptions::default()
+        },
+    );
+    (dir, store, worker)
+}
+
+#[tokio::test]
+async fn guards_count_and_the_engine_locks_every_resource_a_plan_changes() {
+    use firebreak::engine::worker::Round;
+    use firebreak::store::{AuditQuery, Store};
+    const POLICY: &str = "k8s:/default/NetworkPolicy/firebreak-isolate-kubecon/";
+    let isolate = |limit: u32| {
+        format!(
+            "name: isolate\nmatch: {{source: [falco]}}\nguards: {{max_targets_per_hour: {limit}}}\nsteps:\n  - action: kubernetes.isolate-pod\n"
+        )
+    };
+
+    // Isolating one pod changes two resources (the pod's label and a NetworkPolicy): a blast
+    // radius of one target holds it, although the finding names one pod.
+    let api = KubeApi::start().await;
+    seed_kubecon(&api, vec![], &fake_secret());
+    let (_d, store, w) = engine_on(&api, &isolate(1)).await;
+    while w.round().await.unwrap() != Round::default() {}
+    assert!(policy(&api).is_none(), "held: nothing isolated");
+    assert_eq!(api.writes(), 0);
+    let pending = store.pending_approvals().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(
+        pending[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("blast radius")),
+        "{pending:?}"
+    );
+
+    // The NetworkPolicy is locked by another execution: the step waits for it, then acts.
+    let api = KubeApi::start().await;
+    seed_kubecon(&api, vec![], &fake_secret());
+    let (_d, store, w) = engine_on(&api, &isolate(2)).await;
+    assert!(
+        store
+            .lock_target(POLICY, "other-engine", "other-execution", HOUR)
+            .await
+            .unwrap()
+    );
+    while w.round().await.unwrap() != Round::default() {}
+    assert!(
+        policy(&api).is_none(),
+        "waits while another holds the policy"
+    );
+    store.unlock_target(POLICY, "other-engine").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    while w.round().await.unwrap() != Round::default() {}
+    assert!(policy(&api).is_some(), "acts once the lock is free");
+    let audit = store.audit_list(AuditQuery::default()).await.unwrap();
+    assert_eq!(audit.last().unwrap().detail["state"], "applied");
+    let acted: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|a| a.kind == "step.applied")
+        .map(|a| &a.detail["outcome"]["target"])
+        .collect();
+    assert_eq!(acted, ["k8s:/default/Pod/kubecon/"]);
 }
