@@ -14,8 +14,8 @@
 //! lease (and the target locks it holds) every third of the lease while it works, and every
 //! store write about the execution carries the owner and the token. A worker that lost its
 //! lease (it stalled past the lease and another worker claimed the execution) has its writes
-//! refused, logs it, records the refused result in the audit trail and stops working on the
-//! execution; if it cannot renew before its lease runs out, it abandons the step it is applying
+//! refused, logs it, records it in the audit trail (`lease.lost`, and `step.refused` with the
+//! outcome of a step it applied) and stops working on the execution; if it cannot renew before its lease runs out, it abandons the step it is applying
 //! rather than act without a lease. A worker claims no more executions than it can start now.
 //!
 //! **Guards**, in the order they are checked: the kill switch before every step (while it is on,
@@ -399,7 +399,18 @@ impl<S: Store> Worker<S> {
         };
         match result {
             Err(StoreError::LeaseLost { .. }) => {
+                self.metric(|m| m.lease_lost());
+                let event = AuditEvent {
+                    kind: "lease.lost".into(),
+                    finding_id: Some(lease.finding_id.clone()),
+                    execution_id: Some(lease.execution_id.clone()),
+                    detail: serde_json::json!({ "owner": lease.owner, "fence": lease.fence }),
+                };
+                let audited = self.store().audit(event).await;
                 span.in_scope(|| {
+                    if let Err(e) = &audited {
+                        tracing::warn!(error = %e, "cannot record the lost lease in the audit trail");
+                    }
                     tracing::warn!(
                         owner = %lease.owner,
                         fence = lease.fence,
@@ -407,7 +418,6 @@ impl<S: Store> Worker<S> {
                          this worker's write was refused and it stops working on it"
                     );
                 });
-                self.metric(|m| m.lease_lost());
                 Ok(())
             }
             other => other,
@@ -779,7 +789,7 @@ impl<S: Store> Worker<S> {
     /// Records, outside the execution's (lost) lease, what a step applied by this worker did.
     async fn stale_result(&self, lease: &Lease, row: &StepRow) {
         let event = AuditEvent {
-            kind: "lease.lost".into(),
+            kind: "step.refused".into(),
             finding_id: Some(lease.finding_id.clone()),
             execution_id: Some(lease.execution_id.clone()),
             detail: serde_json::json!({

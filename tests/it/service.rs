@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firebreak::store::sqlite::SqliteStore;
@@ -16,9 +17,33 @@ const TOKEN: &str = "test-token-123";
 struct Service {
     child: Child,
     addr: String,
+    /// Every line the service wrote to stderr so far.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Service {
+    fn logged(&self, text: &str) -> bool {
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l.contains(text))
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig}");
+    }
 }
 
 fn start(dir: &std::path::Path, playbooks: &std::path::Path) -> Service {
+    start_with(dir, playbooks, 2)
+}
+
+fn start_with(dir: &std::path::Path, playbooks: &std::path::Path, lease_seconds: u32) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
         .args(["serve", "--listen", "127.0.0.1:0", "--playbooks"])
         .arg(playbooks)
@@ -28,7 +53,7 @@ fn start(dir: &std::path::Path, playbooks: &std::path::Path) -> Service {
             format!("sqlite://{}", dir.join("ledger.db").display()),
         )
         .env("FIREBREAK_SERVER__TOKENS", TOKEN)
-        .env("FIREBREAK_ENGINE__LEASE_SECONDS", "2")
+        .env("FIREBREAK_ENGINE__LEASE_SECONDS", lease_seconds.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -46,8 +71,14 @@ fn start(dir: &std::path::Path, playbooks: &std::path::Path) -> Service {
         }
     };
     // Keep draining stderr so the service never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Service { child, addr }
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().expect("log").push(line);
+        }
+    });
+    Service { child, addr, log }
 }
 
 fn playbook_dir(url: &str) -> tempfile::TempDir {
@@ -213,6 +244,122 @@ async fn after_kill_9_the_restarted_service_resumes_and_applies_no_step_twice() 
         .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
         .collect();
     assert_eq!(keys.len(), n);
+    assert!(
+        store
+            .audit_verify()
+            .await
+            .expect("verify")
+            .problems
+            .is_empty()
+    );
+}
+
+/// Whether some connection holds SQLite's write lock on `url` right now.
+async fn write_locked(url: &str) -> bool {
+    use sqlx::Connection;
+    let Ok(mut conn) = sqlx::SqliteConnection::connect(url).await else {
+        return true;
+    };
+    let locked = sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut conn)
+        .await
+        .is_err();
+    if !locked {
+        let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+    }
+    locked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_engine_loses_its_lease_and_its_late_writes_are_refused_and_logged() {
+    let rx = Receiver::start().await;
+    rx.hold();
+    let pbs = playbook_dir(&rx.url("/hook"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let client = reqwest::Client::new();
+
+    // Engine a sends the webhook, then stalls (SIGSTOP: a GC pause, a frozen VM) before the
+    // answer reaches it, without holding the database's write lock.
+    let mut a = start_with(dir.path(), pbs.path(), 1);
+    assert_eq!(
+        post(&client, &a.addr, events(1).remove(0)).await,
+        reqwest::StatusCode::ACCEPTED
+    );
+    wait_for("a's webhook", Duration::from_secs(20), || {
+        rx.requests().len() == 1
+    })
+    .await;
+    loop {
+        a.signal("-STOP");
+        if !write_locked(&url).await {
+            break;
+        }
+        a.signal("-CONT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rx.release();
+
+    // Engine b takes the execution over once a's 1 s lease ran out, and finishes it.
+    let mut b = start_with(dir.path(), pbs.path(), 1);
+    let store = SqliteStore::open(&url).await.expect("store");
+    let applied = || async {
+        store
+            .audit_list(AuditQuery::default())
+            .await
+            .expect("audit")
+            .iter()
+            .any(|r| r.kind == "execution.state" && r.detail["state"] == "applied")
+    };
+    let started = Instant::now();
+    while !applied().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "b never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // a wakes up: its lease is gone, so its writes are refused, and it says so.
+    a.signal("-CONT");
+    wait_for("a to log the lost lease", Duration::from_secs(20), || {
+        a.logged("lease lost")
+    })
+    .await;
+    for svc in [&mut a, &mut b] {
+        let _ = svc.child.kill();
+        let _ = svc.child.wait();
+    }
+
+    let audit = store
+        .audit_list(AuditQuery::default())
+        .await
+        .expect("audit");
+    let applied: Vec<_> = audit.iter().filter(|r| r.kind == "step.applied").collect();
+    assert_eq!(applied.len(), 1, "one recorded result: b's");
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r.kind == "execution.state" && r.detail["state"] == "applied")
+            .count(),
+        1
+    );
+    let lost: Vec<_> = audit.iter().filter(|r| r.kind == "lease.lost").collect();
+    assert_eq!(
+        lost.len(),
+        1,
+        "a's refusal is in the audit trail: {audit:#?}"
+    );
+    assert_eq!(lost[0].detail["fence"], 1, "a held the first claim");
+    // Both deliveries (a's, and b's after taking over) carry the same idempotency key: the
+    // apply was at least once, the effect once.
+    let keys: std::collections::HashSet<String> = rx
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    assert_eq!(rx.requests().len(), 2);
+    assert_eq!(keys.len(), 1);
     assert!(
         store
             .audit_verify()
