@@ -57,6 +57,13 @@ fn parse(name: &str, bytes: &[u8]) -> Vec<Finding> {
 /// The real trufflehog AWS result with only the key id (`Redacted`, `Raw`), the account and
 /// the user (`ExtraData`) replaced by moto's.
 pub(crate) fn trufflehog_finding(user: &str, key_id: &str) -> Finding {
+    let mut all = parse("trufflehog.jsonl", trufflehog_line(user, key_id).as_bytes());
+    assert_eq!(all.len(), 1);
+    all.remove(0)
+}
+
+/// The JSON line of [`trufflehog_finding`], as trufflehog writes it.
+pub(crate) fn trufflehog_line(user: &str, key_id: &str) -> String {
     let text = String::from_utf8(fixtures::bytes(TRUFFLEHOG_AWS)).unwrap();
     let mut v: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     v["Redacted"] = json!(key_id);
@@ -64,9 +71,7 @@ pub(crate) fn trufflehog_finding(user: &str, key_id: &str) -> Finding {
     v["Raw"] = serde_json::to_value(ByteString(key_id.as_bytes().to_vec())).unwrap();
     v["ExtraData"]["account"] = json!(ACCOUNT);
     v["ExtraData"]["arn"] = json!(format!("arn:aws:iam::{ACCOUNT}:user/{user}"));
-    let mut all = parse("trufflehog.jsonl", v.to_string().as_bytes());
-    assert_eq!(all.len(), 1);
-    all.remove(0)
+    v.to_string()
 }
 
 /// The first result of the real gitleaks v8 report (rule `aws-access-token`) with only the

@@ -9,6 +9,7 @@ mod aws_s3;
 mod aws_securityhub;
 mod cli;
 mod config;
+mod crash;
 mod engine;
 mod fixtures;
 mod guards;

@@ -12,17 +12,17 @@ use firebreak::store::{AuditQuery, Store};
 use crate::fixtures::{self, FALCO_SHELL};
 use crate::support::receiver::Receiver;
 
-const TOKEN: &str = "test-token-123";
+pub(crate) const TOKEN: &str = "test-token-123";
 
-struct Service {
-    child: Child,
-    addr: String,
+pub(crate) struct Service {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
     /// Every line the service wrote to stderr so far.
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Service {
-    fn logged(&self, text: &str) -> bool {
+    pub(crate) fn logged(&self, text: &str) -> bool {
         self.log
             .lock()
             .expect("log")
@@ -40,10 +40,17 @@ impl Service {
 }
 
 fn start(dir: &std::path::Path, playbooks: &std::path::Path) -> Service {
-    start_with(dir, playbooks, 2)
+    start_with(dir, playbooks, 2, &[])
 }
 
-fn start_with(dir: &std::path::Path, playbooks: &std::path::Path, lease_seconds: u32) -> Service {
+/// `firebreak serve` on the ledger in `dir` with `playbooks`, leases of `lease_seconds` and
+/// `env` on top of a clean environment; returns once it listens.
+pub(crate) fn start_with(
+    dir: &std::path::Path,
+    playbooks: &std::path::Path,
+    lease_seconds: u32,
+    env: &[(&str, &str)],
+) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
         .args(["serve", "--listen", "127.0.0.1:0", "--playbooks"])
         .arg(playbooks)
@@ -54,6 +61,7 @@ fn start_with(dir: &std::path::Path, playbooks: &std::path::Path, lease_seconds:
         )
         .env("FIREBREAK_SERVER__TOKENS", TOKEN)
         .env("FIREBREAK_ENGINE__LEASE_SECONDS", lease_seconds.to_string())
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -91,7 +99,11 @@ fn playbook_dir(url: &str) -> tempfile::TempDir {
     dir
 }
 
-async fn post(client: &reqwest::Client, addr: &str, body: Vec<u8>) -> reqwest::StatusCode {
+pub(crate) async fn post(
+    client: &reqwest::Client,
+    addr: &str,
+    body: Vec<u8>,
+) -> reqwest::StatusCode {
     client
         .post(format!("http://{addr}/v1/findings/auto"))
         .bearer_auth(TOKEN)
@@ -281,7 +293,7 @@ async fn a_stalled_engine_loses_its_lease_and_its_late_writes_are_refused_and_lo
 
     // Engine a sends the webhook, then stalls (SIGSTOP: a GC pause, a frozen VM) before the
     // answer reaches it, without holding the database's write lock.
-    let mut a = start_with(dir.path(), pbs.path(), 1);
+    let mut a = start_with(dir.path(), pbs.path(), 1, &[]);
     assert_eq!(
         post(&client, &a.addr, events(1).remove(0)).await,
         reqwest::StatusCode::ACCEPTED
@@ -301,7 +313,7 @@ async fn a_stalled_engine_loses_its_lease_and_its_late_writes_are_refused_and_lo
     rx.release();
 
     // Engine b takes the execution over once a's 1 s lease ran out, and finishes it.
-    let mut b = start_with(dir.path(), pbs.path(), 1);
+    let mut b = start_with(dir.path(), pbs.path(), 1, &[]);
     let store = SqliteStore::open(&url).await.expect("store");
     let applied = || async {
         store

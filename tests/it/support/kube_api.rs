@@ -206,6 +206,8 @@ struct Inner {
 struct Emu {
     inner: Arc<Mutex<Inner>>,
     writes: Arc<AtomicU64>,
+    /// How long each write waits before it is carried out (milliseconds): a slow API server.
+    write_delay_ms: Arc<AtomicU64>,
     events: broadcast::Sender<Event>,
 }
 
@@ -223,6 +225,7 @@ impl KubeApi {
         let emu = Emu {
             inner: Arc::new(Mutex::new(Inner::default())),
             writes: Arc::new(AtomicU64::new(0)),
+            write_delay_ms: Arc::new(AtomicU64::new(0)),
             events,
         };
         let app = Router::new()
@@ -261,6 +264,12 @@ impl KubeApi {
     /// POST/PUT/PATCH/DELETE requests received so far.
     pub fn writes(&self) -> u64 {
         self.emu.writes.load(Ordering::SeqCst)
+    }
+
+    /// Makes every later write wait `delay` before it is carried out (a slow API server).
+    pub fn delay_writes(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.emu.write_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Stores a typed object as is (creating or replacing it, with server-set metadata), without
@@ -653,6 +662,10 @@ async fn handle(
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) {
         emu.writes.fetch_add(1, Ordering::SeqCst);
+        let delay = emu.write_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
     }
     let target = match parse_path(uri.path()) {
         Parsed::Discovery(v) if method == Method::GET => return axum::Json(v).into_response(),
