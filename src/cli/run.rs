@@ -62,7 +62,7 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
             return Exit::Usage;
         }
     };
-    let parsed = parse_input(&source, &bytes, choice);
+    let parsed = parse_input(&source, &bytes, choice).with_intake(crate::ingest::CLI_INTAKE);
     let ctx = match ActionCtx::from_config(config) {
         Ok(c) => c,
         Err(e) => {
@@ -103,15 +103,9 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
             progress.tick();
         }))
     } else {
-        let recorded = runtime.block_on(recorded_run(
-            config,
-            set,
-            ctx,
-            &source,
-            &parsed,
-            opts,
-            &|n| (0..n).for_each(|_| progress.tick()),
-        ));
+        let recorded = runtime.block_on(recorded_run(config, set, ctx, &parsed, opts, &|n| {
+            (0..n).for_each(|_| progress.tick())
+        }));
         match recorded {
             Ok(report) => report,
             Err(e) => {
@@ -158,7 +152,6 @@ async fn recorded_run(
     config: &Config,
     set: PlaybookSet,
     ctx: ActionCtx,
-    source: &str,
     parsed: &ParseReport,
     run: RunOptions,
     progress: &(dyn Fn(usize) + Sync),
@@ -168,9 +161,8 @@ async fn recorded_run(
             .await
             .map_err(RecordedError::Open)?,
     );
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let batch = IngestBatch {
-        intake: format!("cli:{user}:{source}"),
+        intake: crate::ingest::CLI_INTAKE.to_owned(),
         findings: parsed.findings.clone(),
         rejected: parsed.rejected.clone(),
         ..IngestBatch::default()
