@@ -222,3 +222,141 @@ async fn after_kill_9_the_restarted_service_resumes_and_applies_no_step_twice() 
             .is_empty()
     );
 }
+
+/// Starts `serve` on `config` (a YAML file) and `playbooks`, with `env` besides the store URL.
+fn start_configured(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    playbooks: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Service {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_firebreak"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .arg("--playbooks")
+        .arg(playbooks)
+        .env_clear()
+        .env(
+            "FIREBREAK_STORE__URL",
+            format!("sqlite://{}", dir.join("ledger.db").display()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(a) = line.strip_prefix("note: listening on ") {
+                    break a.trim().to_owned();
+                }
+            }
+            other => panic!("serve exited before listening: {other:?}"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Service { child, addr }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playbooks_match_on_the_token_a_finding_arrived_with() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two senders, each with its own scoped token: the Falcosidekick token is read from the
+    // environment, the other is written in the file.
+    let config = dir.path().join("firebreak.yaml");
+    std::fs::write(
+        &config,
+        "server:\n  tokens:\n    - name: falcosidekick\n      token_env: FIREBREAK_TOKEN_FALCOSIDEKICK\n      parsers: [falco, auto]\n    - name: lab\n      token: lab-token-3c9e\n      parsers: [\"*\"]\n",
+    )
+    .expect("write config");
+    // One playbook per intake, each calling its own webhook path.
+    let pbs = tempfile::tempdir().expect("tempdir");
+    for (name, intake) in [
+        ("from-sidekick", "http:falcosidekick"),
+        ("from-lab", "http:lab"),
+    ] {
+        std::fs::write(
+            pbs.path().join(format!("{name}.yaml")),
+            format!(
+                "name: {name}\nmatch:\n  class: runtime-threat\n  intake: \"{intake}\"\nsteps:\n  - action: notify.webhook\n    with: {{url: \"{}\"}}\n",
+                rx.url(&format!("/{name}"))
+            ),
+        )
+        .expect("write playbook");
+    }
+    let mut svc = start_configured(
+        dir.path(),
+        &config,
+        pbs.path(),
+        &[("FIREBREAK_TOKEN_FALCOSIDEKICK", "sidekick-token-8b1d")],
+    );
+    let client = reqwest::Client::new();
+    // The real Falco event, once per sender (distinct pods, so neither is a duplicate).
+    let mut bodies = events(2);
+    for (token, body) in [
+        ("sidekick-token-8b1d", bodies.remove(0)),
+        ("lab-token-3c9e", bodies.remove(0)),
+    ] {
+        let status = client
+            .post(format!("http://{}/v1/findings/auto", svc.addr))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status())
+            .expect("post");
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    }
+    wait_for("both webhooks", Duration::from_secs(20), || {
+        rx.requests().len() >= 2
+    })
+    .await;
+    // A webhook for a finding means the engine recorded every playbook that finding matched:
+    // each finding matched exactly the playbook of its own intake.
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .expect("ledger");
+    let matched: Vec<(String, String)> = sqlx::query_as(
+        "SELECT e.playbook, f.intake FROM executions e JOIN findings f ON f.id = e.finding_id \
+         ORDER BY e.playbook",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("executions");
+    assert_eq!(
+        matched,
+        [
+            ("from-lab".to_owned(), "http:lab".to_owned()),
+            ("from-sidekick".to_owned(), "http:falcosidekick".to_owned()),
+        ]
+    );
+    let mut hits: Vec<(String, String)> = rx
+        .requests()
+        .iter()
+        .map(|r| {
+            let pod = if r.body.contains("kubecon-0") {
+                "kubecon-0"
+            } else {
+                "kubecon-1"
+            };
+            (r.uri.clone(), pod.to_owned())
+        })
+        .collect();
+    hits.sort();
+    assert_eq!(
+        hits,
+        [
+            ("/from-lab".to_owned(), "kubecon-1".to_owned()),
+            ("/from-sidekick".to_owned(), "kubecon-0".to_owned()),
+        ]
+    );
+    let _ = svc.child.kill();
+    let _ = svc.child.wait();
+}
