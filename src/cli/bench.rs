@@ -310,7 +310,10 @@ pub fn ingest(
                 .map_err(|e| e.to_string())?,
         );
         let mut config = Config::default();
-        config.server.tokens = vec![Redacted::new("bench".to_owned())];
+        config.server.tokens = vec![crate::config::TokenConfig::plain(
+            0,
+            Redacted::new("bench".to_owned()),
+        )];
         config.store.dedup_window_seconds = 0; // every request is a distinct finding to store
         let metrics = Arc::new(Metrics::new());
         let wake = Arc::new(tokio::sync::Notify::new());

@@ -62,7 +62,7 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
             return Exit::Usage;
         }
     };
-    let parsed = parse_input(&source, &bytes, choice);
+    let parsed = parse_input(&source, &bytes, choice).with_intake(crate::ingest::CLI_INTAKE);
     let ctx = match ActionCtx::from_config(config) {
         Ok(c) => c,
         Err(e) => {
@@ -115,7 +115,6 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
         &store_url,
         set,
         ctx,
-        &source,
         &parsed,
         opts,
         &|n| (0..n).for_each(|_| progress.tick()),
@@ -168,15 +167,13 @@ async fn recorded_run(
     url: &str,
     set: PlaybookSet,
     ctx: ActionCtx,
-    source: &str,
     parsed: &ParseReport,
     run: RunOptions,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<RunReport, RecordedError> {
     let store = Arc::new(SqliteStore::open(url).await.map_err(RecordedError::Open)?);
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let batch = IngestBatch {
-        intake: format!("cli:{user}:{source}"),
+        intake: crate::ingest::CLI_INTAKE.to_owned(),
         findings: parsed.findings.clone(),
         rejected: parsed.rejected.clone(),
         ..IngestBatch::default()

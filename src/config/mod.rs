@@ -151,20 +151,21 @@ pub struct ServerConfig {
     pub listen: String,
     /// Larger request bodies get 413.
     pub max_body_bytes: u64,
-    /// Bearer tokens accepted on `POST /v1/findings/{parser}` (secrets; never printed). A list,
-    /// or one comma-separated string (`FIREBREAK_SERVER__TOKENS=tok1,tok2`). Empty: the ingest
-    /// route refuses every request with 401.
+    /// Bearer tokens accepted on `POST /v1/findings/{parser}`, each scoped to the parsers it may
+    /// post to (see [`TokenConfig`]). A plain string entry is a token allowed on every parser,
+    /// named `token-N` by its position; one comma-separated string
+    /// (`FIREBREAK_SERVER__TOKENS=tok1,tok2`) is a list of such entries. Empty: the ingest route
+    /// refuses every request with 401.
     #[serde(deserialize_with = "tokens_list")]
-    #[schemars(with = "Vec<String>")]
-    pub tokens: Vec<Redacted<String>>,
+    pub tokens: Vec<TokenConfig>,
     /// Ingest jobs (one per request) that may wait for the store writer; when full, requests get
     /// 429 with `Retry-After`.
     pub queue_capacity: usize,
     /// Most findings written in one store transaction (group commit).
     pub max_batch: usize,
-    /// Requests per second accepted per ingest route source (`/v1/findings/falco`, …); more get
-    /// 429 with `Retry-After`. 0 = no limit.
-    pub rate_limit_per_source: u32,
+    /// Requests per second accepted per token (a token's own `rate_limit` overrides it); more
+    /// get 429 with `Retry-After`. 0 = no limit.
+    pub rate_limit_per_token: u32,
 }
 
 impl Default for ServerConfig {
@@ -175,31 +176,201 @@ impl Default for ServerConfig {
             tokens: Vec::new(),
             queue_capacity: 1024,
             max_batch: 2000,
-            rate_limit_per_source: 0,
+            rate_limit_per_token: 0,
         }
     }
 }
 
-/// Reads `server.tokens` from a list of strings or from one comma-separated string (the form an
-/// environment variable takes). Blank entries are dropped. Error messages never quote a value.
-fn tokens_list<'de, D>(deserializer: D) -> Result<Vec<Redacted<String>>, D::Error>
+/// The parser scope of every plain token: all parsers and `auto`.
+pub const ANY_PARSER: &str = "*";
+
+/// One ingest token (`server.tokens[]`): who posts with it and what it may post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Names the token wherever it shows: the intake of its findings (`http:<name>`, which
+    /// playbooks match with `match.intake`), logs and refusals; never the token itself. Letters,
+    /// digits, `.`, `_` and `-`, unique.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"))]
+    pub name: TokenName,
+    /// The token itself (a secret, never printed). Prefer `token_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Redacted<String>>,
+    /// The environment variable holding the token, read when configuration is loaded (set
+    /// this or `token`, not both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// The routes this token may post to: parser ids (`/v1/findings/falco`), `auto`
+    /// (`/v1/findings/auto`, whose sniffed parser must also be listed, record by record) or
+    /// `*` for every parser and `auto`.
+    #[schemars(length(min = 1))]
+    pub parsers: Vec<ParserScope>,
+    /// Requests per second for this token; absent: `server.rate_limit_per_token`. 0 = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+}
+
+impl TokenConfig {
+    /// A plain token at `index` (0-based) of the list: named `token-<index+1>`, allowed on
+    /// every parser, with the server-wide rate limit.
+    #[must_use]
+    pub fn plain(index: usize, token: Redacted<String>) -> Self {
+        Self {
+            name: TokenName(format!("token-{}", index + 1)),
+            token: Some(token),
+            token_env: None,
+            parsers: vec![ParserScope(ANY_PARSER.to_owned())],
+            rate_limit: None,
+        }
+    }
+}
+
+/// A token's name (`server.tokens[].name`): 1–64 letters, digits, `.`, `_`, `-`, starting with
+/// a letter or digit, so it is safe in intake names, logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct TokenName(pub String);
+
+impl std::str::FromStr for TokenName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!(
+                "invalid token name `{s}`: use 1-64 letters, digits, `.`, `_` or `-`, starting \
+                 with a letter or digit"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for TokenName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One entry of a token's `parsers`: a parser id, `auto`, or `*` (checked when read).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct ParserScope(pub String);
+
+impl std::str::FromStr for ParserScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == ANY_PARSER || s == "auto" || crate::finding::parser(s).is_some() {
+            return Ok(Self(s.to_owned()));
+        }
+        let ids: Vec<&str> = crate::finding::PARSERS.iter().map(|p| p.id()).collect();
+        let mut msg = format!(
+            "unknown parser `{s}`; expected `*`, `auto` or one of {}",
+            ids.join(", ")
+        );
+        if let Some(m) = crate::error::did_you_mean(s, ids.iter().copied().chain(["auto"])) {
+            msg.push_str(&format!(" (did you mean `{m}`?)"));
+        }
+        Err(msg)
+    }
+}
+
+impl fmt::Display for ParserScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Deserialises a string through `FromStr`, reporting its error as the field's.
+macro_rules! deserialize_from_str {
+    ($t:ty) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+deserialize_from_str!(TokenName);
+deserialize_from_str!(ParserScope);
+
+/// Reads `server.tokens`: a list whose entries are plain token strings or [`TokenConfig`]
+/// mappings, or one comma-separated string of plain tokens (the form an environment variable
+/// takes). Blank plain entries are dropped; plain entries are named by their position in the
+/// list. Error messages never quote a token.
+fn tokens_list<'de, D>(deserializer: D) -> Result<Vec<TokenConfig>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
+    /// One list entry before it is numbered.
+    enum Entry {
+        Plain(String),
+        Scoped(Box<TokenConfig>),
+    }
+
+    impl<'de> Deserialize<'de> for Entry {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct EntryVisitor;
+            impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+                type Value = Entry;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str(
+                        "a token string or a mapping with name, token_env (or token), parsers",
+                    )
+                }
+                fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Entry, E> {
+                    Ok(Entry::Plain(s.trim().to_owned()))
+                }
+                // An all-digit token arrives as a number.
+                fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Entry, E> {
+                    Ok(Entry::Plain(n.to_string()))
+                }
+                fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Entry, E> {
+                    Ok(Entry::Plain(n.to_string()))
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    map: A,
+                ) -> Result<Entry, A::Error> {
+                    TokenConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                        .map(|t| Entry::Scoped(Box::new(t)))
+                }
+            }
+            d.deserialize_any(EntryVisitor)
+        }
+    }
+
     struct Tokens;
 
+    fn numbered(entries: Vec<Entry>) -> Vec<TokenConfig> {
+        entries
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Entry::Plain(t) if t.is_empty() => None,
+                Entry::Plain(t) => Some(TokenConfig::plain(i, Redacted::new(t))),
+                Entry::Scoped(t) => Some(*t),
+            })
+            .collect()
+    }
+
     impl Tokens {
-        fn split(s: &str) -> Vec<Redacted<String>> {
-            s.split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(|t| Redacted::new(t.to_owned()))
-                .collect()
+        fn split(s: &str) -> Vec<TokenConfig> {
+            numbered(
+                s.split(',')
+                    .map(|t| Entry::Plain(t.trim().to_owned()))
+                    .collect(),
+            )
         }
     }
 
     impl<'de> serde::de::Visitor<'de> for Tokens {
-        type Value = Vec<Redacted<String>>;
+        type Value = Vec<TokenConfig>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a list of tokens or a comma-separated string of tokens")
@@ -230,18 +401,108 @@ where
             self,
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(t) = seq.next_element::<String>()? {
-                let t = t.trim();
-                if !t.is_empty() {
-                    out.push(Redacted::new(t.to_owned()));
-                }
+            let mut entries = Vec::new();
+            while let Some(e) = seq.next_element::<Entry>()? {
+                entries.push(e);
             }
-            Ok(out)
+            Ok(numbered(entries))
         }
     }
 
     deserializer.deserialize_any(Tokens)
+}
+
+/// Checks `server.tokens` as a whole and reads each `token_env` from `env`: every entry has
+/// exactly one of `token` and `token_env`, a non-empty `parsers`, a unique name and a unique
+/// token. Messages name entries by position and name, never by their token.
+fn resolve_tokens(server: &mut ServerConfig, env: &[(String, String)]) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let problem = |i: usize, key: &str, message: String, hint: Option<&str>| {
+        let path = if key.is_empty() {
+            format!("server.tokens[{i}]")
+        } else {
+            format!("server.tokens[{i}].{key}")
+        };
+        Diagnostic::file("<config>", message)
+            .path(path)
+            .maybe_hint(hint.map(str::to_owned))
+    };
+    for (i, t) in server.tokens.iter_mut().enumerate() {
+        let name = t.name.clone();
+        if t.parsers.is_empty() {
+            out.push(problem(
+                i,
+                "parsers",
+                format!("token `{name}` may post to no parser"),
+                Some("list parser ids (`firebreak parsers list`), `auto`, or `*` for all"),
+            ));
+        }
+        match (&t.token, &t.token_env) {
+            (Some(_), Some(_)) => out.push(problem(
+                i,
+                "token_env",
+                format!("token `{name}` sets both token and token_env"),
+                Some("keep token_env (the token stays out of the file)"),
+            )),
+            (None, None) => out.push(problem(
+                i,
+                "",
+                format!("token `{name}` has no token"),
+                Some("set token_env to the environment variable holding it"),
+            )),
+            (Some(tok), None) if tok.expose().trim().is_empty() => out.push(problem(
+                i,
+                "token",
+                format!("token `{name}` is empty"),
+                None,
+            )),
+            (Some(_), None) => {}
+            (None, Some(var)) => match env.iter().find(|(k, _)| k == var).map(|(_, v)| v.trim()) {
+                Some(v) if !v.is_empty() => t.token = Some(Redacted::new(v.to_owned())),
+                Some(_) => out.push(problem(
+                    i,
+                    "token_env",
+                    format!("token `{name}`: environment variable {var} is empty"),
+                    None,
+                )),
+                None => out.push(problem(
+                    i,
+                    "token_env",
+                    format!("token `{name}`: environment variable {var} is not set"),
+                    Some("set it in the service's environment (a Kubernetes Secret, …)"),
+                )),
+            },
+        }
+    }
+    for (i, t) in server.tokens.iter().enumerate() {
+        if let Some(j) = server.tokens[..i].iter().position(|o| o.name == t.name) {
+            out.push(problem(
+                i,
+                "name",
+                format!(
+                    "token name `{}` is already used by server.tokens[{j}]",
+                    t.name
+                ),
+                Some("names tell intakes apart (`http:<name>`): make each unique"),
+            ));
+        }
+        if let Some(tok) = &t.token
+            && let Some(j) = server.tokens[..i]
+                .iter()
+                .position(|o| o.token.as_ref() == Some(tok))
+        {
+            out.push(problem(
+                i,
+                "token",
+                format!(
+                    "token `{}` has the same token as server.tokens[{j}] (`{}`)",
+                    t.name, server.tokens[j].name
+                ),
+                Some("give every sender its own token, so its scope and rate limit are its own"),
+            ));
+        }
+    }
+    out
 }
 
 /// `notify:` section.
@@ -437,11 +698,13 @@ const FLAG: &str = "<flag>";
 /// `overrides` (flags, as `("engine.dry_run", "true")`).
 ///
 /// `env` is the environment to read (the CLI passes `std::env::vars().collect()`); variables
-/// without the `FIREBREAK_` prefix, or without `__`, are ignored.
+/// without the `FIREBREAK_` prefix, or without `__`, are ignored as configuration keys. The
+/// `token_env` of each `server.tokens` entry is also read from `env`, here.
 ///
 /// # Errors
 /// Every problem found: an unreadable file, YAML syntax, unknown keys and wrong types in the
-/// file, the environment or the flags.
+/// file, the environment or the flags; then `server.tokens` entries without a usable token,
+/// without parsers, or with a name or token another entry has.
 pub fn load(
     file: Option<&Path>,
     env: &[(String, String)],
@@ -542,10 +805,16 @@ pub fn load(
     let built = builder
         .build()
         .map_err(|e| Diagnostic::file("<config>", e.to_string()))?;
-    serde_path_to_error::deserialize::<_, Config>(built).map_err(|e| {
+    let mut cfg = serde_path_to_error::deserialize::<_, Config>(built).map_err(|e| {
         let path = e.path().to_string();
         ConfigError::from(Diagnostic::file("<config>", e.into_inner().to_string()).path(path))
-    })
+    })?;
+    let diagnostics = resolve_tokens(&mut cfg.server, env);
+    if diagnostics.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError { diagnostics })
+    }
 }
 
 /// Adds a hint naming the expected kind of value when a diagnostic has none and its path is a
@@ -719,26 +988,61 @@ mod tests {
         assert!(matches!(scalar("x"), config::ValueKind::String(_)));
     }
 
+    fn secrets(cfg: &Config) -> Vec<(&str, &str)> {
+        cfg.server
+            .tokens
+            .iter()
+            .map(|t| {
+                (
+                    t.name.0.as_str(),
+                    t.token.as_ref().map_or("", |s| s.expose().as_str()),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn server_tokens_come_from_a_list_or_a_comma_separated_env_value() {
         let env = vec![(
             "FIREBREAK_SERVER__TOKENS".to_owned(),
-            "alpha-token, beta-token,,".to_owned(),
+            "alpha-token, beta-token".to_owned(),
         )];
         let cfg = load(None, &env, &[]).unwrap();
-        let tokens: Vec<&str> = cfg
-            .server
-            .tokens
-            .iter()
-            .map(|t| t.expose().as_str())
-            .collect();
-        assert_eq!(tokens, ["alpha-token", "beta-token"]);
+        assert_eq!(
+            secrets(&cfg),
+            [("token-1", "alpha-token"), ("token-2", "beta-token")]
+        );
+        assert!(
+            cfg.server
+                .tokens
+                .iter()
+                .all(|t| t.parsers == [ParserScope(ANY_PARSER.into())] && t.rate_limit.is_none())
+        );
         assert!(!format!("{cfg:?}").contains("alpha-token"));
 
         let parsed: Config =
-            serde_saphyr::from_str("server:\n  tokens: [\"one\", \"two\"]\n").unwrap();
-        assert_eq!(parsed.server.tokens.len(), 2);
-        assert_eq!(parsed.server.tokens[1].expose(), "two");
+            serde_saphyr::from_str("server:\n  tokens: [\"one\", \"\", \"two\"]\n").unwrap();
+        // A blank entry is dropped; names follow positions in the list as written.
+        assert_eq!(secrets(&parsed), [("token-1", "one"), ("token-3", "two")]);
+    }
+
+    #[test]
+    fn scoped_token_entries_mix_with_plain_ones() {
+        let parsed: Config = serde_saphyr::from_str(
+            "server:\n  tokens:\n    - plain-one\n    - name: falcosidekick\n      token: s3cret\n      parsers: [falco, auto]\n      rate_limit: 200\n",
+        )
+        .unwrap();
+        let t = &parsed.server.tokens;
+        assert_eq!(
+            secrets(&parsed),
+            [("token-1", "plain-one"), ("falcosidekick", "s3cret")]
+        );
+        assert_eq!(
+            t[1].parsers,
+            [ParserScope("falco".into()), ParserScope("auto".into())]
+        );
+        assert_eq!(t[1].rate_limit, Some(200));
+        assert!(!serde_json::to_string(&parsed).unwrap().contains("s3cret"));
     }
 
     #[test]

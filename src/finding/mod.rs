@@ -146,6 +146,16 @@ pub struct ParseReport {
 }
 
 impl ParseReport {
+    /// Records on every finding how it arrived (`http:<token-name>`, `sqs:<queue-name>`,
+    /// `cli`): the intake calls this after parsing, before the findings are stored.
+    #[must_use]
+    pub fn with_intake(mut self, intake: &str) -> Self {
+        for f in &mut self.findings {
+            intake.clone_into(&mut f.intake);
+        }
+        self
+    }
+
     /// Keeps a parsed record as a finding, or rejects it at the pointer its parser named.
     pub fn accept(
         &mut self,
@@ -218,15 +228,36 @@ impl ParserChoice {
 
 /// Parses a whole input: decodes it into documents and runs the chosen parser on each.
 pub fn parse_input(source: &str, bytes: &[u8], choice: ParserChoice) -> ParseReport {
+    parse_input_allowed(source, bytes, choice, &|_| Ok(()))
+}
+
+/// Says whether a parser may be used for an input: `Err(reason)` refuses it.
+pub type ParserPermit<'a> = dyn Fn(&'static dyn Parser) -> Result<(), String> + Sync + 'a;
+
+/// Like [`parse_input`], for an input that may use only the parsers `allowed` permits (a scoped
+/// ingest token): a record whose parser (the fixed one, or the one sniffing picks) is refused
+/// is rejected with `allowed`'s reason, naming that parser, instead of being parsed. Its
+/// siblings are still parsed.
+pub fn parse_input_allowed(
+    source: &str,
+    bytes: &[u8],
+    choice: ParserChoice,
+    allowed: &ParserPermit<'_>,
+) -> ParseReport {
     let mut report = ParseReport::default();
     let mut documents = decode(source, bytes, &mut report);
     // Nearly every record becomes one finding: grow the vector once, not by doubling.
     report.findings.reserve(documents.len());
+    let parse =
+        |p: &'static dyn Parser, doc: &mut Document, report: &mut ParseReport| match allowed(p) {
+            Ok(()) => p.parse(doc, report),
+            Err(reason) => report.reject(doc, p.id(), "", reason),
+        };
     for doc in &mut documents {
         match choice {
-            ParserChoice::Fixed(p) => p.parse(doc, &mut report),
+            ParserChoice::Fixed(p) => parse(p, doc, &mut report),
             ParserChoice::Auto => match sniff(&doc.value) {
-                Some(p) => p.parse(doc, &mut report),
+                Some(p) => parse(p, doc, &mut report),
                 None => {
                     let tried: Vec<&str> = PARSERS.iter().map(|p| p.id()).collect();
                     report.reject(

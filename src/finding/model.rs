@@ -473,6 +473,12 @@ pub struct Finding {
     pub fingerprint: Fingerprint,
     /// Parser id that built it (`falco`, `guardduty`, …).
     pub source: String,
+    /// How it arrived: `http:<token-name>`, `sqs:<queue-name>` or `cli` (see
+    /// [`crate::ingest`]). Set by the intake after parsing (empty until then, and then not
+    /// serialised), stored with the finding and matched by `match.intake`. Not part of the
+    /// fingerprint: the same finding arriving by two routes is one finding.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub intake: String,
     /// The scanner's own rule or finding type id.
     pub rule: String,
     /// One-line human summary (secrets scrubbed).
@@ -579,6 +585,7 @@ impl FindingDraft {
                 identity,
             ),
             source: self.source.to_owned(),
+            intake: String::new(),
             title: cap(scrubbed(self.title), MAX_TITLE_CHARS),
             rule: self.rule,
             severity: self.severity,

@@ -22,9 +22,15 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::finding::{Finding, ParseReport, ParserChoice, Rejection, parse_input};
+use crate::finding::{
+    Finding, ParseReport, ParserChoice, ParserPermit, Rejection, parse_input_allowed,
+};
 use crate::store::{IngestBatch, PreparedFinding, Receipt, Store, StoreError, prepare_finding};
 use crate::telemetry::metrics::Metrics;
+
+/// The intake of findings `firebreak run` reads from a file or stdin (HTTP findings record
+/// `http:<token-name>`, SQS findings `sqs:<queue-name>`).
+pub const CLI_INTAKE: &str = "cli";
 
 /// How the intake queues and groups work.
 #[derive(Debug, Clone)]
@@ -162,8 +168,8 @@ impl Intake {
         !self.tx.is_closed()
     }
 
-    /// Parses `bytes` with `choice`, queues the result for `intake` (where it arrived, e.g.
-    /// `http:/v1/findings/falco`) and waits until it is committed.
+    /// Parses `bytes` with `choice`, queues the result for `intake` (how it arrived:
+    /// `http:<token-name>`, `sqs:<queue-name>`) and waits until it is committed.
     ///
     /// # Errors
     /// [`IntakeError::Busy`] at once when the queue is full (nothing was parsed into the store);
@@ -174,19 +180,37 @@ impl Intake {
         choice: ParserChoice,
         bytes: &[u8],
     ) -> Result<Submitted, IntakeError> {
+        self.submit_allowed(intake, choice, bytes, &|_| Ok(()))
+            .await
+    }
+
+    /// Like [`Intake::submit`] for a sender that may use only the parsers `allowed` permits (a
+    /// scoped ingest token): a record whose parser is refused is rejected with the reason
+    /// `allowed` gives (see [`parse_input_allowed`]).
+    ///
+    /// # Errors
+    /// As [`Intake::submit`].
+    pub async fn submit_allowed(
+        &self,
+        intake: String,
+        choice: ParserChoice,
+        bytes: &[u8],
+        allowed: &ParserPermit<'_>,
+    ) -> Result<Submitted, IntakeError> {
         // Refuse before parsing when there is obviously no room: parsing is the costly part.
         if self.tx.capacity() == 0 {
             return Err(IntakeError::Busy {
                 retry_after: self.retry_after,
             });
         }
-        let report = parse_input(&intake, bytes, choice);
+        let report = parse_input_allowed(&intake, bytes, choice, allowed);
         self.submit_parsed(intake, report).await
     }
 
     /// Queues an already parsed `report` for `intake` and waits until it is committed: for
     /// transports that must look at what a payload holds before deciding what to record (the
-    /// SQS poller records a poison message's rejection only once). Same errors as
+    /// SQS poller records a poison message's rejection only once). Every finding records
+    /// `intake` (its [`Finding::intake`], the store's `findings.intake`). Same errors as
     /// [`Intake::submit`].
     ///
     /// # Errors
@@ -196,6 +220,7 @@ impl Intake {
         intake: String,
         report: ParseReport,
     ) -> Result<Submitted, IntakeError> {
+        let report = report.with_intake(&intake);
         // Encoded here, in the submitting task, so the one writer only binds and commits.
         let prepared = report
             .findings

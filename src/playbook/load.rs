@@ -358,6 +358,7 @@ fn compile(file: &Path, spec: PlaybookSpec) -> Result<(Playbook, u64), Vec<Diagn
                 .map(|s| s.0)
                 .collect()
         }),
+        intakes: m.intake.as_ref().map(|i| ck.values("match.intake", i)),
         rules: m.rule.as_ref().map(|r| ck.values("match.rule", r)),
         severity,
         resource: m
@@ -379,6 +380,7 @@ fn compile(file: &Path, spec: PlaybookSpec) -> Result<(Playbook, u64), Vec<Diagn
     };
     let has_condition = m.class.is_some()
         || m.source.is_some()
+        || m.intake.is_some()
         || m.rule.is_some()
         || m.severity.is_some()
         || m.resource.is_some()
@@ -391,7 +393,8 @@ fn compile(file: &Path, spec: PlaybookSpec) -> Result<(Playbook, u64), Vec<Diagn
             "match",
             "`match` has no conditions, so it would act on every finding",
             Some(
-                "add at least one of class, source, rule, severity, resource, labels, fields, when"
+                "add at least one of class, source, intake, rule, severity, resource, labels, \
+                 fields, when"
                     .into(),
             ),
         );

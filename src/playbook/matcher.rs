@@ -17,6 +17,7 @@ pub struct Matcher {
     /// Classes (any of); `None` means any class.
     pub classes: Option<Vec<Class>>,
     pub(crate) sources: Option<Vec<String>>,
+    pub(crate) intakes: Option<Vec<Pattern>>,
     pub(crate) rules: Option<Vec<Pattern>>,
     pub(crate) severity: Option<SeverityCond>,
     pub(crate) resource: Option<CompiledSelector>,
@@ -138,6 +139,11 @@ impl Matcher {
             && !sources.contains(&f.source)
         {
             return MatchResult::NotMatched("source");
+        }
+        if let Some(intakes) = &self.intakes
+            && !any_match(intakes, &f.intake)
+        {
+            return MatchResult::NotMatched("intake");
         }
         if let Some(sev) = &self.severity
             && !sev.holds(f.severity)

@@ -66,6 +66,12 @@ pub struct MatchSpec {
     #[serde(default)]
     #[schemars(with = "Option<OneOrManySchema<String>>")]
     pub source: Option<Spanned<OneOrMany<SourceName>>>,
+    /// How the finding arrived (any of): `http:<token-name>` (the `server.tokens` entry that
+    /// posted it), `sqs:<queue-name>` or `cli` (`firebreak run`); exact text, a glob with
+    /// `*`/`?` (`http:*`), or `re:` and a regular expression.
+    #[serde(default)]
+    #[schemars(with = "Option<OneOrManySchema<String>>")]
+    pub intake: Option<Spanned<OneOrMany<Pattern>>>,
     /// The scanner's rule or finding type (any of): exact text, a glob with `*`/`?`, or `re:` and
     /// a regular expression.
     #[serde(default)]

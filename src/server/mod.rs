@@ -21,8 +21,7 @@ use serde_json::json;
 
 use crate::config::ServerConfig;
 use crate::ingest::Intake;
-use crate::ingest::http::{RateLimiter, findings_route};
-use crate::redact::Redacted;
+use crate::ingest::http::{IngestTokens, findings_route};
 use crate::store::Store;
 use crate::telemetry::metrics::{self, Metrics};
 
@@ -34,12 +33,11 @@ pub struct AppState<S> {
     pub store: Arc<S>,
     /// Metric families.
     pub metrics: Arc<Metrics>,
-    /// Accepted bearer tokens for the ingest route (empty: refuse all).
-    pub tokens: Arc<Vec<Redacted<String>>>,
+    /// Accepted bearer tokens for the ingest route, with their scopes and rate limits (empty:
+    /// refuse all).
+    pub tokens: Arc<IngestTokens>,
     /// Set once the service can do its job (playbooks loaded); `/readyz` is 503 until then.
     pub ready: Arc<AtomicBool>,
-    /// Per-source request limiter of the ingest route.
-    pub limiter: Arc<RateLimiter>,
     /// Request bodies larger than this get 413.
     pub max_body_bytes: usize,
 }
@@ -52,7 +50,6 @@ impl<S> Clone for AppState<S> {
             metrics: Arc::clone(&self.metrics),
             tokens: Arc::clone(&self.tokens),
             ready: Arc::clone(&self.ready),
-            limiter: Arc::clone(&self.limiter),
             max_body_bytes: self.max_body_bytes,
         }
     }
@@ -69,8 +66,8 @@ impl<S> std::fmt::Debug for AppState<S> {
 }
 
 impl<S: Store> AppState<S> {
-    /// State for `server` settings (tokens, rate limit, body limit); not ready until
-    /// `ready` is set.
+    /// State for `server` settings (tokens with their scopes and rate limits, body limit); not
+    /// ready until `ready` is set.
     #[must_use]
     pub fn new(
         intake: Intake,
@@ -82,9 +79,8 @@ impl<S: Store> AppState<S> {
             intake,
             store,
             metrics,
-            tokens: Arc::new(server.tokens.clone()),
+            tokens: Arc::new(IngestTokens::from_config(server)),
             ready: Arc::new(AtomicBool::new(false)),
-            limiter: Arc::new(RateLimiter::new(server.rate_limit_per_source)),
             max_body_bytes: usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX),
         }
     }

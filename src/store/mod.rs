@@ -61,7 +61,7 @@ pub enum StoreError {
 /// A batch of input from one intake, written in one transaction.
 #[derive(Debug, Default)]
 pub struct IngestBatch {
-    /// Where it arrived (`http:/v1/findings/falco`, `sqs:queue-name`, `file:path`).
+    /// How it arrived (`http:<token-name>`, `sqs:<queue-name>`, `cli`).
     pub intake: String,
     /// Parsed findings.
     pub findings: Vec<Finding>,

@@ -274,3 +274,191 @@ fn aws_accounts_and_profile_load_from_file_with_defaults() {
     assert!(cfg.aws.accounts.is_empty());
     assert_eq!(cfg.aws.profile, "");
 }
+
+const SCOPED_TOKENS: &str = "server:
+  rate_limit_per_token: 50
+  tokens:
+    - name: falcosidekick
+      token_env: FIREBREAK_TOKEN_FALCOSIDEKICK
+      parsers: [falco, auto]
+      rate_limit: 200
+    - name: eventbridge
+      token: inline-eventbridge-9a3f
+      parsers: [guardduty, securityhub]
+    - plain-token-c41b
+";
+
+#[test]
+fn scoped_tokens_load_from_file_with_their_token_read_from_the_environment() {
+    let f = file(SCOPED_TOKENS);
+    let vars = env(&[("FIREBREAK_TOKEN_FALCOSIDEKICK", "from-env-5e6d")]);
+    let cfg = load(Some(f.path()), &vars, &[]).expect("loads");
+    let t = &cfg.server.tokens;
+    let names: Vec<&str> = t.iter().map(|t| t.name.0.as_str()).collect();
+    // A plain entry is named by its position in the list.
+    assert_eq!(names, ["falcosidekick", "eventbridge", "token-3"]);
+    let secrets: Vec<&str> = t
+        .iter()
+        .map(|t| t.token.as_ref().unwrap().expose().as_str())
+        .collect();
+    assert_eq!(
+        secrets,
+        [
+            "from-env-5e6d",
+            "inline-eventbridge-9a3f",
+            "plain-token-c41b"
+        ]
+    );
+    let parsers: Vec<Vec<&str>> = t
+        .iter()
+        .map(|t| t.parsers.iter().map(|p| p.0.as_str()).collect())
+        .collect();
+    assert_eq!(
+        parsers,
+        [
+            vec!["falco", "auto"],
+            vec!["guardduty", "securityhub"],
+            vec!["*"]
+        ]
+    );
+    assert_eq!(t[0].rate_limit, Some(200));
+    assert_eq!(t[1].rate_limit, None);
+    assert_eq!(cfg.server.rate_limit_per_token, 50);
+    // No token value in Debug or serialised output.
+    for out in [format!("{cfg:?}"), serde_json::to_string(&cfg).unwrap()] {
+        for secret in secrets.iter() {
+            assert!(!out.contains(secret), "{out}");
+        }
+    }
+}
+
+#[test]
+fn plain_comma_separated_tokens_from_the_environment_may_post_anywhere() {
+    let vars = env(&[("FIREBREAK_SERVER__TOKENS", "first-tok,second-tok")]);
+    let cfg = load(None, &vars, &[]).expect("loads");
+    let t = &cfg.server.tokens;
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[1].name.0, "token-2");
+    assert_eq!(t[1].token.as_ref().unwrap().expose(), "second-tok");
+    assert!(
+        t.iter()
+            .all(|t| t.parsers.len() == 1 && t.parsers[0].0 == "*")
+    );
+}
+
+#[test]
+fn a_token_env_that_is_not_set_is_an_error_naming_the_entry_not_a_value() {
+    let f = file(SCOPED_TOKENS);
+    let err = load_err(Some(f.path()), &[]);
+    assert_eq!(err.diagnostics.len(), 1, "{err}");
+    let d = &err.diagnostics[0];
+    assert_eq!(d.path, "server.tokens[0].token_env", "{err}");
+    assert!(
+        d.message.contains(
+            "token `falcosidekick`: environment variable FIREBREAK_TOKEN_FALCOSIDEKICK is not set"
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(!text.contains("inline-eventbridge-9a3f"), "{text}");
+
+    let err = load_err(
+        Some(f.path()),
+        &env(&[("FIREBREAK_TOKEN_FALCOSIDEKICK", "  ")]),
+    );
+    assert!(err.to_string().contains("is empty"), "{err}");
+}
+
+#[test]
+fn an_unknown_parser_in_a_token_scope_names_line_path_and_suggestion() {
+    let f = file(
+        "server:
+  tokens:
+    - name: falcosidekick
+      token: t1
+      parsers: [falco, guarddutty]
+",
+    );
+    let err = load_err(Some(f.path()), &[]);
+    let d = &err.diagnostics[0];
+    assert_eq!(d.file, f.path());
+    assert_eq!(d.path, "server.tokens[0].parsers[1]", "{err}");
+    assert_eq!(d.line, Some(5), "{err}");
+    assert!(d.message.contains("unknown parser `guarddutty`"), "{err}");
+    assert!(d.message.contains("did you mean `guardduty`?"), "{err}");
+    assert!(!err.to_string().contains("t1"), "{err}");
+}
+
+#[test]
+fn token_entries_are_checked_as_a_whole_and_every_problem_is_reported() {
+    let f = file(
+        "server:
+  tokens:
+    - name: a
+      token: same-secret-77
+      token_env: ALSO_SET
+      parsers: [falco]
+    - name: a
+      token: same-secret-77
+      parsers: []
+    - name: c
+      parsers: ['*']
+    - name: d
+      token: other-secret-12
+      parsers: [auto]
+      wat: 1
+",
+    );
+    // The unknown key is found first, in the file, with its position.
+    let err = load_err(Some(f.path()), &[]);
+    assert_eq!(err.diagnostics[0].path, "server.tokens[3].wat", "{err}");
+    assert_eq!(err.diagnostics[0].line, Some(15), "{err}");
+
+    let fixed = std::fs::read_to_string(f.path())
+        .unwrap()
+        .replace("      wat: 1\n", "");
+    let f = file(&fixed);
+    let err = load_err(Some(f.path()), &[]);
+    let found: Vec<(&str, &str)> = err
+        .diagnostics
+        .iter()
+        .map(|d| (d.path.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "server.tokens[0].token_env",
+                "token `a` sets both token and token_env"
+            ),
+            (
+                "server.tokens[1].parsers",
+                "token `a` may post to no parser"
+            ),
+            ("server.tokens[2]", "token `c` has no token"),
+            (
+                "server.tokens[1].name",
+                "token name `a` is already used by server.tokens[0]"
+            ),
+            (
+                "server.tokens[1].token",
+                "token `a` has the same token as server.tokens[0] (`a`)"
+            ),
+        ],
+        "{err}"
+    );
+    assert!(!err.to_string().contains("same-secret-77"), "{err}");
+}
+
+#[test]
+fn a_token_name_must_be_safe_to_show() {
+    let f = file(
+        "server:\n  tokens:\n    - name: \"falco sidekick\"\n      token: t\n      parsers: [falco]\n",
+    );
+    let err = load_err(Some(f.path()), &[]);
+    assert_eq!(err.diagnostics[0].path, "server.tokens[0].name", "{err}");
+    assert!(
+        err.diagnostics[0].message.contains("invalid token name"),
+        "{err}"
+    );
+}

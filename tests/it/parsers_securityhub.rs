@@ -53,6 +53,7 @@ const CRYPTO: &str = "securityhub/guardduty-origin-asff-cryptocurrency-bitcointo
 const S3_8: &str = "securityhub/asff-afsbp-s3-8-bucket-block-public-access.json";
 const PROWLER_ASFF: &str = "prowler/prowler-3.3.0-asff-iam-rotate-and-s3-public-access-block.json";
 const PROWLER_OCSF: &str = "prowler/prowler-4.2.1-json-ocsf-iam-roles.json";
+const PROWLER_OCSF_EXAMPLE: &str = "prowler/prowler-5-example-output-aws.ocsf.json";
 
 #[test]
 fn guardduty_origin_crypto_asff_keeps_guardduty_source_type_and_cryptomining_class() {
@@ -415,6 +416,197 @@ fn prowler_ocsf_fail_results_are_findings_and_pass_is_counted() {
     let report = parse_value("ocsf", &v);
     assert!(report.findings.is_empty());
     assert_eq!(report.skipped, 3);
+}
+
+#[test]
+fn prowler_published_example_with_integer_times_parses() {
+    // Prowler's own example output (Prowler 5, OCSF 1.4.0, `datetime` profile): `time` and
+    // `finding_info.created_time` are integer epoch seconds (1739539623) beside `*_dt` strings
+    // without an offset, written in the scanning machine's local time (14:27:03, UTC+1): the
+    // integer is the instant.
+    let report = parse_fixture(PROWLER_OCSF_EXAMPLE);
+    assert!(report.rejected.is_empty(), "{:#?}", report.rejected);
+    assert_eq!(report.findings.len(), 2, "the two FAIL results");
+    assert_eq!(report.skipped, 3, "the three MANUAL results");
+    let f = &report.findings[0];
+    assert_eq!(f.rule, "accessanalyzer_enabled");
+    assert_eq!(f.severity, Severity::Low);
+    assert_eq!(f.observed_at.to_rfc3339(), "2025-02-14T13:27:03+00:00");
+}
+
+/// The first real Prowler 4.2.1 result with only its time fields replaced: `event_time` and
+/// `finding_info.created_time` (ISO strings in Prowler 4.2.1) removed, then `time`,
+/// `time_dt`, `finding_info.created_time` and `finding_info.created_time_dt` set as given
+/// (`None`: left out).
+fn prowler_with_times(
+    time: Option<Value>,
+    time_dt: Option<&str>,
+    created_time: Option<Value>,
+    created_time_dt: Option<&str>,
+) -> Value {
+    let mut v = fixture_json(PROWLER_OCSF)[0].clone();
+    v.as_object_mut().unwrap().remove("event_time");
+    let info = v["finding_info"].as_object_mut().unwrap();
+    info.remove("created_time");
+    if let Some(t) = created_time {
+        info.insert("created_time".into(), t);
+    }
+    if let Some(t) = created_time_dt {
+        info.insert("created_time_dt".into(), json!(t));
+    }
+    if let Some(t) = time {
+        v["time"] = t;
+    }
+    if let Some(t) = time_dt {
+        v["time_dt"] = json!(t);
+    }
+    v
+}
+
+fn prowler_observed_at(v: &Value) -> String {
+    only_finding(&parse_value("ocsf", v))
+        .observed_at
+        .to_rfc3339()
+}
+
+#[test]
+fn prowler_ocsf_times_are_epoch_seconds_or_milliseconds_with_or_without_dt() {
+    // 2024-06-03T14:15:19Z = 1717424119 s.
+    let at = "2024-06-03T14:15:19+00:00";
+    let at_ms = "2024-06-03T14:15:19.382+00:00";
+    let dt = Some("2024-06-03T14:15:19.382075");
+    // Integer seconds (as Prowler writes), with and without the `*_dt` strings.
+    for (time_dt, created_dt) in [(None, None), (dt, dt)] {
+        let v = prowler_with_times(
+            Some(json!(1_717_424_119)),
+            time_dt,
+            Some(json!(1_717_424_119)),
+            created_dt,
+        );
+        assert_eq!(prowler_observed_at(&v), at, "{time_dt:?}");
+    }
+    // Integer milliseconds (as OCSF specifies), with and without the `*_dt` strings.
+    for (time_dt, created_dt) in [(None, None), (dt, dt)] {
+        let v = prowler_with_times(
+            Some(json!(1_717_424_119_382_i64)),
+            time_dt,
+            Some(json!(1_717_424_119_382_i64)),
+            created_dt,
+        );
+        assert_eq!(prowler_observed_at(&v), at_ms, "{time_dt:?}");
+    }
+    // Only `finding_info.created_time` (no `time` at all), seconds and milliseconds.
+    let v = prowler_with_times(None, None, Some(json!(1_717_424_119)), None);
+    assert_eq!(prowler_observed_at(&v), at);
+    let v = prowler_with_times(None, None, Some(json!(1_717_424_119_382_i64)), None);
+    assert_eq!(prowler_observed_at(&v), at_ms);
+    // Only the `*_dt` strings: read as written (no offset: UTC), with or without an offset.
+    let v = prowler_with_times(None, dt, None, None);
+    assert_eq!(prowler_observed_at(&v), "2024-06-03T14:15:19.382075+00:00");
+    let v = prowler_with_times(None, None, None, Some("2024-06-03T16:15:19.5+02:00"));
+    assert_eq!(prowler_observed_at(&v), "2024-06-03T14:15:19.500+00:00");
+    // The integer wins over its `*_dt` sibling: it names an instant, the string has no offset.
+    let v = prowler_with_times(
+        Some(json!(1_717_424_119)),
+        Some("2024-06-03T16:15:19"),
+        None,
+        None,
+    );
+    assert_eq!(prowler_observed_at(&v), at);
+}
+
+#[test]
+fn prowler_ocsf_time_of_the_wrong_type_is_rejected_at_its_pointer() {
+    let secs = || Some(json!(1_717_424_119));
+    for (v, pointer) in [
+        // `time` is OCSF timestamp_t (an integer): a string is refused.
+        (
+            prowler_with_times(Some(json!("2024-06-03T14:15:19")), None, None, None),
+            "/time",
+        ),
+        // A fraction is not an epoch integer.
+        (
+            prowler_with_times(Some(json!(1_717_424_119.5)), None, None, None),
+            "/time",
+        ),
+        (
+            prowler_with_times(Some(json!(-5)), None, None, None),
+            "/time",
+        ),
+        // A `*_dt` string that is no date-time, even beside a good `time`.
+        (
+            prowler_with_times(secs(), None, None, Some("yesterday")),
+            "/finding_info/created_time_dt",
+        ),
+        (
+            prowler_with_times(None, None, Some(json!(true)), None),
+            "/finding_info/created_time",
+        ),
+    ] {
+        let report = parse_value("ocsf", &v);
+        assert!(report.findings.is_empty(), "{pointer}");
+        assert_eq!(report.rejected.len(), 1, "{pointer}");
+        assert_eq!(report.rejected[0].pointer, pointer);
+        assert_eq!(report.rejected[0].source, "ocsf");
+        assert_eq!(report.rejected[0].parser, "prowler");
+    }
+    // `*_dt` is datetime_t (a string): a number is refused, even beside a good `time`.
+    let mut v = prowler_with_times(secs(), None, None, None);
+    v["time_dt"] = json!(1_717_424_119);
+    let report = parse_value("ocsf", &v);
+    assert_eq!(report.rejected[0].pointer, "/time_dt");
+    assert!(
+        report.rejected[0]
+            .reason
+            .contains("expected an RFC 3339 date-time string"),
+        "{}",
+        report.rejected[0].reason
+    );
+    // No time at all.
+    let v = prowler_with_times(None, None, None, None);
+    let report = parse_value("ocsf", &v);
+    assert_eq!(report.rejected[0].pointer, "/time");
+    assert!(
+        report.rejected[0]
+            .reason
+            .contains("required field is missing")
+    );
+}
+
+#[test]
+fn prowler_ocsf_fields_of_the_wrong_type_are_rejected_at_their_pointer() {
+    // Each OCSF field the parser reads, given a value of another JSON type than the schema's
+    // (derived from the real Prowler 4.2.1 result; only that field changes).
+    for (pointer, junk) in [
+        ("/severity_id", json!("4")),
+        ("/status", json!(3)),
+        ("/cloud", json!("aws")),
+        ("/cloud/account", json!("123456789012")),
+        ("/cloud/account/uid", json!(123_456_789_012_u64)),
+        ("/cloud/region", json!(["us-east-1"])),
+        ("/cloud/provider", json!(1)),
+        ("/resources/0", json!("arn:aws:iam::123456789012:role/x")),
+        ("/resources/0/uid", json!(7)),
+        ("/resources/0/region", json!(false)),
+        ("/resources/0/type", json!({})),
+        ("/finding_info/title", json!(1)),
+        ("/metadata/product", json!("Prowler")),
+    ] {
+        let mut v = fixture_json(PROWLER_OCSF)[0].clone();
+        *v.pointer_mut(pointer).unwrap() = junk;
+        let report = parse_input(
+            "ocsf",
+            serde_json::to_string(&v).unwrap().as_bytes(),
+            ParserChoice::Fixed(firebreak::finding::parser("prowler").unwrap()),
+        );
+        assert!(
+            report.findings.is_empty(),
+            "{pointer}: {:#?}",
+            report.findings
+        );
+        assert_eq!(report.rejected.len(), 1, "{pointer}");
+        assert_eq!(report.rejected[0].pointer, pointer);
+    }
 }
 
 #[test]

@@ -52,6 +52,47 @@ fn source_condition_names_the_parser() {
 }
 
 #[test]
+fn intake_condition_matches_how_the_finding_arrived() {
+    // The real Falco finding as each intake records it.
+    let arrived = |intake: &str| {
+        let mut f = fixtures::finding(FALCO_SHELL);
+        intake.clone_into(&mut f.intake);
+        f
+    };
+    let sidekick = arrived("http:falcosidekick");
+    let queue = arrived("sqs:guardduty-findings");
+    let cli = arrived("cli");
+    // Exact text.
+    assert!(acts("  intake: http:falcosidekick", &sidekick));
+    assert!(!acts("  intake: http:falcosidekick", &queue));
+    assert!(!acts("  intake: http:falcosidekick", &cli));
+    // Any of a list, a glob, a regular expression.
+    assert!(acts("  intake: [cli, \"sqs:*\"]", &queue));
+    assert!(acts("  intake: [cli, \"sqs:*\"]", &cli));
+    assert!(!acts("  intake: [cli, \"sqs:*\"]", &sidekick));
+    assert!(acts("  intake: \"http:*\"", &sidekick));
+    assert!(acts("  intake: \"re:(http|sqs):.*\"", &queue));
+    assert!(!acts("  intake: \"re:(http|sqs):.*\"", &cli));
+    // A finding that never went through an intake (parsed only) has an empty intake.
+    assert!(!acts(
+        "  intake: [cli, \"http:*\", \"sqs:*\"]",
+        &fixtures::finding(FALCO_SHELL)
+    ));
+    // Together with the other conditions, and visible to CEL.
+    assert!(acts(
+        "  class: runtime-threat\n  intake: http:falcosidekick\n  when: 'finding.intake == \"http:falcosidekick\"'",
+        &sidekick
+    ));
+    // A bad pattern is reported at its position.
+    let errs = problems(&pb("  intake: \"re:(\""));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("match.intake") && e.contains("invalid regular expression")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
 fn rule_condition_supports_exact_glob_and_regex() {
     let trojan = fixtures::finding(GD_TROJAN);
     assert_eq!(trojan.rule, "Trojan:EC2/DropPoint!DNS");

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use firebreak::config::Config;
+use firebreak::config::{Config, ParserScope, TokenConfig, TokenName};
 use firebreak::ingest::{Intake, IntakeConfig};
 use firebreak::redact::Redacted;
 use firebreak::server::{AppState, router, serve_http};
@@ -36,7 +36,9 @@ struct Service {
 impl Service {
     async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
         let mut cfg = Config::default();
-        cfg.server.tokens = vec![Redacted::new(TOKEN.to_owned())];
+        // A plain token (allowed on every parser, named `token-1`), as a single-source setup
+        // configures it.
+        cfg.server.tokens = vec![TokenConfig::plain(0, Redacted::new(TOKEN.to_owned()))];
         tweak(&mut cfg);
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
@@ -66,7 +68,11 @@ impl Service {
     }
 
     async fn post(&self, parser: &str, body: Vec<u8>) -> reqwest::Response {
-        self.post_with(parser, body, Some(&format!("Bearer {TOKEN}")))
+        self.post_as(TOKEN, parser, body).await
+    }
+
+    async fn post_as(&self, token: &str, parser: &str, body: Vec<u8>) -> reqwest::Response {
+        self.post_with(parser, body, Some(&format!("Bearer {token}")))
             .await
     }
 
@@ -116,6 +122,33 @@ async fn json_of(resp: reqwest::Response) -> Value {
     resp.json().await.unwrap()
 }
 
+/// The token a Falcosidekick is given in the scoped-token tests.
+const SIDEKICK_TOKEN: &str = "sidekick-token-51f0a9";
+
+/// A `server.tokens` entry as a scoped configuration writes it.
+fn scoped(name: &str, token: &str, parsers: &[&str]) -> TokenConfig {
+    TokenConfig {
+        name: TokenName(name.to_owned()),
+        token: Some(Redacted::new(token.to_owned())),
+        token_env: None,
+        parsers: parsers
+            .iter()
+            .map(|p| ParserScope((*p).to_owned()))
+            .collect(),
+        rate_limit: None,
+    }
+}
+
+/// A service with a Falcosidekick token allowed on `falco` and `auto` only, beside the plain one.
+async fn with_sidekick_token() -> Service {
+    Service::start(|c| {
+        c.server
+            .tokens
+            .push(scoped("falcosidekick", SIDEKICK_TOKEN, &["falco", "auto"]));
+    })
+    .await
+}
+
 #[tokio::test]
 async fn falco_fixture_posted_as_is_is_stored_before_202_with_a_receipt() {
     let svc = Service::start(|_| {}).await;
@@ -132,7 +165,7 @@ async fn falco_fixture_posted_as_is_is_stored_before_202_with_a_receipt() {
     let audit = svc.store.audit_list(AuditQuery::default()).await.unwrap();
     assert_eq!(audit[0].kind, "findings.received");
     assert_eq!(audit[0].detail["findings"][0]["id"], id.as_str());
-    assert_eq!(audit[0].detail["intake"], "http:/v1/findings/falco");
+    assert_eq!(audit[0].detail["intake"], "http:token-1");
 }
 
 #[tokio::test]
@@ -371,18 +404,58 @@ async fn a_full_queue_answers_429_with_retry_after_and_stores_only_what_it_ackno
     );
 }
 
-#[tokio::test]
-async fn requests_over_the_per_source_rate_limit_get_429_with_retry_after() {
-    let svc = Service::start(|c| c.server.rate_limit_per_source = 1).await;
-    let first = svc.post("falco", fixtures::bytes(FALCO_SHELL)).await;
-    assert_eq!(first.status(), StatusCode::ACCEPTED);
-    let second = svc.post("falco", fixtures::bytes(FALCO_SHELL)).await;
-    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(second.headers()["retry-after"], "1");
-    // Another source has its own budget.
-    let other = svc.post("guardduty", fixtures::bytes(GD_TOR_IAM)).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_a_tokens_rate_limit_get_429_with_retry_after_and_other_tokens_go_on() {
+    // One request a second per token by default; `eventbridge` has its own override of 2.
+    let svc = Service::start(|c| {
+        c.server.rate_limit_per_token = 1;
+        c.server.tokens = vec![
+            scoped("sidekick", SIDEKICK_TOKEN, &["*"]),
+            scoped("other", "other-token-7d1e", &["*"]),
+            TokenConfig {
+                rate_limit: Some(2),
+                ..scoped("eventbridge", "eventbridge-token-0b2a", &["*"])
+            },
+        ];
+    })
+    .await;
+    // Two requests at once with one token: one fits its budget, the other gets 429 (however
+    // slow the machine, both are checked long before a second has passed).
+    let (a, b) = tokio::join!(
+        svc.post_as(SIDEKICK_TOKEN, "falco", sidekick("pod-a")),
+        svc.post_as(SIDEKICK_TOKEN, "falco", sidekick("pod-b")),
+    );
+    let mut statuses = [a.status(), b.status()];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::ACCEPTED, StatusCode::TOO_MANY_REQUESTS]
+    );
+    let refused = if a.status() == StatusCode::TOO_MANY_REQUESTS {
+        a
+    } else {
+        b
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert!(
+        json_of(refused).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("token")
+    );
+    // Another token posting to the same route has its own budget.
+    let other = svc
+        .post_as("other-token-7d1e", "falco", sidekick("pod-c"))
+        .await;
     assert_eq!(other.status(), StatusCode::ACCEPTED);
-    assert_eq!(svc.stored().await, 2);
+    // A token's own `rate_limit` overrides the server-wide one.
+    let (c, d) = tokio::join!(
+        svc.post_as("eventbridge-token-0b2a", "auto", sidekick("pod-d")),
+        svc.post_as("eventbridge-token-0b2a", "auto", sidekick("pod-e")),
+    );
+    assert_eq!(c.status(), StatusCode::ACCEPTED);
+    assert_eq!(d.status(), StatusCode::ACCEPTED);
+    assert_eq!(svc.stored().await, 4);
 }
 
 #[tokio::test]
@@ -457,22 +530,36 @@ async fn metrics_export_firebreak_families_with_bounded_labels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn findings_grouped_into_one_commit_keep_the_route_they_arrived_on() {
-    let svc = Arc::new(Service::start(|_| {}).await);
+async fn findings_grouped_into_one_commit_keep_the_token_they_arrived_with() {
+    let svc = Arc::new(
+        Service::start(|c| {
+            c.server.tokens = vec![
+                scoped("sidekick", SIDEKICK_TOKEN, &["falco", "auto"]),
+                scoped("other", "other-token-7d1e", &["*"]),
+            ];
+        })
+        .await,
+    );
     let mut handles = Vec::new();
     for t in 0..8 {
         let svc = Arc::clone(&svc);
-        let route = if t % 2 == 0 { "falco" } else { "auto" };
+        let (name, token, route) = if t % 2 == 0 {
+            ("sidekick", SIDEKICK_TOKEN, "falco")
+        } else {
+            ("other", "other-token-7d1e", "auto")
+        };
         handles.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for i in 0..5 {
-                let resp = svc.post(route, sidekick(&format!("pod-{t}-{i}"))).await;
+                let resp = svc
+                    .post_as(token, route, sidekick(&format!("pod-{t}-{i}")))
+                    .await;
                 assert_eq!(resp.status(), StatusCode::ACCEPTED);
                 let id = json_of(resp).await["receipts"][0]["id"]
                     .as_str()
                     .unwrap()
                     .to_owned();
-                out.push((id, format!("http:/v1/findings/{route}")));
+                out.push((id, format!("http:{name}")));
             }
             out
         }));
@@ -494,4 +581,105 @@ async fn findings_grouped_into_one_commit_keep_the_route_they_arrived_on() {
             .unwrap();
         assert_eq!(rec.detail["intake"], intake.as_str());
     }
+}
+
+const TRUFFLEHOG: &str = "trufflehog/trufflehog-v3-git-aws-canary.jsonl";
+
+#[tokio::test]
+async fn a_falcosidekick_token_cannot_post_guardduty_or_trufflehog_to_their_routes() {
+    let svc = with_sidekick_token().await;
+    for (parser, fixture) in [("guardduty", GD_TOR_IAM), ("trufflehog", TRUFFLEHOG)] {
+        let resp = svc
+            .post_as(SIDEKICK_TOKEN, parser, fixtures::bytes(fixture))
+            .await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{parser}");
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains(SIDEKICK_TOKEN), "token echoed: {text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["token"], "falcosidekick");
+        assert_eq!(body["parser"], parser);
+        assert_eq!(body["allowed"], json!(["falco", "auto"]));
+    }
+    assert_eq!(svc.stored().await, 0);
+    // The plain token of the same service may post them.
+    let resp = svc.post("guardduty", fixtures::bytes(GD_TOR_IAM)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn on_auto_a_record_sniffed_for_a_parser_the_token_may_not_use_is_rejected() {
+    let svc = with_sidekick_token().await;
+    for (parser, fixture) in [("guardduty", GD_TOR_IAM), ("trufflehog", TRUFFLEHOG)] {
+        let resp = svc
+            .post_as(SIDEKICK_TOKEN, "auto", fixtures::bytes(fixture))
+            .await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{parser}");
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains(SIDEKICK_TOKEN), "token echoed: {text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        let rejected = body["rejected"].as_array().unwrap();
+        assert!(!rejected.is_empty());
+        for r in rejected {
+            assert_eq!(r["parser"], parser);
+            assert_eq!(
+                r["reason"],
+                format!(
+                    "token `falcosidekick` may not post {parser} records (it may post: falco, auto)"
+                )
+            );
+        }
+    }
+    assert_eq!(svc.stored().await, 0);
+
+    // A Falco record and a GuardDuty record in one body (JSON lines of the real fixtures):
+    // the Falco one is accepted, the GuardDuty one rejected beside it.
+    let falco: Value = serde_json::from_slice(&fixtures::bytes(FALCO_SHELL)).unwrap();
+    let gd: Value = serde_json::from_slice(&fixtures::bytes(GD_TOR_IAM)).unwrap();
+    let lines = format!("{falco}\n{gd}\n");
+    let resp = svc
+        .post_as(SIDEKICK_TOKEN, "auto", lines.into_bytes())
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body = json_of(resp).await;
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["rejected"][0]["index"], 1);
+    assert_eq!(body["rejected"][0]["parser"], "guardduty");
+    assert_eq!(svc.stored().await, 1);
+}
+
+#[tokio::test]
+async fn a_falcosidekick_token_posts_the_real_falco_fixture_and_its_findings_name_it() {
+    let svc = with_sidekick_token().await;
+    let resp = svc
+        .post_as(SIDEKICK_TOKEN, "falco", fixtures::bytes(FALCO_SHELL))
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = svc
+        .post_as(SIDEKICK_TOKEN, "auto", sidekick("kubecon-2"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(json_of(resp).await["accepted"], 1);
+    let resp = svc.post("auto", sidekick("kubecon-3")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+
+    // What the engine claims (and playbooks match) names the token, as the store's column does.
+    let claimed = svc
+        .store
+        .claim_findings("test", std::time::Duration::from_secs(60), 10, None)
+        .await
+        .unwrap();
+    let mut intakes: Vec<&str> = claimed.iter().map(|c| c.finding.intake.as_str()).collect();
+    intakes.sort_unstable();
+    assert_eq!(
+        intakes,
+        ["http:falcosidekick", "http:falcosidekick", "http:token-1"]
+    );
+    let mut conn = sqlx::SqliteConnection::connect(&svc.url).await.unwrap();
+    let mismatched: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM findings WHERE intake != json_extract(body, '$.intake')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(mismatched, 0);
 }

@@ -51,21 +51,31 @@ pub(crate) fn start_with(
     lease_seconds: u32,
     env: &[(&str, &str)],
 ) -> Service {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--playbooks"])
+    let mut cmd = serve_command(dir, playbooks);
+    cmd.env("FIREBREAK_SERVER__TOKENS", TOKEN)
+        .env("FIREBREAK_ENGINE__LEASE_SECONDS", lease_seconds.to_string())
+        .envs(env.iter().copied());
+    launch(cmd)
+}
+
+/// `firebreak serve` on the ledger in `dir` with `playbooks`, in a clean environment.
+fn serve_command(dir: &std::path::Path, playbooks: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_firebreak"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--playbooks"])
         .arg(playbooks)
         .env_clear()
         .env(
             "FIREBREAK_STORE__URL",
             format!("sqlite://{}", dir.join("ledger.db").display()),
         )
-        .env("FIREBREAK_SERVER__TOKENS", TOKEN)
-        .env("FIREBREAK_ENGINE__LEASE_SECONDS", lease_seconds.to_string())
-        .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Spawns `cmd` and returns once the service listens; its stderr is kept in the log.
+fn launch(mut cmd: Command) -> Service {
+    let mut child = cmd.spawn().expect("spawn serve");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
@@ -380,4 +390,116 @@ async fn a_stalled_engine_loses_its_lease_and_its_late_writes_are_refused_and_lo
             .problems
             .is_empty()
     );
+}
+
+/// Starts `serve` on `config` (a YAML file) and `playbooks`, with `env` besides the store URL.
+fn start_configured(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    playbooks: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Service {
+    let mut cmd = serve_command(dir, playbooks);
+    cmd.arg("--config").arg(config).envs(env.iter().copied());
+    launch(cmd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playbooks_match_on_the_token_a_finding_arrived_with() {
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two senders, each with its own scoped token: the Falcosidekick token is read from the
+    // environment, the other is written in the file.
+    let config = dir.path().join("firebreak.yaml");
+    std::fs::write(
+        &config,
+        "server:\n  tokens:\n    - name: falcosidekick\n      token_env: FIREBREAK_TOKEN_FALCOSIDEKICK\n      parsers: [falco, auto]\n    - name: lab\n      token: lab-token-3c9e\n      parsers: [\"*\"]\n",
+    )
+    .expect("write config");
+    // One playbook per intake, each calling its own webhook path.
+    let pbs = tempfile::tempdir().expect("tempdir");
+    for (name, intake) in [
+        ("from-sidekick", "http:falcosidekick"),
+        ("from-lab", "http:lab"),
+    ] {
+        std::fs::write(
+            pbs.path().join(format!("{name}.yaml")),
+            format!(
+                "name: {name}\nmatch:\n  class: runtime-threat\n  intake: \"{intake}\"\nsteps:\n  - action: notify.webhook\n    with: {{url: \"{}\"}}\n",
+                rx.url(&format!("/{name}"))
+            ),
+        )
+        .expect("write playbook");
+    }
+    let mut svc = start_configured(
+        dir.path(),
+        &config,
+        pbs.path(),
+        &[("FIREBREAK_TOKEN_FALCOSIDEKICK", "sidekick-token-8b1d")],
+    );
+    let client = reqwest::Client::new();
+    // The real Falco event, once per sender (distinct pods, so neither is a duplicate).
+    let mut bodies = events(2);
+    for (token, body) in [
+        ("sidekick-token-8b1d", bodies.remove(0)),
+        ("lab-token-3c9e", bodies.remove(0)),
+    ] {
+        let status = client
+            .post(format!("http://{}/v1/findings/auto", svc.addr))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status())
+            .expect("post");
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    }
+    wait_for("both webhooks", Duration::from_secs(20), || {
+        rx.requests().len() >= 2
+    })
+    .await;
+    // A webhook for a finding means the engine recorded every playbook that finding matched:
+    // each finding matched exactly the playbook of its own intake.
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .expect("ledger");
+    let matched: Vec<(String, String)> = sqlx::query_as(
+        "SELECT e.playbook, f.intake FROM executions e JOIN findings f ON f.id = e.finding_id \
+         ORDER BY e.playbook",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("executions");
+    assert_eq!(
+        matched,
+        [
+            ("from-lab".to_owned(), "http:lab".to_owned()),
+            ("from-sidekick".to_owned(), "http:falcosidekick".to_owned()),
+        ]
+    );
+    let mut hits: Vec<(String, String)> = rx
+        .requests()
+        .iter()
+        .map(|r| {
+            let pod = if r.body.contains("kubecon-0") {
+                "kubecon-0"
+            } else {
+                "kubecon-1"
+            };
+            (r.uri.clone(), pod.to_owned())
+        })
+        .collect();
+    hits.sort();
+    assert_eq!(
+        hits,
+        [
+            ("/from-lab".to_owned(), "kubecon-1".to_owned()),
+            ("/from-sidekick".to_owned(), "kubecon-0".to_owned()),
+        ]
+    );
+    let _ = svc.child.kill();
+    let _ = svc.child.wait();
 }

@@ -18,6 +18,7 @@ use firebreak::config::SqsQueueConfig;
 use firebreak::finding::{ParserChoice, parse_input};
 use firebreak::ingest::sqs::{SqsPoller, SqsSource};
 use firebreak::ingest::{Intake, IntakeConfig};
+use firebreak::store::Store;
 use firebreak::store::sqlite::SqliteStore;
 use firebreak::telemetry::metrics::Metrics;
 use sqlx::Connection;
@@ -237,6 +238,35 @@ async fn sqs_message_deleted_only_after_commit() {
     assert_eq!(rig.count("SELECT COUNT(*) FROM rejected").await, 0);
     assert_eq!(rig.metrics.sqs_message_count("received"), 1);
     assert_eq!(rig.metrics.sqs_error_count("commit"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_findings_record_their_queue_as_intake() {
+    let rig = Rig::new().await;
+    let queue = rig.queue("intake-of-findings", &[]).await;
+    rig.send(&queue, fixtures::bytes(GD_TOR_IAM)).await;
+    let running = rig.poll(&queue, |_| {});
+    until("the finding is stored", || async {
+        rig.count("SELECT COUNT(*) FROM findings").await == 1
+    })
+    .await;
+    running.stop().await;
+
+    // The finding the engine claims (what playbooks match, `match.intake`) names the queue,
+    // as the store's intake column does.
+    let store = SqliteStore::open(&rig.url).await.unwrap();
+    let claimed = store
+        .claim_findings("test", Duration::from_secs(60), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].finding.source, "guardduty");
+    assert_eq!(claimed[0].finding.intake, "sqs:intake-of-findings");
+    assert_eq!(
+        rig.count("SELECT COUNT(*) FROM findings WHERE intake = 'sqs:intake-of-findings'")
+            .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
