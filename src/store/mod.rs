@@ -3,7 +3,7 @@
 //! State lives here; channels elsewhere are only wake-up hints. Every write that acknowledges
 //! input (HTTP 202, SQS delete) happens after the transaction holding it committed. The
 //! [`Store`] trait is what the engine and the service use; [`sqlite::SqliteStore`] is the
-//! embedded default (PostgreSQL for several replicas implements the same trait).
+//! embedded default and, with `sqlite::memory:`, the ephemeral store of `firebreak run --no-store`.
 //!
 //! The audit trail is append-only and hash-chained: each record's hash covers its content and
 //! the previous record's hash, and the head hash is kept separately, so `verify` detects an
