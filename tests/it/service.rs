@@ -78,18 +78,20 @@ fn launch(mut cmd: Command) -> Service {
     let mut child = cmd.spawn().expect("spawn serve");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let mut before = Vec::new();
     let addr = loop {
         match lines.next() {
             Some(Ok(line)) => {
                 if let Some(a) = line.strip_prefix("note: listening on ") {
                     break a.trim().to_owned();
                 }
+                before.push(line);
             }
-            other => panic!("serve exited before listening: {other:?}"),
+            other => panic!("serve exited before listening: {other:?} after {before:#?}"),
         }
     };
     // Keep draining stderr so the service never blocks on a full pipe.
-    let log = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::new(Mutex::new(before));
     let kept = Arc::clone(&log);
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
@@ -502,4 +504,64 @@ async fn playbooks_match_on_the_token_a_finding_arrived_with() {
     );
     let _ = svc.child.kill();
     let _ = svc.child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cluster_serve_says_so_and_kubernetes_steps_end_planned_only_not_failed() {
+    let pbs = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        pbs.path().join("isolate.yaml"),
+        "name: isolate\nmatch: {source: [falco]}\nsteps:\n  - action: kubernetes.isolate-pod\n",
+    )
+    .expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A clean environment: no kubernetes.url, no kubeconfig, not in a cluster.
+    let mut svc = start_with(dir.path(), pbs.path(), 2, &[]);
+    assert!(
+        svc.logged("Kubernetes actions plan only"),
+        "{:?}",
+        svc.log.lock().expect("log")
+    );
+    let client = reqwest::Client::new();
+    assert_eq!(
+        post(&client, &svc.addr, events(1).remove(0)).await,
+        reqwest::StatusCode::ACCEPTED
+    );
+    let store = SqliteStore::open(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .expect("store");
+    let started = Instant::now();
+    let end = loop {
+        let audit = store
+            .audit_list(AuditQuery::default())
+            .await
+            .expect("audit");
+        if let Some(end) = audit
+            .iter()
+            .rev()
+            .find(|r| r.kind == "execution.state" && r.detail["state"] != "applying")
+        {
+            break end.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{audit:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = svc.child.kill();
+    let _ = svc.child.wait();
+    assert_eq!(end.detail["state"], "planned", "{end:?}");
+    assert!(
+        end.detail["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("planned only: no Kubernetes cluster")),
+        "{end:?}"
+    );
+    let audit = store
+        .audit_list(AuditQuery::default())
+        .await
+        .expect("audit");
+    assert!(audit.iter().any(|r| r.kind == "step.planned_only"));
+    assert!(audit.iter().all(|r| r.kind != "step.failed"));
 }
