@@ -804,3 +804,40 @@ fn cancel_stops_a_scheduled_execution_for_good_and_is_audited() {
     let o = firebreak_with(&["audit", "verify"], &env, b"");
     assert_eq!(code(&o), 0, "{}", stdout(&o));
 }
+
+#[test]
+fn the_store_wide_kill_switch_parks_a_recorded_run_but_not_a_no_store_run_which_says_so() {
+    // The webhook's port is closed: a step that runs fails (exit 1), so running is visible.
+    let pb = playbook_dir("http://127.0.0.1:9/closed");
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let store = format!("sqlite://{}", ledger.path().join("l.db").display());
+    let env = [("FIREBREAK_STORE__URL", store.as_str())];
+    let o = firebreak_with(&["pause", "--reason", "drill"], &env, b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    let (recorded, doc) = run_in_store(pb.path(), &store, &[], &[]);
+    assert_eq!(recorded, 0, "{doc}");
+    assert_eq!(
+        doc["executions"][0]["steps"][0]["status"], "paused",
+        "{doc}"
+    );
+
+    let o = firebreak_with(
+        &[
+            "run",
+            "--no-store",
+            "--playbooks",
+            &pb.path().to_string_lossy(),
+            "--finding",
+            &fixture(FALCO_SHELL),
+        ],
+        &env,
+        b"",
+    );
+    assert_eq!(code(&o), 1, "it ran (and the closed port failed the step)");
+    assert!(
+        stderr(&o).contains("no store-wide kill switch (`firebreak pause`) applies to it"),
+        "{}",
+        stderr(&o)
+    );
+}
