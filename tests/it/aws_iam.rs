@@ -478,6 +478,115 @@ async fn quarantine_user_does_not_overwrite_a_policy_firebreak_did_not_write() {
     assert_eq!(inline_policy(&aws, &user).await.unwrap(), theirs);
 }
 
+/// The Sids of the user's quarantine statements, in order; empty when there is no policy.
+async fn quarantine_sids(aws: &Aws, user: &str) -> Vec<String> {
+    inline_policy(aws, user)
+        .await
+        .map(|p| {
+            p["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["Sid"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const DENY_ALL: &str = "FirebreakQuarantineDenyAll";
+const REVOKE: &str = "FirebreakQuarantineRevokeOlderSessions";
+
+/// A user quarantined outright (the contain playbook) whose key is then rotated (the rotation
+/// playbook asks for revoke-sessions): the deny-all stays, unconditioned, and the revoke
+/// statement joins it; rolling back either undoes only its own statement, so lifting the
+/// deny-all still leaves the older sessions revoked. Deny-all after revoke-sessions keeps the
+/// revoke statement too. The policy is read back from IAM: moto's IAM enforcement cannot show
+/// the difference, as it ignores `DateLessThan` conditions (only `StringEquals` is evaluated in
+/// moto 5.2) and so denies every request under either statement.
+#[tokio::test]
+async fn a_quarantine_never_weakens_and_rollback_undoes_only_its_own_statement() {
+    let aws = moto::aws().await;
+    let ctx = ctx(&aws);
+    let deny = playbook("aws.iam.quarantine-user", "{mode: deny-all}");
+    let revoke = playbook("aws.iam.quarantine-user", "{mode: revoke-sessions}");
+    let quarantine = action("aws.iam.quarantine-user").unwrap();
+
+    let user = unique("denied");
+    let (key_id, _) = user_with_key(&aws, &user).await;
+    let finding = guardduty_finding(&user, &key_id);
+    let contained = step(&deny, &ctx, &finding, false).await;
+    assert_eq!(contained.status, StepStatus::Applied, "{contained:#?}");
+    assert_eq!(quarantine_sids(&aws, &user).await, [DENY_ALL]);
+
+    let planned = step(&revoke, &ctx, &finding, true).await.plan.unwrap();
+    assert!(!planned.noop);
+    assert!(
+        planned.summary.contains("stays denied outright"),
+        "{}",
+        planned.summary
+    );
+    let rotated = step(&revoke, &ctx, &finding, false).await;
+    assert_eq!(rotated.status, StepStatus::Applied, "{rotated:#?}");
+    let policy = inline_policy(&aws, &user).await.unwrap();
+    assert_eq!(quarantine_sids(&aws, &user).await, [DENY_ALL, REVOKE]);
+    assert!(
+        policy["Statement"][0].get("Condition").is_none(),
+        "the deny-all is still unconditioned: {policy}"
+    );
+    let again = step(&revoke, &ctx, &finding, false).await;
+    assert_eq!(again.outcome.unwrap().result, "unchanged");
+
+    quarantine
+        .rollback(&ctx, rotated.outcome.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        quarantine_sids(&aws, &user).await,
+        [DENY_ALL],
+        "rolling back the revoke leaves the deny-all"
+    );
+    let rotated = step(&revoke, &ctx, &finding, false).await;
+    assert_eq!(rotated.status, StepStatus::Applied, "{rotated:#?}");
+    quarantine
+        .rollback(&ctx, contained.outcome.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        quarantine_sids(&aws, &user).await,
+        [REVOKE],
+        "lifting the deny-all leaves the older sessions revoked"
+    );
+    quarantine
+        .rollback(&ctx, rotated.outcome.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(inline_policy(&aws, &user).await, None, "nothing left");
+
+    // The other order: revoke-sessions first, then deny-all.
+    let user = unique("revoked");
+    let (key_id, _) = user_with_key(&aws, &user).await;
+    let finding = guardduty_finding(&user, &key_id);
+    let revoked = step(&revoke, &ctx, &finding, false).await;
+    let before = inline_policy(&aws, &user).await.unwrap();
+    let contained = step(&deny, &ctx, &finding, false).await;
+    assert_eq!(contained.status, StepStatus::Applied, "{contained:#?}");
+    assert_eq!(quarantine_sids(&aws, &user).await, [DENY_ALL, REVOKE]);
+    quarantine
+        .rollback(&ctx, contained.outcome.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        inline_policy(&aws, &user).await.unwrap(),
+        before,
+        "rollback restores what was there"
+    );
+    quarantine
+        .rollback(&ctx, revoked.outcome.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(inline_policy(&aws, &user).await, None);
+}
+
 /// Under IAM enforcement: requests signed with the user's key are allowed before the
 /// quarantine and denied after it (deny-all), and allowed again after rollback.
 #[tokio::test]
