@@ -19,7 +19,6 @@ pub use rotate_key::AwsIamRotateAccessKey;
 use aws_sdk_iam::types::StatusType;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use super::check_account;
 use super::{acting_in, error_code, planning_in, sdk_error};
 use crate::action::{ActionCtx, ActionError};
 use crate::clients::aws::Aws;
