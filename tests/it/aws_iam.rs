@@ -542,11 +542,6 @@ async fn a_quarantine_never_weakens_and_rollback_undoes_only_its_own_statement()
 
     let planned = step(&revoke, &ctx, &finding, true).await.plan.unwrap();
     assert!(!planned.noop);
-    assert!(
-        planned.summary.contains("stays denied outright"),
-        "{}",
-        planned.summary
-    );
     let rotated = step(&revoke, &ctx, &finding, false).await;
     assert_eq!(rotated.status, StepStatus::Applied, "{rotated:#?}");
     let policy = inline_policy(&aws, &user).await.unwrap();
@@ -554,6 +549,11 @@ async fn a_quarantine_never_weakens_and_rollback_undoes_only_its_own_statement()
     assert!(
         policy["Statement"][0].get("Condition").is_none(),
         "the deny-all is still unconditioned: {policy}"
+    );
+    assert!(
+        planned.summary.contains("stays denied outright"),
+        "the plan says so: {}",
+        planned.summary
     );
     let again = step(&revoke, &ctx, &finding, false).await;
     assert_eq!(again.outcome.unwrap().result, "unchanged");
@@ -1153,6 +1153,62 @@ async fn a_rotation_that_failed_before_delivery_leaves_the_old_key_active_and_th
     assert_eq!(outcome.detail["deleted_orphans"], json!([lost]));
 }
 
+/// A rotation that failed after delivering to Secrets Manager (the deactivation refused once):
+/// the secret now holds the new key, not the exposed one, and is still recognised as the
+/// key's consumer by the version Firebreak wrote, so the retry finishes the rotation with the
+/// key it delivered instead of refusing or creating another.
+#[tokio::test]
+async fn a_rotation_that_failed_after_delivery_to_secrets_manager_finishes_on_retry() {
+    let fail = Arc::new(FailOnce {
+        operation: "UpdateAccessKey",
+        failed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let proxy = AwsProxy::start(moto::endpoint(), fail).await;
+    let aws = moto::aws_at(&proxy.endpoint, "testing", "testing").await;
+    let observer = moto::aws().await;
+    let user = unique("half-done");
+    let (old, old_secret) = user_with_key(&observer, &user).await;
+    let secret_id = format!("{user}/aws-credentials");
+    sm_holding(observer.clone(), &secret_id, &old, &old_secret).await;
+    let set = playbook(
+        "aws.iam.rotate-access-key",
+        &format!("{{deliver: {{secrets_manager: {{secret_id: {secret_id}}}}}}}"),
+    );
+    let ctx = ctx(&aws);
+    let finding = trufflehog_finding(&user, &old);
+
+    let failed = step(&set, &ctx, &finding, false).await;
+    assert_eq!(failed.status, StepStatus::Failed, "{failed:#?}");
+    let stored = |v: aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput| {
+        serde_json::from_str::<Value>(v.secret_string().unwrap()).unwrap()["AccessKeyId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let get = || {
+        observer
+            .secretsmanager()
+            .get_secret_value()
+            .secret_id(&secret_id)
+            .send()
+    };
+    let delivered = stored(get().await.unwrap());
+    assert_ne!(
+        delivered, old,
+        "the new key was delivered before the failure"
+    );
+    assert_eq!(keys(&observer, &user).await[&old], "Active");
+
+    let retried = step(&set, &ctx, &finding, false).await;
+    assert_eq!(retried.status, StepStatus::Applied, "{retried:#?}");
+    assert_eq!(retried.outcome.unwrap().detail["created"], false);
+    let after = keys(&observer, &user).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[&old], "Inactive");
+    assert_eq!(after[&delivered], "Active");
+    assert_eq!(stored(get().await.unwrap()), delivered);
+}
+
 /// Lets the first CreateAccessKey reach moto (the key is created) and then answers the client
 /// with a 503, as a connection lost after the request landed would: the SDK retries, and a
 /// second key is created.
@@ -1675,6 +1731,92 @@ async fn the_rotation_playbook_delivers_each_key_to_its_own_secret_only_and_refu
             .0,
         "the other Secrets are as the rotations left them"
     );
+}
+
+/// A rotation interrupted between its two consumers: it had created the new key (its baseline
+/// tag still on the user) and written it to the first Secret (annotated as moved off the old
+/// key), not yet to the second. The next attempt still sees both Secrets as the key's
+/// consumers, carries on with the key already delivered (no key is created), writes the second
+/// Secret and deactivates the old key.
+#[tokio::test]
+async fn a_rotation_interrupted_between_two_secrets_carries_on_with_the_delivered_key() {
+    let aws = moto::aws().await;
+    let api = KubeApi::start().await;
+    let user = unique("two-secrets");
+    let (old, old_secret) = user_with_key(&aws, &user).await;
+    let first = ("payments", "aws-credentials");
+    let second = ("reports", "aws-credentials");
+    let upper = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY");
+    // What the interrupted attempt left: its baseline tag, a new key, the first Secret moved.
+    let tag = aws_sdk_iam::types::Tag::builder()
+        .key(format!("firebreak.io/rotation/{old}"))
+        .value(old.clone())
+        .build()
+        .unwrap();
+    aws.iam()
+        .tag_user()
+        .user_name(&user)
+        .tags(tag)
+        .send()
+        .await
+        .unwrap();
+    let created = aws
+        .iam()
+        .create_access_key()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap();
+    let created = created.access_key().unwrap();
+    let (new, new_secret) = (
+        created.access_key_id().to_owned(),
+        Redacted::new(created.secret_access_key().to_owned()),
+    );
+    seed_secret(&api, first, upper, &new, &new_secret);
+    let mut moved: Secret = api.get(first.0, first.1).unwrap();
+    moved.metadata.annotations = Some(BTreeMap::from([(
+        "firebreak.io/rotated-from".to_owned(),
+        old.clone(),
+    )]));
+    api.seed(&moved);
+    seed_secret(&api, second, upper, &old, &old_secret);
+    let ctx = kube_ctx(&aws, &api);
+    let set = playbook(
+        "aws.iam.rotate-access-key",
+        "{deliver: {kubernetes_secret: {}}}",
+    );
+
+    let plan = step(&set, &ctx, &trufflehog_finding(&user, &old), true)
+        .await
+        .plan
+        .unwrap();
+    assert!(
+        plan.summary
+            .contains(&format!("carry on with the already delivered key {new}")),
+        "{}",
+        plan.summary
+    );
+    let applied = step(&set, &ctx, &trufflehog_finding(&user, &old), false).await;
+    assert_eq!(applied.status, StepStatus::Applied, "{applied:#?}");
+    assert_eq!(applied.outcome.unwrap().detail["created"], false);
+    let after = keys(&aws, &user).await;
+    assert_eq!(after.len(), 2, "no key created: {after:?}");
+    assert_eq!(after[&old], "Inactive");
+    assert_eq!(after[&new], "Active");
+    for secret in [first, second] {
+        let (id, held_secret, annotations) = secret_in(&api, secret, upper);
+        assert_eq!(id, new, "{secret:?}");
+        assert_eq!(held_secret.expose(), new_secret.expose(), "{secret:?}");
+        assert_eq!(annotations.get("firebreak.io/rotated-from"), Some(&old));
+    }
+    let tags = aws
+        .iam()
+        .list_user_tags()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap();
+    assert!(tags.tags().is_empty(), "the baseline tag is removed");
 }
 
 /// A playbook that names a fixed Secret (the shipped playbook once did): a key that Secret
