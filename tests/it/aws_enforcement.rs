@@ -78,42 +78,42 @@ fn deny_all() -> Value {
     json!({"mode": "deny-all"})
 }
 
-/// The Secrets Manager secret the rotation scenario delivers to (created once per server).
+/// The Secrets Manager secret the rotation scenario delivers to (created by the first run,
+/// given the exposed key of each run).
 const ROTATED_SECRET: &str = "firebreak-enforced/aws-credentials";
 
 fn rotate_params() -> Value {
     json!({"deliver": {"secrets_manager": {"secret_id": ROTATED_SECRET}}})
 }
 
-/// A fresh IAM user with one access key, and the (derived, real) trufflehog finding about it.
-async fn leaked_key(env: &Env, prefix: &str) -> (String, String, Finding) {
+/// A fresh IAM user with one access key (its id and secret), and the (derived, real)
+/// trufflehog finding about it.
+async fn leaked_key(
+    env: &Env,
+    prefix: &str,
+) -> (String, String, firebreak::redact::Redacted<String>, Finding) {
     let user = format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase());
-    let (key, _) = crate::aws_iam::user_with_key(&env.admin, &user).await;
+    let (key, secret) = crate::aws_iam::user_with_key(&env.admin, &user).await;
     let finding = crate::aws_iam::trufflehog_finding(&user, &key);
-    (user, key, finding)
+    (user, key, secret, finding)
 }
 
 fn exposed_key(env: &Env) -> BoxFuture<'_, Finding> {
-    Box::pin(async move { leaked_key(env, "fb-exposed").await.2 })
+    Box::pin(async move { leaked_key(env, "fb-exposed").await.3 })
 }
 
 fn rotated_key(env: &Env) -> BoxFuture<'_, Finding> {
     Box::pin(async move {
-        // Created by the first run; the control's run finds it there.
-        let _ = env
-            .admin
-            .secretsmanager()
-            .create_secret()
-            .name(ROTATED_SECRET)
-            .send()
-            .await;
-        leaked_key(env, "fb-rotated").await.2
+        // The consumer the rotation delivers to holds the exposed key (each run's own).
+        let (_, key, secret, finding) = leaked_key(env, "fb-rotated").await;
+        crate::aws_iam::sm_holding(env.admin.clone(), ROTATED_SECRET, &key, &secret).await;
+        finding
     })
 }
 
 fn retired_key(env: &Env) -> BoxFuture<'_, Finding> {
     Box::pin(async move {
-        let (user, key, finding) = leaked_key(env, "fb-retired").await;
+        let (user, key, _, finding) = leaked_key(env, "fb-retired").await;
         env.admin
             .iam()
             .update_access_key()

@@ -121,6 +121,28 @@ pub(crate) async fn user_with_key(aws: &Aws, user: &str) -> (String, Redacted<St
     )
 }
 
+/// A Secrets Manager secret holding the key (its value as consumers read it), created or
+/// overwritten.
+pub(crate) async fn sm_holding(aws: Aws, secret_id: &str, key_id: &str, secret: &Redacted<String>) {
+    let value = json!({"AccessKeyId": key_id, "SecretAccessKey": secret.expose()}).to_string();
+    let sm = aws.secretsmanager();
+    if sm
+        .create_secret()
+        .name(secret_id)
+        .secret_string(&value)
+        .send()
+        .await
+        .is_err()
+    {
+        sm.put_secret_value()
+            .secret_id(secret_id)
+            .secret_string(&value)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
 /// The user's keys as IAM lists them: id → status.
 async fn keys(aws: &Aws, user: &str) -> BTreeMap<String, String> {
     aws.iam()
@@ -267,13 +289,13 @@ async fn a_plan_only_reads_and_a_finding_about_another_account_is_refused() {
         .await
         .unwrap();
     let secret_id = format!("{user}/aws-credentials");
-    observer
-        .secretsmanager()
-        .create_secret()
-        .name(&secret_id)
-        .send()
-        .await
-        .unwrap();
+    sm_holding(
+        observer.clone(),
+        &secret_id,
+        &key_id,
+        &Redacted::new("unused".to_owned()),
+    )
+    .await;
     let ctx = ctx(&aws);
     let rotate = format!("{{deliver: {{secrets_manager: {{secret_id: {secret_id}}}}}}}");
     let cases = [
@@ -490,6 +512,115 @@ async fn quarantine_user_does_not_overwrite_a_policy_firebreak_did_not_write() {
     assert_eq!(inline_policy(&aws, &user).await.unwrap(), theirs);
 }
 
+/// The Sids of the user's quarantine statements, in order; empty when there is no policy.
+async fn quarantine_sids(aws: &Aws, user: &str) -> Vec<String> {
+    inline_policy(aws, user)
+        .await
+        .map(|p| {
+            p["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["Sid"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const DENY_ALL: &str = "FirebreakQuarantineDenyAll";
+const REVOKE: &str = "FirebreakQuarantineRevokeOlderSessions";
+
+/// A user quarantined outright (the contain playbook) whose key is then rotated (the rotation
+/// playbook asks for revoke-sessions): the deny-all stays, unconditioned, and the revoke
+/// statement joins it; rolling back either undoes only its own statement, so lifting the
+/// deny-all still leaves the older sessions revoked. Deny-all after revoke-sessions keeps the
+/// revoke statement too. The policy is read back from IAM: moto's IAM enforcement cannot show
+/// the difference, as it ignores `DateLessThan` conditions (only `StringEquals` is evaluated in
+/// moto 5.2) and so denies every request under either statement.
+#[tokio::test]
+async fn a_quarantine_never_weakens_and_rollback_undoes_only_its_own_statement() {
+    let aws = moto::aws().await;
+    let ctx = ctx(&aws);
+    let deny = playbook("aws.iam.quarantine-user", "{mode: deny-all}");
+    let revoke = playbook("aws.iam.quarantine-user", "{mode: revoke-sessions}");
+    let quarantine = action("aws.iam.quarantine-user").unwrap();
+
+    let user = unique("denied");
+    let (key_id, _) = user_with_key(&aws, &user).await;
+    let finding = guardduty_finding(&user, &key_id);
+    let contained = step(&deny, &ctx, &finding, false).await;
+    assert_eq!(contained.status, StepStatus::Applied, "{contained:#?}");
+    assert_eq!(quarantine_sids(&aws, &user).await, [DENY_ALL]);
+
+    let planned = step(&revoke, &ctx, &finding, true).await.plan.unwrap();
+    assert!(!planned.noop);
+    let rotated = step(&revoke, &ctx, &finding, false).await;
+    assert_eq!(rotated.status, StepStatus::Applied, "{rotated:#?}");
+    let policy = inline_policy(&aws, &user).await.unwrap();
+    assert_eq!(quarantine_sids(&aws, &user).await, [DENY_ALL, REVOKE]);
+    assert!(
+        policy["Statement"][0].get("Condition").is_none(),
+        "the deny-all is still unconditioned: {policy}"
+    );
+    assert!(
+        planned.summary.contains("stays denied outright"),
+        "the plan says so: {}",
+        planned.summary
+    );
+    let again = step(&revoke, &ctx, &finding, false).await;
+    assert_eq!(again.outcome.unwrap().result, "unchanged");
+
+    quarantine
+        .rollback(&ctx, rotated.outcome.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        quarantine_sids(&aws, &user).await,
+        [DENY_ALL],
+        "rolling back the revoke leaves the deny-all"
+    );
+    let rotated = step(&revoke, &ctx, &finding, false).await;
+    assert_eq!(rotated.status, StepStatus::Applied, "{rotated:#?}");
+    quarantine
+        .rollback(&ctx, contained.outcome.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        quarantine_sids(&aws, &user).await,
+        [REVOKE],
+        "lifting the deny-all leaves the older sessions revoked"
+    );
+    quarantine
+        .rollback(&ctx, rotated.outcome.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(inline_policy(&aws, &user).await, None, "nothing left");
+
+    // The other order: revoke-sessions first, then deny-all.
+    let user = unique("revoked");
+    let (key_id, _) = user_with_key(&aws, &user).await;
+    let finding = guardduty_finding(&user, &key_id);
+    let revoked = step(&revoke, &ctx, &finding, false).await;
+    let before = inline_policy(&aws, &user).await.unwrap();
+    let contained = step(&deny, &ctx, &finding, false).await;
+    assert_eq!(contained.status, StepStatus::Applied, "{contained:#?}");
+    assert_eq!(quarantine_sids(&aws, &user).await, [DENY_ALL, REVOKE]);
+    quarantine
+        .rollback(&ctx, contained.outcome.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        inline_policy(&aws, &user).await.unwrap(),
+        before,
+        "rollback restores what was there"
+    );
+    quarantine
+        .rollback(&ctx, revoked.outcome.as_ref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(inline_policy(&aws, &user).await, None);
+}
+
 /// Under IAM enforcement: requests signed with the user's key are allowed before the
 /// quarantine and denied after it (deny-all), and allowed again after rollback.
 #[tokio::test]
@@ -692,10 +823,16 @@ async fn rotate_scenario(aws: Aws, observer: &Aws, endpoint: &str) {
     let ctx = kube_ctx(&aws, &api);
     let finding = trufflehog_finding(&user, &old);
     let secret_id = format!("{user}/aws-credentials");
+    // As a consumer keeps it: the key and a field of its own, which the rotation keeps.
     observer
         .secretsmanager()
         .create_secret()
         .name(&secret_id)
+        .secret_string(
+            json!({"AccessKeyId": old, "SecretAccessKey": old_secret.expose(),
+                "Region": "eu-west-1"})
+            .to_string(),
+        )
         .send()
         .await
         .unwrap();
@@ -714,9 +851,19 @@ async fn rotate_scenario(aws: Aws, observer: &Aws, endpoint: &str) {
         "a plan creates no key"
     );
     assert!(
-        plan.summary.contains("roll Deployment(s) billing"),
+        plan.summary
+            .contains(&format!("roll Deployment(s) {NS}/{APP}")),
         "{}",
         plan.summary
+    );
+    assert!(
+        plan.other_targets
+            .contains(&format!("k8s:/{NS}/Secret/{SECRET}/"))
+            && plan
+                .other_targets
+                .contains(&format!("k8s:/{NS}/Deployment/{APP}/")),
+        "the plan names what it changes besides the key: {:?}",
+        plan.other_targets
     );
     assert!(!plan.summary.contains("frontend"));
 
@@ -754,6 +901,10 @@ async fn rotate_scenario(aws: Aws, observer: &Aws, endpoint: &str) {
         stored["SecretAccessKey"].as_str(),
         Some(new_secret.expose().as_str()),
         "Secrets Manager holds the same new key"
+    );
+    assert_eq!(
+        stored["Region"], "eu-west-1",
+        "the consumer's own field stays"
     );
     assert!(
         template_annotations(&api, "frontend").is_empty(),
@@ -974,15 +1125,9 @@ async fn a_rotation_that_failed_before_delivery_leaves_the_old_key_active_and_th
     let aws = moto::aws_at(&proxy.endpoint, "testing", "testing").await;
     let observer = moto::aws().await;
     let user = unique("interrupted");
-    let (old, _) = user_with_key(&observer, &user).await;
+    let (old, old_secret) = user_with_key(&observer, &user).await;
     let secret_id = format!("{user}/aws-credentials");
-    observer
-        .secretsmanager()
-        .create_secret()
-        .name(&secret_id)
-        .send()
-        .await
-        .unwrap();
+    sm_holding(observer.clone(), &secret_id, &old, &old_secret).await;
     let set = playbook(
         "aws.iam.rotate-access-key",
         &format!("{{deliver: {{secrets_manager: {{secret_id: {secret_id}}}}}}}"),
@@ -1018,6 +1163,62 @@ async fn a_rotation_that_failed_before_delivery_leaves_the_old_key_active_and_th
     assert_eq!(after[&old], "Inactive");
     let outcome = retried.outcome.unwrap();
     assert_eq!(outcome.detail["deleted_orphans"], json!([lost]));
+}
+
+/// A rotation that failed after delivering to Secrets Manager (the deactivation refused once):
+/// the secret now holds the new key, not the exposed one, and is still recognised as the
+/// key's consumer by the version Firebreak wrote, so the retry finishes the rotation with the
+/// key it delivered instead of refusing or creating another.
+#[tokio::test]
+async fn a_rotation_that_failed_after_delivery_to_secrets_manager_finishes_on_retry() {
+    let fail = Arc::new(FailOnce {
+        operation: "UpdateAccessKey",
+        failed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let proxy = AwsProxy::start(moto::endpoint(), fail).await;
+    let aws = moto::aws_at(&proxy.endpoint, "testing", "testing").await;
+    let observer = moto::aws().await;
+    let user = unique("half-done");
+    let (old, old_secret) = user_with_key(&observer, &user).await;
+    let secret_id = format!("{user}/aws-credentials");
+    sm_holding(observer.clone(), &secret_id, &old, &old_secret).await;
+    let set = playbook(
+        "aws.iam.rotate-access-key",
+        &format!("{{deliver: {{secrets_manager: {{secret_id: {secret_id}}}}}}}"),
+    );
+    let ctx = ctx(&aws);
+    let finding = trufflehog_finding(&user, &old);
+
+    let failed = step(&set, &ctx, &finding, false).await;
+    assert_eq!(failed.status, StepStatus::Failed, "{failed:#?}");
+    let stored = |v: aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput| {
+        serde_json::from_str::<Value>(v.secret_string().unwrap()).unwrap()["AccessKeyId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let get = || {
+        observer
+            .secretsmanager()
+            .get_secret_value()
+            .secret_id(&secret_id)
+            .send()
+    };
+    let delivered = stored(get().await.unwrap());
+    assert_ne!(
+        delivered, old,
+        "the new key was delivered before the failure"
+    );
+    assert_eq!(keys(&observer, &user).await[&old], "Active");
+
+    let retried = step(&set, &ctx, &finding, false).await;
+    assert_eq!(retried.status, StepStatus::Applied, "{retried:#?}");
+    assert_eq!(retried.outcome.unwrap().detail["created"], false);
+    let after = keys(&observer, &user).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[&old], "Inactive");
+    assert_eq!(after[&delivered], "Active");
+    assert_eq!(stored(get().await.unwrap()), delivered);
 }
 
 /// Lets the first CreateAccessKey reach moto (the key is created) and then answers the client
@@ -1337,6 +1538,388 @@ async fn the_rotation_playbook_delivers_rolls_deactivates_and_deletes_the_old_ke
 {
     let aws = moto::aws().await;
     rotation_through_the_engine(aws.clone(), &aws, moto::endpoint()).await;
+}
+
+/// A Secret `namespace/name` holding `key_id` under `id_key` and its secret under `secret_key`.
+fn seed_secret(
+    api: &KubeApi,
+    (namespace, name): (&str, &str),
+    (id_key, secret_key): (&str, &str),
+    key_id: &str,
+    secret: &Redacted<String>,
+) {
+    api.seed(&Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([
+            (id_key.to_owned(), ByteString(key_id.as_bytes().to_vec())),
+            (
+                secret_key.to_owned(),
+                ByteString(secret.expose().as_bytes().to_vec()),
+            ),
+        ])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    });
+}
+
+/// A Deployment `namespace/name` whose pods read Secret `secret` through `envFrom`.
+fn seed_reader(api: &KubeApi, namespace: &str, name: &str, secret: &str) {
+    api.seed(&Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(name)),
+            ..ObjectMeta::default()
+        },
+        spec: DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(labels(name)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(name)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "app".into(),
+                        image: Some(format!("ghcr.io/example/{name}:1.0")),
+                        env_from: Some(vec![EnvFromSource {
+                            secret_ref: Some(SecretEnvSource {
+                                name: secret.into(),
+                                optional: None,
+                            }),
+                            ..EnvFromSource::default()
+                        }]),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    });
+}
+
+/// What a Secret holds now: (key id under `id_key`, secret under `secret_key`, annotations).
+fn secret_in(
+    api: &KubeApi,
+    (namespace, name): (&str, &str),
+    (id_key, secret_key): (&str, &str),
+) -> (String, Redacted<String>, BTreeMap<String, String>) {
+    let s: Secret = api.get(namespace, name).unwrap();
+    let data = s.data.unwrap();
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    (
+        text(id_key),
+        Redacted::new(text(secret_key)),
+        s.metadata.annotations.unwrap_or_default(),
+    )
+}
+
+/// The shipped rotation playbook, as shipped, on three exposed keys of three users: two are
+/// read from Secrets in two namespaces (spelled differently), one from nowhere Firebreak can
+/// see. Each new key lands in its own key's Secret only and works as its own user, and the
+/// Deployments reading each Secret are rolled; the key without a consumer is refused, the
+/// security team is told, and nothing is written: no request reaches the cluster, no key is
+/// created, no quarantine policy is put, the deletion never runs.
+#[tokio::test]
+async fn the_rotation_playbook_delivers_each_key_to_its_own_secret_only_and_refuses_and_alerts_without_one()
+ {
+    let aws = moto::aws().await;
+    let api = KubeApi::start().await;
+    let payments = ("payments", "aws-credentials");
+    let upper = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY");
+    let reports = ("reports", "s3-uploader");
+    let lower = ("aws_access_key_id", "aws_secret_access_key");
+    let (user_a, user_b, user_c) = (unique("svc-pay"), unique("svc-rep"), unique("laptop"));
+    let (old_a, secret_a) = user_with_key(&aws, &user_a).await;
+    let (old_b, secret_b) = user_with_key(&aws, &user_b).await;
+    let (old_c, _) = user_with_key(&aws, &user_c).await;
+    seed_secret(&api, payments, upper, &old_a, &secret_a);
+    seed_secret(&api, reports, lower, &old_b, &secret_b);
+    seed_reader(&api, payments.0, "billing", payments.1);
+    seed_reader(&api, reports.0, "uploader", reports.1);
+    let rx = Receiver::start().await;
+    let mut ctx = kube_ctx(&aws, &api);
+    ctx.webhooks = Arc::new(BTreeMap::from([(
+        "security".to_owned(),
+        WebhookEndpoint {
+            url: Redacted::new(rx.url("/security")),
+        },
+    )]));
+    let pbs = playbook_set(
+        "rotate-exposed-aws-key.yaml",
+        &shipped("rotate-exposed-aws-key.yaml"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir.path().join("ledger.db")).await);
+    let w = engine(&store, pbs, ctx);
+    for (user, key) in [(&user_a, &old_a), (&user_b, &old_b)] {
+        record(&store, trufflehog_finding(user, key)).await;
+    }
+    drain(&w).await;
+
+    for (user, old, secret, spelling, reader) in [
+        (&user_a, &old_a, payments, upper, "billing"),
+        (&user_b, &old_b, reports, lower, "uploader"),
+    ] {
+        let (new, new_secret, annotations) = secret_in(&api, secret, spelling);
+        let after = keys(&aws, user).await;
+        assert_eq!(after.len(), 2, "{user}: {after:?}");
+        assert_eq!(after[old], "Inactive", "{user}");
+        assert_eq!(
+            after.get(&new).map(String::as_str),
+            Some("Active"),
+            "{secret:?} holds the new key of {user}, its own key's user"
+        );
+        assert!(
+            caller(moto::endpoint(), &new, &new_secret)
+                .await
+                .ends_with(&format!("/{user}"))
+        );
+        assert_eq!(
+            annotations.get("firebreak.io/rotated-from"),
+            Some(old),
+            "{secret:?}"
+        );
+        let d: Deployment = api.get(secret.0, reader).unwrap();
+        let rolled = d.spec.template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(rolled.get("firebreak.io/rotated-key"), Some(&new));
+        assert_eq!(quarantine_sids(&aws, user).await, [REVOKE]);
+    }
+    assert_eq!(rx.requests().len(), 2, "the security team is told of each");
+
+    // The key no Secret holds.
+    let writes = api.writes();
+    let finding = trufflehog_finding(&user_c, &old_c);
+    let finding_id = finding.id.to_string();
+    record(&store, finding).await;
+    drain(&w).await;
+    assert_eq!(api.writes(), writes, "nothing was written to the cluster");
+    assert_eq!(
+        keys(&aws, &user_c).await,
+        BTreeMap::from([(old_c.clone(), "Active".to_owned())]),
+        "no key was created, the exposed key is untouched"
+    );
+    assert_eq!(inline_policy(&aws, &user_c).await, None, "no quarantine");
+    assert_eq!(rx.requests().len(), 3, "the security team is told");
+    let rows = store.executions_of(&finding_id).await.unwrap();
+    let steps = &rows[0].steps;
+    let statuses: Vec<&str> = steps.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(statuses[..3], ["failed", "applied", "failed"], "{steps:#?}");
+    assert!(
+        steps[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(&format!("no consumer of access key {old_c} was found"))),
+        "{steps:#?}"
+    );
+    assert!(
+        steps[2]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("still Active")),
+        "{steps:#?}"
+    );
+    assert!(
+        steps.len() == 3 || steps[3].status != "applied" && steps[3].status != "scheduled",
+        "the deletion never runs: {steps:#?}"
+    );
+    assert_eq!(
+        secret_in(&api, payments, upper).0,
+        keys(&aws, &user_a)
+            .await
+            .into_iter()
+            .find(|(_, s)| s == "Active")
+            .unwrap()
+            .0,
+        "the other Secrets are as the rotations left them"
+    );
+}
+
+/// A rotation interrupted between its two consumers: it had created the new key (its baseline
+/// tag still on the user) and written it to the first Secret (annotated as moved off the old
+/// key), not yet to the second. The next attempt still sees both Secrets as the key's
+/// consumers, carries on with the key already delivered (no key is created), writes the second
+/// Secret and deactivates the old key.
+#[tokio::test]
+async fn a_rotation_interrupted_between_two_secrets_carries_on_with_the_delivered_key() {
+    let aws = moto::aws().await;
+    let api = KubeApi::start().await;
+    let user = unique("two-secrets");
+    let (old, old_secret) = user_with_key(&aws, &user).await;
+    let first = ("payments", "aws-credentials");
+    let second = ("reports", "aws-credentials");
+    let upper = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY");
+    // What the interrupted attempt left: its baseline tag, a new key, the first Secret moved.
+    let tag = aws_sdk_iam::types::Tag::builder()
+        .key(format!("firebreak.io/rotation/{old}"))
+        .value(old.clone())
+        .build()
+        .unwrap();
+    aws.iam()
+        .tag_user()
+        .user_name(&user)
+        .tags(tag)
+        .send()
+        .await
+        .unwrap();
+    let created = aws
+        .iam()
+        .create_access_key()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap();
+    let created = created.access_key().unwrap();
+    let (new, new_secret) = (
+        created.access_key_id().to_owned(),
+        Redacted::new(created.secret_access_key().to_owned()),
+    );
+    seed_secret(&api, first, upper, &new, &new_secret);
+    let mut moved: Secret = api.get(first.0, first.1).unwrap();
+    moved.metadata.annotations = Some(BTreeMap::from([(
+        "firebreak.io/rotated-from".to_owned(),
+        old.clone(),
+    )]));
+    api.seed(&moved);
+    seed_secret(&api, second, upper, &old, &old_secret);
+    let ctx = kube_ctx(&aws, &api);
+    let set = playbook(
+        "aws.iam.rotate-access-key",
+        "{deliver: {kubernetes_secret: {}}}",
+    );
+
+    let plan = step(&set, &ctx, &trufflehog_finding(&user, &old), true)
+        .await
+        .plan
+        .unwrap();
+    assert!(
+        plan.summary
+            .contains(&format!("carry on with the already delivered key {new}")),
+        "{}",
+        plan.summary
+    );
+    let applied = step(&set, &ctx, &trufflehog_finding(&user, &old), false).await;
+    assert_eq!(applied.status, StepStatus::Applied, "{applied:#?}");
+    assert_eq!(applied.outcome.unwrap().detail["created"], false);
+    let after = keys(&aws, &user).await;
+    assert_eq!(after.len(), 2, "no key created: {after:?}");
+    assert_eq!(after[&old], "Inactive");
+    assert_eq!(after[&new], "Active");
+    for secret in [first, second] {
+        let (id, held_secret, annotations) = secret_in(&api, secret, upper);
+        assert_eq!(id, new, "{secret:?}");
+        assert_eq!(held_secret.expose(), new_secret.expose(), "{secret:?}");
+        assert_eq!(annotations.get("firebreak.io/rotated-from"), Some(&old));
+    }
+    let tags = aws
+        .iam()
+        .list_user_tags()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap();
+    assert!(tags.tags().is_empty(), "the baseline tag is removed");
+}
+
+/// A playbook that names a fixed Secret (the shipped playbook once did): a key that Secret
+/// does not hold is never written there; the rotation refuses, saying so, and writes nothing.
+/// The key it does hold is rotated into it.
+#[tokio::test]
+async fn a_fixed_secret_is_a_constraint_never_a_destination_for_another_key() {
+    let aws = moto::aws().await;
+    let api = KubeApi::start().await;
+    let (mine, theirs) = (unique("svc-billing"), unique("svc-other"));
+    let (old, old_secret) = user_with_key(&aws, &mine).await;
+    let (other, _) = user_with_key(&aws, &theirs).await;
+    seed_consumers(&api, &old, &old_secret);
+    let ctx = kube_ctx(&aws, &api);
+    let set = playbook("aws.iam.rotate-access-key", &rotate_with());
+
+    let writes = api.writes();
+    let refused = step(&set, &ctx, &trufflehog_finding(&theirs, &other), false).await;
+    assert_eq!(refused.status, StepStatus::Failed, "{refused:#?}");
+    let error = refused.error.unwrap();
+    assert!(
+        error.contains(&format!("none of Secret {NS}/{SECRET}")),
+        "{error}"
+    );
+    assert_eq!(api.writes(), writes, "nothing written to the cluster");
+    assert_eq!(held(&api).0, old, "the Secret still holds its own key");
+    assert_eq!(keys(&aws, &theirs).await.len(), 1, "no key created");
+
+    let applied = step(&set, &ctx, &trufflehog_finding(&mine, &old), false).await;
+    assert_eq!(applied.status, StepStatus::Applied, "{applied:#?}");
+    let (new, _) = held(&api);
+    assert_eq!(keys(&aws, &mine).await[&new], "Active");
+}
+
+/// The real Trivy Operator ExposedSecretReport (a secret in the image of a workload in
+/// namespace `default`), derived for an AWS key id: only the secret's `ruleID` and `match`
+/// change (the sample's is a masked secret access key, which names no key id). The Secret that
+/// holds the key is found (in `default`, and any other namespace: a Secret left with the old
+/// key would stop working); a playbook that may only deliver to another namespace is refused,
+/// as the workload where the key was found would be left behind.
+#[tokio::test]
+async fn a_key_found_in_a_workload_is_delivered_to_the_secrets_that_hold_it_and_never_narrowed_away()
+ {
+    let aws = moto::aws().await;
+    let api = KubeApi::start().await;
+    let user = unique("svc-nginx");
+    let (old, old_secret) = user_with_key(&aws, &user).await;
+    let mut report: Value =
+        serde_json::from_slice(&fixtures::bytes("trivy-operator/exposedsecretreport.json"))
+            .unwrap();
+    report["report"]["secrets"][0]["ruleID"] = json!("aws-access-key-id");
+    report["report"]["secrets"][0]["match"] = json!(format!("AWS_ACCESS_KEY_ID=\"{old}\""));
+    let finding = parse("exposedsecretreport.json", report.to_string().as_bytes()).remove(0);
+    assert!(
+        finding.resources.iter().any(|r| matches!(r,
+            firebreak::finding::ResourceRef::Kubernetes { namespace: Some(ns), .. } if ns == "default")),
+        "{:?}",
+        finding.resources
+    );
+    let in_default = ("default", "nginx-aws");
+    let elsewhere = ("batch", "nightly-aws");
+    let upper = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY");
+    seed_secret(&api, in_default, upper, &old, &old_secret);
+    seed_secret(&api, elsewhere, upper, &old, &old_secret);
+    let ctx = kube_ctx(&aws, &api);
+
+    let narrowed = playbook(
+        "aws.iam.rotate-access-key",
+        "{deliver: {kubernetes_secret: {namespace: batch}}}",
+    );
+    let writes = api.writes();
+    let refused = step(&narrowed, &ctx, &finding, false).await;
+    assert_eq!(refused.status, StepStatus::Failed, "{refused:#?}");
+    let error = refused.error.unwrap();
+    assert!(
+        error.contains("found the key in ReplicaSet default/nginx-deployment-c868466d4"),
+        "{error}"
+    );
+    assert_eq!(api.writes(), writes);
+    assert_eq!(keys(&aws, &user).await.len(), 1);
+
+    let set = playbook(
+        "aws.iam.rotate-access-key",
+        "{deliver: {kubernetes_secret: {}}}",
+    );
+    let applied = step(&set, &ctx, &finding, false).await;
+    assert_eq!(applied.status, StepStatus::Applied, "{applied:#?}");
+    let (new, _, _) = secret_in(&api, in_default, upper);
+    assert_ne!(new, old);
+    assert_eq!(secret_in(&api, elsewhere, upper).0, new);
+    assert_eq!(keys(&aws, &user).await[&new], "Active");
 }
 
 /// The contain playbook asks for approval: nothing happens until a person approves; then the
@@ -1667,7 +2250,8 @@ async fn the_contain_playbook_on_a_console_login_quarantines_and_still_notifies(
     assert_eq!(rx.requests().len(), 1, "the security team is told");
 }
 
-/// The Secret holds another key of the user whose secret is wrong (a hand edit gone bad): the
+/// The Secret Firebreak moved off the exposed key (its `firebreak.io/rotated-from`
+/// annotation) holds another key of the user whose secret is wrong (a hand edit gone bad): the
 /// rotation does not carry on with it, does not delete it and creates nothing; it says what to
 /// fix. Needs IAM enforcement: only then does a wrong secret fail to authenticate.
 #[tokio::test]
@@ -1686,6 +2270,12 @@ async fn rotation_refuses_to_carry_on_with_a_delivered_key_that_does_not_work() 
     let api = KubeApi::start().await;
     let wrong = Redacted::new(["not", "the", "right", "secret"].join("-"));
     seed_consumers(&api, &other, &wrong);
+    let mut moved: Secret = api.get(NS, SECRET).unwrap();
+    moved.metadata.annotations = Some(BTreeMap::from([(
+        "firebreak.io/rotated-from".to_owned(),
+        old.clone(),
+    )]));
+    api.seed(&moved);
     let ctx = kube_ctx(&firebreak, &api);
     let set = playbook("aws.iam.rotate-access-key", &rotate_with());
     let report = step(&set, &ctx, &trufflehog_finding(&user, &old), false).await;

@@ -18,6 +18,7 @@ use firebreak::playbook::{PlaybookSet, load_str};
 use serde_json::{Value, json};
 
 use crate::fixtures;
+use crate::support::aws_proxy::{AwsProxy, BucketOwners, ProxyRequest, Throttle};
 use crate::support::moto;
 
 /// Security Hub FSBP S3.8 (bucket-level Block Public Access off), FAILED, bucket `example`.
@@ -37,13 +38,24 @@ pub fn bucket_name(prefix: &str) -> String {
     )
 }
 
-/// The ASFF record of the real S3.8 fixture, derived for `bucket`: only the resource (its ARN
-/// and `ProductFields["Resources:0/Id"]`) is changed, so the finding names a bucket of this test.
+/// moto's account (the account of every request signed with moto's test credentials).
+pub const MOTO_ACCOUNT: &str = "123456789012";
+
+/// The ASFF record of the real S3.8 fixture, derived for `bucket` in moto's account: only the
+/// resource (its ARN and `ProductFields["Resources:0/Id"]`) and `AwsAccountId` change (the
+/// sample's account is 111111111111; the actions refuse a finding about another account than
+/// the one they act in), so the finding names a bucket of this test.
 pub fn s3_8_record(bucket: &str) -> Value {
+    s3_8_record_in(MOTO_ACCOUNT, bucket)
+}
+
+/// [`s3_8_record`] with the finding about `account`.
+pub fn s3_8_record_in(account: &str, bucket: &str) -> Value {
     let mut v: Value = serde_json::from_slice(&fixtures::bytes(SH_S3_8)).unwrap();
     let arn = format!("arn:aws:s3:::{bucket}");
     v["Resources"][0]["Id"] = json!(arn);
     v["ProductFields"]["Resources:0/Id"] = json!(arn);
+    v["AwsAccountId"] = json!(account);
     v
 }
 
@@ -521,4 +533,120 @@ async fn block_public_access_retried_after_an_interrupted_apply_finishes_and_kee
     block.rollback(&ctx, &outcome).await.unwrap();
     assert_eq!(grants(&s3, &bucket).await, before);
     assert_eq!(policy_sids(&s3, &bucket).await.unwrap().len(), 3);
+}
+
+/// The S3 requests among `requests` (REST: no `Action` or `X-Amz-Target` names them).
+fn s3_calls(requests: &[ProxyRequest]) -> Vec<&ProxyRequest> {
+    requests.iter().filter(|r| r.operation.is_none()).collect()
+}
+
+/// Every S3 call of plan, apply and rollback, reads and writes alike, names the account the
+/// credentials act in as the bucket's expected owner (`x-amz-expected-bucket-owner`, seen on
+/// the wire by the proxy), and each phase asks STS which account that is before its first S3
+/// call. (moto does not check the header; the next test shows what S3 does with it.)
+#[tokio::test]
+async fn every_s3_call_of_plan_apply_and_rollback_names_the_expected_bucket_owner() {
+    let proxy = AwsProxy::start(moto::endpoint(), Arc::new(Throttle::new("none", 0))).await;
+    let ctx = ctx(moto::aws_at(&proxy.endpoint, "testing", "testing").await);
+    let bucket = bucket_name("fb-owner");
+    seed_public_bucket(&moto::aws().await.s3(), &bucket).await;
+    let finding = parse_one(&s3_8_record(&bucket));
+    let block = action("aws.s3.block-public-access").unwrap();
+    let params = json!({});
+    let input = StepInput {
+        finding: &finding,
+        playbook: "lock",
+        step: 0,
+        params: &params,
+    };
+    let plan = block.plan(&ctx, input).await.unwrap();
+    let planned = proxy.requests().len();
+    let outcome = block.apply(&ctx, input, &plan).await.unwrap();
+    let applied = proxy.requests().len();
+    block.rollback(&ctx, &outcome).await.unwrap();
+    let all = proxy.requests();
+    for (phase, range, writes) in [
+        ("plan", 0..planned, 0),
+        ("apply", planned..applied, 3),
+        ("rollback", applied..all.len(), 3),
+    ] {
+        let phase_requests = &all[range];
+        assert_eq!(
+            phase_requests[0].operation.as_deref(),
+            Some("GetCallerIdentity"),
+            "{phase}: the account is checked first"
+        );
+        let s3 = s3_calls(phase_requests);
+        assert!(s3.len() >= 3, "{phase}: {s3:#?}");
+        assert_eq!(
+            s3.iter().filter(|r| r.method != "GET").count(),
+            writes,
+            "{phase}: {:?}",
+            s3.iter()
+                .map(|r| format!("{} {}", r.method, r.uri))
+                .collect::<Vec<_>>()
+        );
+        for r in s3 {
+            assert_eq!(
+                r.headers
+                    .get("x-amz-expected-bucket-owner")
+                    .and_then(|v| v.to_str().ok()),
+                Some(MOTO_ACCOUNT),
+                "{phase}: {} {}",
+                r.method,
+                r.uri
+            );
+        }
+    }
+}
+
+/// The finding names a bucket, but the bucket of that name belongs to another account (bucket
+/// names are global; the scanner's account can reach it through a bucket policy). S3 refuses
+/// every call that names the finding's account as the expected owner (the proxy does what S3
+/// does and moto does not), so the plan fails saying so and apply writes nothing.
+#[tokio::test]
+async fn a_bucket_of_that_name_owned_by_another_account_is_never_touched() {
+    let direct = moto::aws().await;
+    let s3 = direct.s3();
+    let bucket = bucket_name("fb-theirs");
+    seed_public_bucket(&s3, &bucket).await;
+    let before = grants(&s3, &bucket).await;
+    let owners = Arc::new(BucketOwners::new(&[(bucket.as_str(), "210987654321")]));
+    let proxy = AwsProxy::start(moto::endpoint(), owners.clone()).await;
+    let ctx_through = ctx(moto::aws_at(&proxy.endpoint, "testing", "testing").await);
+    let finding = parse_one(&s3_8_record(&bucket));
+    let block = action("aws.s3.block-public-access").unwrap();
+    let params = json!({});
+    let input = StepInput {
+        finding: &finding,
+        playbook: "lock",
+        step: 0,
+        params: &params,
+    };
+    let err = block.plan(&ctx_through, input).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("AccessDenied"), "{text}");
+    assert!(
+        text.contains(&format!("expected owner: account {MOTO_ACCOUNT}")),
+        "{text}"
+    );
+    assert!(owners.refused() >= 1);
+
+    // A plan made where nobody checks the owner (straight to moto) is refused at apply too.
+    let plan = block.plan(&ctx(direct.clone()), input).await.unwrap();
+    assert!(!plan.noop);
+    let err = block.apply(&ctx_through, input, &plan).await.unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    let written: Vec<String> = s3_calls(&proxy.requests())
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.uri))
+        .collect();
+    assert_eq!(written, Vec::<String>::new());
+    assert_eq!(pab(&s3, &bucket).await, None);
+    assert_eq!(
+        grants(&s3, &bucket).await,
+        before,
+        "the bucket is as it was"
+    );
 }

@@ -25,7 +25,9 @@ use crate::support::securityhub_shim::{BatchUpdateFindings, import_findings};
 
 /// Runs a test body on a thread with a 16 MiB stack: deserialising a full ASFF finding with the
 /// Security Hub SDK takes more than the 2 MiB of a test thread in a debug build.
-fn big_stack<F: std::future::Future<Output = ()>>(body: impl FnOnce() -> F + Send + 'static) {
+pub(crate) fn big_stack<F: std::future::Future<Output = ()>>(
+    body: impl FnOnce() -> F + Send + 'static,
+) {
     std::thread::Builder::new()
         .stack_size(16 << 20)
         .spawn(move || {

@@ -68,6 +68,63 @@ pub(crate) async fn connected_for(
         .map_err(|why| ActionError::Permanent(format!("cannot change AWS: {why}")))
 }
 
+/// The AWS configuration `plan` reads a resource of `account` with, and the account it acts
+/// in, checked against `account` ([`check_account`]); `Ok(Err(why))` when AWS is not usable
+/// (the plan then says so without reading).
+pub(crate) async fn planning_in(
+    ctx: &ActionCtx,
+    account: Option<&str>,
+) -> Result<Result<(Aws, String), String>, ActionError> {
+    let aws = match client_for(ctx, account).await? {
+        Ok(aws) => aws,
+        Err(why) => return Ok(Err(why)),
+    };
+    let connected = check_account(&aws, account).await?;
+    Ok(Ok((aws, connected)))
+}
+
+/// [`planning_in`] for `apply` and `rollback`: without AWS they fail (permanently), and a
+/// resource of another account than the credentials' is refused before anything is written.
+pub(crate) async fn acting_in(
+    ctx: &ActionCtx,
+    account: Option<&str>,
+) -> Result<(Aws, String), ActionError> {
+    let aws = connected_for(ctx, account).await?;
+    let connected = check_account(&aws, account).await?;
+    Ok((aws, connected))
+}
+
+/// Refuses a resource of another account than the one the credentials act in (read with STS
+/// `GetCallerIdentity`, on every call: the account of a role or profile is never assumed or
+/// remembered). A resource that names no account is taken to be in the connected account.
+/// Returns the connected account id.
+pub(crate) async fn check_account(aws: &Aws, account: Option<&str>) -> Result<String, ActionError> {
+    let me = aws.sts().get_caller_identity().send().await.map_err(|e| {
+        sdk_error(
+            "reading the connected AWS account (sts:GetCallerIdentity)",
+            &e,
+        )
+    })?;
+    let connected = me.account().unwrap_or_default().to_owned();
+    if connected.is_empty() {
+        return Err(ActionError::Permanent(
+            "sts:GetCallerIdentity named no account; refusing to act without knowing where"
+                .to_owned(),
+        ));
+    }
+    if let Some(named) = account.filter(|a| !a.is_empty())
+        && named != connected
+    {
+        return Err(ActionError::NotApplicable(format!(
+            "the finding is about AWS account {named}, but the credentials Firebreak acts with \
+             ({}) are in account {connected}; list {named} with its role in aws.accounts, or \
+             run with credentials for it",
+            aws.identity()
+        )));
+    }
+    Ok(connected)
+}
+
 /// Whose credentials act on `account`, in words, for a plan's `observed` and summary.
 pub(crate) fn credentials_note(aws: &Aws, account: Option<&str>) -> String {
     match (aws.identity(), account) {

@@ -14,6 +14,12 @@
 //! wrong order): `apply` removes grants and statements first and enables the block last;
 //! rollback restores the previous block first and then re-adds grants and statements.
 //!
+//! Every S3 call (reads and writes, in plan, apply and rollback) names the bucket's expected
+//! owner (`ExpectedBucketOwner`): the account the credentials act in, which must be the account
+//! the finding names (checked with STS first; a finding about another account is refused
+//! before any S3 call). S3 then refuses (403 `AccessDenied`) to read or change a bucket of the
+//! same name that another account owns, so a bucket name reused elsewhere is never touched.
+//!
 //! A retry of an apply interrupted half-way (the ACL written, the block not yet) finds the
 //! bucket between the planned state and the planned result, carries on from there and still
 //! records everything the plan removed; any other difference from the plan is drift.
@@ -25,9 +31,7 @@ use aws_sdk_s3::types::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{
-    client_for, connected_for, credentials_note, error_code, not_connected_plan, sdk_error,
-};
+use super::{acting_in, credentials_note, error_code, not_connected_plan, planning_in, sdk_error};
 use crate::action::kubernetes::{render_problems, undo_of};
 use crate::action::{
     Action, ActionCtx, ActionError, BoxFuture, Change, Outcome, ParamProblem, Permission, Plan,
@@ -362,10 +366,30 @@ impl BucketState {
     }
 }
 
-async fn read(aws: &Aws, b: &BucketRef) -> Result<BucketState, ActionError> {
+/// Whose credentials act, and the account every S3 call names as the bucket's owner.
+fn acting_as(aws: &Aws, b: &BucketRef, owner: &str) -> String {
+    format!(
+        "{}, in account {owner}, the bucket's expected owner",
+        credentials_note(aws, b.account.as_deref())
+    )
+}
+
+/// `what` about the bucket, for an error message: which owner S3 was told to expect, since an
+/// `AccessDenied` may mean that another account owns a bucket of this name.
+fn owned(b: &BucketRef, owner: &str) -> String {
+    format!("s3://{} (expected owner: account {owner})", b.bucket)
+}
+
+async fn read(aws: &Aws, b: &BucketRef, owner: &str) -> Result<BucketState, ActionError> {
     let s3 = aws.s3_in(b.region.as_deref());
-    let shown = format!("s3://{}", b.bucket);
-    let pab = match s3.get_public_access_block().bucket(&b.bucket).send().await {
+    let shown = owned(b, owner);
+    let pab = match s3
+        .get_public_access_block()
+        .bucket(&b.bucket)
+        .expected_bucket_owner(owner)
+        .send()
+        .await
+    {
         Ok(out) => out.public_access_block_configuration().map(|c| Pab {
             block_public_acls: c.block_public_acls().unwrap_or(false),
             ignore_public_acls: c.ignore_public_acls().unwrap_or(false),
@@ -388,15 +412,22 @@ async fn read(aws: &Aws, b: &BucketRef) -> Result<BucketState, ActionError> {
     let acl = s3
         .get_bucket_acl()
         .bucket(&b.bucket)
+        .expected_bucket_owner(owner)
         .send()
         .await
         .map_err(|e| sdk_error(&format!("reading the ACL of {shown}"), &e))?;
-    let owner = OwnerRec {
+    let acl_owner = OwnerRec {
         id: acl.owner().and_then(Owner::id).map(str::to_owned),
         display_name: acl.owner().and_then(Owner::display_name).map(str::to_owned),
     };
     let grants = acl.grants().iter().map(GrantRec::of).collect();
-    let policy = match s3.get_bucket_policy().bucket(&b.bucket).send().await {
+    let policy = match s3
+        .get_bucket_policy()
+        .bucket(&b.bucket)
+        .expected_bucket_owner(owner)
+        .send()
+        .await
+    {
         Ok(out) => match out.policy() {
             Some(text) => Some(serde_json::from_str::<Value>(text).map_err(|e| {
                 ActionError::Permanent(format!("the bucket policy of {shown} is not JSON: {e}"))
@@ -413,7 +444,7 @@ async fn read(aws: &Aws, b: &BucketRef) -> Result<BucketState, ActionError> {
     };
     Ok(BucketState {
         pab,
-        owner,
+        owner: acl_owner,
         grants,
         policy,
     })
@@ -422,6 +453,7 @@ async fn read(aws: &Aws, b: &BucketRef) -> Result<BucketState, ActionError> {
 async fn put_acl(
     aws: &Aws,
     b: &BucketRef,
+    expected_owner: &str,
     owner: &OwnerRec,
     grants: &[GrantRec],
 ) -> Result<(), ActionError> {
@@ -441,20 +473,32 @@ async fn put_acl(
     aws.s3_in(b.region.as_deref())
         .put_bucket_acl()
         .bucket(&b.bucket)
+        .expected_bucket_owner(expected_owner)
         .access_control_policy(policy)
         .send()
         .await
-        .map_err(|e| sdk_error(&format!("writing the ACL of s3://{}", b.bucket), &e))?;
+        .map_err(|e| {
+            sdk_error(
+                &format!("writing the ACL of {}", owned(b, expected_owner)),
+                &e,
+            )
+        })?;
     Ok(())
 }
 
-async fn put_policy(aws: &Aws, b: &BucketRef, policy: Option<&Value>) -> Result<(), ActionError> {
+async fn put_policy(
+    aws: &Aws,
+    b: &BucketRef,
+    owner: &str,
+    policy: Option<&Value>,
+) -> Result<(), ActionError> {
     let s3 = aws.s3_in(b.region.as_deref());
-    let what = format!("the bucket policy of s3://{}", b.bucket);
+    let what = format!("the bucket policy of {}", owned(b, owner));
     match policy {
         Some(p) => {
             s3.put_bucket_policy()
                 .bucket(&b.bucket)
+                .expected_bucket_owner(owner)
                 .policy(p.to_string())
                 .send()
                 .await
@@ -463,6 +507,7 @@ async fn put_policy(aws: &Aws, b: &BucketRef, policy: Option<&Value>) -> Result<
         None => {
             s3.delete_bucket_policy()
                 .bucket(&b.bucket)
+                .expected_bucket_owner(owner)
                 .send()
                 .await
                 .map_err(|e| sdk_error(&format!("deleting {what}"), &e))?;
@@ -471,13 +516,19 @@ async fn put_policy(aws: &Aws, b: &BucketRef, policy: Option<&Value>) -> Result<
     Ok(())
 }
 
-async fn put_pab(aws: &Aws, b: &BucketRef, pab: Option<Pab>) -> Result<(), ActionError> {
+async fn put_pab(
+    aws: &Aws,
+    b: &BucketRef,
+    owner: &str,
+    pab: Option<Pab>,
+) -> Result<(), ActionError> {
     let s3 = aws.s3_in(b.region.as_deref());
-    let what = format!("the Public Access Block of s3://{}", b.bucket);
+    let what = format!("the Public Access Block of {}", owned(b, owner));
     match pab {
         Some(p) => {
             s3.put_public_access_block()
                 .bucket(&b.bucket)
+                .expected_bucket_owner(owner)
                 .public_access_block_configuration(p.to_sdk())
                 .send()
                 .await
@@ -486,6 +537,7 @@ async fn put_pab(aws: &Aws, b: &BucketRef, pab: Option<Pab>) -> Result<(), Actio
         None => {
             s3.delete_public_access_block()
                 .bucket(&b.bucket)
+                .expected_bucket_owner(owner)
                 .send()
                 .await
                 .map_err(|e| sdk_error(&format!("deleting {what}"), &e))?;
@@ -633,6 +685,7 @@ impl Action for AwsS3BlockPublicAccess {
         // The IAM actions for these calls: GetBucketAcl/PutBucketAcl, Get/Put/DeleteBucketPolicy,
         // and Get/Put/DeletePublicAccessBlock → s3:{Get,Put}BucketPublicAccessBlock.
         const PERMISSIONS: &[Permission] = &[
+            Permission::new("aws", "sts:GetCallerIdentity"),
             Permission::new("aws", "s3:GetBucketPublicAccessBlock"),
             Permission::new("aws", "s3:PutBucketPublicAccessBlock"),
             Permission::new("aws", "s3:GetBucketAcl"),
@@ -660,15 +713,15 @@ impl Action for AwsS3BlockPublicAccess {
         Box::pin(async move {
             params_of(&input)?;
             let b = BucketRef::of(input.finding)?;
-            let aws = match client_for(ctx, b.account.as_deref()).await? {
-                Ok(aws) => aws,
+            let (aws, owner) = match planning_in(ctx, b.account.as_deref()).await? {
+                Ok(connected) => connected,
                 Err(why) => {
                     let what = format!("close s3://{} to the public", b.bucket);
                     return Ok(not_connected_plan(self, b.key(), &what, &why));
                 }
             };
-            let credentials = credentials_note(&aws, b.account.as_deref());
-            let state = read(&aws, &b).await?;
+            let credentials = acting_as(&aws, &b, &owner);
+            let state = read(&aws, &b, &owner).await?;
             Ok(Self::draft(&b, &state, &credentials).finish(self))
         })
     }
@@ -681,9 +734,9 @@ impl Action for AwsS3BlockPublicAccess {
     ) -> BoxFuture<'a, Result<Outcome, ActionError>> {
         Box::pin(async move {
             let b = BucketRef::of(input.finding)?;
-            let aws = connected_for(ctx, b.account.as_deref()).await?;
-            let credentials = credentials_note(&aws, b.account.as_deref());
-            let live = read(&aws, &b).await?;
+            let (aws, owner) = acting_in(ctx, b.account.as_deref()).await?;
+            let credentials = acting_as(&aws, &b, &owner);
+            let live = read(&aws, &b, &owner).await?;
             let outcome = |result: &str, detail: Value, undo: Option<Undo>| Outcome {
                 action: self.kind().to_owned(),
                 target: plan.target.clone(),
@@ -727,13 +780,13 @@ impl Action for AwsS3BlockPublicAccess {
             // Grants and statements first: real AWS refuses neither while the block is off,
             // and the block, turned on last, then guards the result.
             if live.grants != kept_grants {
-                put_acl(&aws, &b, &planned.owner, &kept_grants).await?;
+                put_acl(&aws, &b, &owner, &planned.owner, &kept_grants).await?;
             }
             if live.policy != kept_policy {
-                put_policy(&aws, &b, kept_policy.as_ref()).await?;
+                put_policy(&aws, &b, &owner, kept_policy.as_ref()).await?;
             }
             if live.pab != Some(Pab::ALL) {
-                put_pab(&aws, &b, Some(Pab::ALL)).await?;
+                put_pab(&aws, &b, &owner, Some(Pab::ALL)).await?;
             }
             let live = planned;
             let detail = json!({
@@ -769,8 +822,8 @@ impl Action for AwsS3BlockPublicAccess {
                 return Ok(());
             };
             let b = &undo.bucket;
-            let aws = connected_for(ctx, b.account.as_deref()).await?;
-            let live = read(&aws, b).await.map_err(|e| match e {
+            let (aws, owner) = acting_in(ctx, b.account.as_deref()).await?;
+            let live = read(&aws, b, &owner).await.map_err(|e| match e {
                 ActionError::NotApplicable(m) => {
                     ActionError::Permanent(format!("nothing to restore: {m}"))
                 }
@@ -778,7 +831,7 @@ impl Action for AwsS3BlockPublicAccess {
             })?;
             // The block first: with it on, real AWS refuses the public grants and statements.
             if live.pab != undo.previous_public_access_block {
-                put_pab(&aws, b, undo.previous_public_access_block).await?;
+                put_pab(&aws, b, &owner, undo.previous_public_access_block).await?;
             }
             let missing: Vec<GrantRec> = undo
                 .removed_grants
@@ -789,7 +842,7 @@ impl Action for AwsS3BlockPublicAccess {
             if !missing.is_empty() {
                 let mut grants = live.grants.clone();
                 grants.extend(missing);
-                put_acl(&aws, b, &live.owner, &grants).await?;
+                put_acl(&aws, b, &owner, &live.owner, &grants).await?;
             }
             let current = live.policy.as_ref().map(statements).unwrap_or_default();
             let missing: Vec<Value> = undo
@@ -809,7 +862,7 @@ impl Action for AwsS3BlockPublicAccess {
                 if let Value::Object(map) = &mut policy {
                     map.insert("Statement".to_owned(), Value::Array(all));
                 }
-                put_policy(&aws, b, Some(&policy)).await?;
+                put_policy(&aws, b, &owner, Some(&policy)).await?;
             }
             Ok(())
         })

@@ -8,6 +8,12 @@
 //! update is `BatchUpdateFindings`, the API meant for customers (and responders such as this
 //! one) to change a finding's workflow; `BatchImportFindings` is the finding provider's.
 //!
+//! The finding is updated only with credentials of the account it is about (`AwsAccountId`):
+//! the account is read with STS first, and a finding of another account is refused before
+//! anything is read from or written to Security Hub (list the account with its role in
+//! `aws.accounts`). A Security Hub administrator account's own credentials therefore do not
+//! update a member account's finding; the member account's role does.
+//!
 //! Not reversible: a workflow status is history, not configuration; a later scan or a person
 //! sets the next one.
 
@@ -18,7 +24,7 @@ use aws_sdk_securityhub::types::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{client_for, connected_for, credentials_note, not_connected_plan, sdk_error};
+use super::{acting_in, credentials_note, not_connected_plan, planning_in, sdk_error};
 use crate::action::kubernetes::render_problems;
 use crate::action::{
     Action, ActionCtx, ActionError, BoxFuture, Change, Outcome, ParamProblem, Permission, Plan,
@@ -206,6 +212,7 @@ impl Action for AwsSecurityHubUpdateFinding {
 
     fn permissions(&self) -> &'static [Permission] {
         const PERMISSIONS: &[Permission] = &[
+            Permission::new("aws", "sts:GetCallerIdentity"),
             Permission::new("aws", "securityhub:GetFindings"),
             Permission::new("aws", "securityhub:BatchUpdateFindings"),
         ];
@@ -240,8 +247,8 @@ impl Action for AwsSecurityHubUpdateFinding {
             let params = params_of(&input)?;
             let f = HubFinding::of(input.finding)?;
             let want = params.status.as_str();
-            let aws = match client_for(ctx, f.account.as_deref()).await? {
-                Ok(aws) => aws,
+            let aws = match planning_in(ctx, f.account.as_deref()).await? {
+                Ok((aws, _)) => aws,
                 Err(why) => {
                     let what = format!("set Security Hub finding {} to {want}", f.id);
                     return Ok(not_connected_plan(self, f.key(), &what, &why));
@@ -312,7 +319,7 @@ impl Action for AwsSecurityHubUpdateFinding {
             let params = params_of(&input)?;
             let f = HubFinding::of(input.finding)?;
             let want = params.status.as_str();
-            let aws = connected_for(ctx, f.account.as_deref()).await?;
+            let (aws, _) = acting_in(ctx, f.account.as_deref()).await?;
             let live = read_status(&aws, &f).await?;
             let outcome = |result: &str, previous: &str| Outcome {
                 action: self.kind().to_owned(),

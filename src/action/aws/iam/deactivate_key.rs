@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{KeyRef, LiveKey, key_path, live_key, set_status};
-use crate::action::aws::{connected_for, not_connected_plan};
+use crate::action::aws::{acting_in, not_connected_plan};
 use crate::action::kubernetes::{render_problems, undo_of};
 use crate::action::{
     Action, ActionCtx, ActionError, BoxFuture, Change, Outcome, ParamProblem, Permission, Plan,
@@ -208,7 +208,7 @@ impl Action for AwsIamDeactivateAccessKey {
             let Some(undo) = undo_of::<Undo>(outcome)? else {
                 return Ok(());
             };
-            let aws = &connected_for(ctx, undo.account.as_deref()).await?;
+            let aws = &acting_in(ctx, undo.account.as_deref()).await?.0;
             let keys = super::list_keys(aws, &undo.user).await?.unwrap_or_default();
             match keys.iter().find(|k| k.id == undo.access_key_id) {
                 None => Err(ActionError::Permanent(format!(

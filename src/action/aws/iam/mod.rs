@@ -19,7 +19,7 @@ pub use rotate_key::AwsIamRotateAccessKey;
 use aws_sdk_iam::types::StatusType;
 use serde::{Deserialize, Serialize};
 
-use super::{client_for, connected_for, error_code, sdk_error};
+use super::{acting_in, error_code, planning_in, sdk_error};
 use crate::action::{ActionCtx, ActionError};
 use crate::clients::aws::Aws;
 use crate::finding::{Finding, ResourceRef};
@@ -76,19 +76,14 @@ impl KeyRef {
         &self,
         ctx: &ActionCtx,
     ) -> Result<Result<Aws, String>, ActionError> {
-        let aws = match client_for(ctx, self.account.as_deref()).await? {
-            Ok(aws) => aws,
-            Err(why) => return Ok(Err(why)),
-        };
-        check_account(&aws, self.account.as_deref()).await?;
-        Ok(Ok(aws))
+        Ok(planning_in(ctx, self.account.as_deref())
+            .await?
+            .map(|(aws, _)| aws))
     }
 
     /// [`KeyRef::planning_client`] for `apply`: without AWS it fails (permanently).
     pub(crate) async fn acting_client(&self, ctx: &ActionCtx) -> Result<Aws, ActionError> {
-        let aws = connected_for(ctx, self.account.as_deref()).await?;
-        check_account(&aws, self.account.as_deref()).await?;
-        Ok(aws)
+        Ok(acting_in(ctx, self.account.as_deref()).await?.0)
     }
 }
 
@@ -105,28 +100,6 @@ impl KeyState {
     pub(crate) fn active(&self) -> bool {
         self.status == "Active"
     }
-}
-
-/// Refuses a finding about another account than the connected one (a finding that names no
-/// account is taken to be about the connected account). Returns the connected account id.
-pub(crate) async fn check_account(aws: &Aws, account: Option<&str>) -> Result<String, ActionError> {
-    let me = aws.sts().get_caller_identity().send().await.map_err(|e| {
-        sdk_error(
-            "reading the connected AWS account (sts:GetCallerIdentity)",
-            &e,
-        )
-    })?;
-    let connected = me.account().unwrap_or_default().to_owned();
-    if let Some(named) = account.filter(|a| !a.is_empty())
-        && named != connected
-    {
-        return Err(ActionError::NotApplicable(format!(
-            "the finding is about AWS account {named}, but Firebreak is connected to account \
-             {connected}; list {named} with its role in aws.accounts, or run with credentials \
-             for it"
-        )));
-    }
-    Ok(connected)
 }
 
 /// The user owning `access_key_id`: the finding's, else asked of IAM (`GetAccessKeyLastUsed`).
