@@ -117,7 +117,7 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
             Err(e) => {
                 progress.finish();
                 output::error(
-                    &format!("store {}: {e}", config.store.url),
+                    &format!("store {}: {e}", crate::redact::scrub(&config.store.url)),
                     Some("set store.url (or FIREBREAK_STORE__URL), or run with --no-store"),
                 );
                 return Exit::Usage;

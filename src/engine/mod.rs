@@ -296,7 +296,7 @@ pub async fn execute_step(
                 };
             }
             Err(ActionError::Drift(why)) if !replanned => {
-                tracing::info!(action = kind, %why, "target drifted since planning; planning again");
+                tracing::info!(action = kind, why = %crate::redact::scrub(&why), "target drifted since planning; planning again");
                 replanned = true;
             }
             Err(e) if e.is_retryable() && attempts < opts.max_attempts.max(1) => {

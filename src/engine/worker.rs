@@ -471,7 +471,7 @@ impl<S: Store> Worker<S> {
             match step.action.apply(&self.ctx, input, &plan).await {
                 Ok(outcome) => return self.applied(exec_id, fid, row, outcome).await,
                 Err(ActionError::Drift(why)) if !replanned => {
-                    tracing::info!(action = %kind, %why, "target drifted since planning; planning again");
+                    tracing::info!(action = %kind, why = %crate::redact::scrub(&why), "target drifted since planning; planning again");
                     replanned = true;
                 }
                 Err(e) if e.is_retryable() && row.attempts < self.opts.run.max_attempts => {

@@ -22,6 +22,7 @@ mod parsers_securityhub;
 mod playbooks;
 mod registry;
 mod rollback;
+mod secrets;
 mod server;
 mod service;
 mod sqs;
