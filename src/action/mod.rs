@@ -279,20 +279,37 @@ pub struct Outcome {
 }
 
 /// Why an action failed. The engine decides retry vs give up from the variant alone.
-#[derive(Debug, thiserror::Error)]
+///
+/// The text often quotes an SDK or HTTP error, which may echo input: `Display` and `Debug`
+/// scrub it ([`crate::redact::scrub`]), so an `ActionError` can be logged or stored as it is.
+#[derive(thiserror::Error)]
 pub enum ActionError {
     /// Worth retrying with backoff (throttling, timeouts, 5xx, conflicts).
-    #[error("{0} (retryable)")]
+    #[error("{} (retryable)", crate::redact::scrub(.0))]
     Retryable(String),
     /// Retrying will not help (validation, permission denied, 4xx).
-    #[error("{0}")]
+    #[error("{}", crate::redact::scrub(.0))]
     Permanent(String),
     /// The target changed since the plan was made; plan again.
-    #[error("target changed since it was planned: {0}")]
+    #[error("target changed since it was planned: {}", crate::redact::scrub(.0))]
     Drift(String),
     /// The action cannot act on this finding (no suitable target, missing resource type).
-    #[error("not applicable: {0}")]
+    #[error("not applicable: {}", crate::redact::scrub(.0))]
     NotApplicable(String),
+}
+
+impl std::fmt::Debug for ActionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (variant, text) = match self {
+            ActionError::Retryable(t) => ("Retryable", t),
+            ActionError::Permanent(t) => ("Permanent", t),
+            ActionError::Drift(t) => ("Drift", t),
+            ActionError::NotApplicable(t) => ("NotApplicable", t),
+        };
+        f.debug_tuple(variant)
+            .field(&crate::redact::scrub(text))
+            .finish()
+    }
 }
 
 impl ActionError {

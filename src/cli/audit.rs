@@ -30,7 +30,10 @@ where
             Ok(store) => f(store).await,
             Err(e) => {
                 output::error(
-                    &format!("cannot open the store {}: {e}", config.store.url),
+                    &format!(
+                        "cannot open the store {}: {e}",
+                        crate::redact::scrub(&config.store.url)
+                    ),
                     Some("set store.url (or FIREBREAK_STORE__URL)"),
                 );
                 Exit::Usage
@@ -112,7 +115,10 @@ pub fn evidence(config: &Config, sha256: &str) -> Exit {
             }
             Ok(None) => {
                 output::error(
-                    &format!("no evidence bundle {sha256} in {}", config.store.url),
+                    &format!(
+                        "no evidence bundle {sha256} in {}",
+                        crate::redact::scrub(&config.store.url)
+                    ),
                     Some(
                         "the digest is in the capture step's audit record: \
                          `firebreak audit list --finding ID`",

@@ -582,7 +582,10 @@ fn uses_aws(set: &crate::playbook::PlaybookSet) -> bool {
 async fn aws_clients(config: &Config) -> crate::clients::aws::Aws {
     let aws = crate::clients::aws::Aws::load(&config.aws).await;
     if let Some(why) = aws.unusable() {
-        output::note(&format!("{why}: AWS actions plan only"));
+        output::note(&format!(
+            "{}: AWS actions plan only",
+            crate::redact::scrub(&why)
+        ));
     }
     aws
 }
@@ -593,7 +596,8 @@ async fn kube_clients(config: &Config) -> crate::clients::kube::Kube {
     let kube = crate::clients::kube::Kube::load(&config.kubernetes).await;
     if let Some(why) = kube.unusable() {
         output::note(&format!(
-            "{why}: Kubernetes actions plan only (set kubernetes.url or run in a cluster)"
+            "{}: Kubernetes actions plan only (set kubernetes.url or run in a cluster)",
+            crate::redact::scrub(&why)
         ));
     }
     kube

@@ -144,7 +144,10 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         Ok(s) => Arc::new(s),
         Err(e) => {
             output::error(
-                &format!("cannot open the store {}: {e}", config.store.url),
+                &format!(
+                    "cannot open the store {}: {e}",
+                    crate::redact::scrub(&config.store.url)
+                ),
                 Some("set store.url (or FIREBREAK_STORE__URL)"),
             );
             return Exit::Usage;
@@ -282,7 +285,7 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
     output::note(&format!("listening on {addr}"));
     output::note(&format!(
         "store {}; {playbooks} playbook(s) from {} (reloaded on change)",
-        config.store.url,
+        crate::redact::scrub(&config.store.url),
         dir.display()
     ));
     if dry_run {

@@ -118,7 +118,10 @@ impl fmt::Debug for Aws {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Aws")
             .field("region", &self.region())
-            .field("endpoint_url", &self.sdk.endpoint_url())
+            .field(
+                "endpoint_url",
+                &self.sdk.endpoint_url().map(crate::redact::scrub),
+            )
             .field("credentials", &self.credentials)
             .field("identity", &self.identity)
             .field("accounts", &self.accounts.keys().collect::<Vec<_>>())

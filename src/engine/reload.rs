@@ -105,7 +105,7 @@ impl Reloader {
                     LoadError::Unreadable(d) => vec![d],
                 };
                 for d in &ds {
-                    tracing::error!(problem = %d, "playbook reload rejected; the previous set stays in force");
+                    tracing::error!(problem = %crate::redact::Scrubbed(d), "playbook reload rejected; the previous set stays in force");
                 }
                 Reload::Rejected(ds)
             }

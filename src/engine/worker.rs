@@ -721,7 +721,7 @@ impl<S: Store> Worker<S> {
             match step.action.apply(ctx, input, &plan).await {
                 Ok(outcome) => return self.applied(lease, row, outcome).await,
                 Err(ActionError::Drift(why)) if !replanned => {
-                    tracing::info!(action = %kind, %why, "target drifted since planning; planning again");
+                    tracing::info!(action = %kind, why = %crate::redact::scrub(&why), "target drifted since planning; planning again");
                     replanned = true;
                 }
                 Err(e) if e.is_retryable() && row.attempts < opts.max_attempts => {

@@ -287,7 +287,7 @@ impl SqsPoller {
                     self.metrics.sqs_error("receive");
                     tracing::warn!(
                         queue = %queue,
-                        error = %e,
+                        error = %crate::redact::Scrubbed(&e),
                         retry_in_seconds = backoff.as_secs(),
                         "SQS ReceiveMessage failed"
                     );
@@ -505,7 +505,9 @@ impl SqsPoller {
                     .build()
                 {
                     Ok(e) => request = request.entries(e),
-                    Err(e) => tracing::warn!(error = %e, "cannot build a visibility change"),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::redact::Scrubbed(e), "cannot build a visibility change")
+                    }
                 }
             }
             match request.send().await {
@@ -515,7 +517,7 @@ impl SqsPoller {
                         tracing::warn!(
                             queue = %self.source.queue_name,
                             code = %f.code(),
-                            message = %f.message().unwrap_or_default(),
+                            message = %crate::redact::Scrubbed(f.message().unwrap_or_default()),
                             "SQS ChangeMessageVisibility failed for a message"
                         );
                     }
@@ -524,7 +526,7 @@ impl SqsPoller {
                     self.metrics.sqs_error("change_visibility");
                     tracing::warn!(
                         queue = %self.source.queue_name,
-                        error = %DisplayErrorContext(e),
+                        error = %crate::redact::Scrubbed(DisplayErrorContext(e)),
                         "SQS ChangeMessageVisibilityBatch failed"
                     );
                 }
@@ -549,7 +551,9 @@ impl SqsPoller {
                     .build()
                 {
                     Ok(e) => request = request.entries(e),
-                    Err(e) => tracing::warn!(error = %e, "cannot build a message deletion"),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::redact::Scrubbed(e), "cannot build a message deletion")
+                    }
                 }
             }
             match request.send().await {
@@ -560,7 +564,7 @@ impl SqsPoller {
                         tracing::warn!(
                             queue = %self.source.queue_name,
                             code = %f.code(),
-                            message = %f.message().unwrap_or_default(),
+                            message = %crate::redact::Scrubbed(f.message().unwrap_or_default()),
                             "SQS DeleteMessage failed for a committed message; it will be \
                              received again and counted as a duplicate"
                         );
@@ -570,7 +574,7 @@ impl SqsPoller {
                     self.metrics.sqs_error("delete");
                     tracing::warn!(
                         queue = %self.source.queue_name,
-                        error = %DisplayErrorContext(e),
+                        error = %crate::redact::Scrubbed(DisplayErrorContext(e)),
                         "SQS DeleteMessageBatch failed for committed messages; they will be \
                          received again and counted as duplicates"
                     );
@@ -601,7 +605,7 @@ impl SqsPoller {
                 self.metrics.sqs_error("get_attributes");
                 tracing::warn!(
                     queue = %self.source.queue_name,
-                    error = %DisplayErrorContext(e),
+                    error = %crate::redact::Scrubbed(DisplayErrorContext(e)),
                     "cannot read the queue's redrive policy; poison messages are kept"
                 );
                 return None;

@@ -21,13 +21,17 @@ use sha2::{Digest, Sha256};
 use crate::finding::{Finding, Rejection};
 
 /// Why the store failed.
-#[derive(Debug, thiserror::Error)]
+///
+/// The text may quote the store URL (with its password) or a value the database echoed:
+/// `Display` and `Debug` scrub it ([`crate::redact::scrub`]), so a `StoreError` can be logged or
+/// printed as it is.
+#[derive(thiserror::Error)]
 pub enum StoreError {
     /// The database reported an error.
-    #[error("database error: {0}")]
+    #[error("database error: {}", crate::redact::Scrubbed(.0))]
     Database(#[from] sqlx::Error),
     /// A stored value could not be decoded (corruption or a bug).
-    #[error("corrupt record in {table}: {reason}")]
+    #[error("corrupt record in {table}: {}", crate::redact::scrub(.reason))]
     Corrupt {
         /// Table.
         table: &'static str,
@@ -35,7 +39,10 @@ pub enum StoreError {
         reason: String,
     },
     /// The store URL is not one we can open.
-    #[error("unsupported store url `{0}`: expected sqlite://PATH (or sqlite::memory:)")]
+    #[error(
+        "unsupported store url `{}`: expected sqlite://PATH (or sqlite::memory:)",
+        crate::redact::scrub(.0)
+    )]
     UnsupportedUrl(String),
     /// The caller's lease on an execution was taken over (another worker claimed it after the
     /// lease ran out, or it was cancelled): the write was refused and nothing changed. The caller
@@ -48,7 +55,7 @@ pub enum StoreError {
         execution_id: String,
     },
     /// A migration failed.
-    #[error("migration {name} failed: {source}")]
+    #[error("migration {name} failed: {}", crate::redact::Scrubbed(.source))]
     Migration {
         /// Migration name.
         name: &'static str,
@@ -56,6 +63,14 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+}
+
+impl std::fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StoreError")
+            .field(&self.to_string())
+            .finish()
+    }
 }
 
 /// A batch of input from one intake, written in one transaction.

@@ -158,7 +158,7 @@ impl SqliteStore {
                     .execute(&mut checkpoint_conn)
                     .await
                 {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                    tracing::warn!(error = %crate::redact::Scrubbed(&e), "WAL checkpoint failed; retrying");
                 }
             }
         });

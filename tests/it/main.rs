@@ -23,6 +23,7 @@ mod parsers_securityhub;
 mod playbooks;
 mod registry;
 mod rollback;
+mod secrets;
 mod server;
 mod service;
 mod sqs;

@@ -156,29 +156,63 @@ fn pointers(v: &Value, base: String, depth: usize, out: &mut Vec<String>) {
     }
 }
 
+/// `v` with every array inside it emptied: the same shape, holding no records.
+fn emptied(v: &Value) -> Value {
+    match v {
+        Value::Array(_) => json!([]),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, child)| (k.clone(), emptied(child)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Whether a rejection at pointer `at` names the corrupted field `ptr`: the field itself, a
+/// field inside it (a replaced object lacks a required member), or the object or record holding
+/// it (the root `""` when no parser recognised the record any more).
+fn names_the_field(at: &str, ptr: &str) -> bool {
+    at == ptr || ptr.starts_with(&format!("{at}/")) || at.starts_with(&format!("{ptr}/"))
+}
+
+/// Fields whose value decides whether a record is a finding at all: GitHub webhooks with an
+/// `action` Firebreak does not act on are skipped (and counted), whatever the action says.
+const DECIDES_SKIPPING: &[&str] = &["/action"];
+
 #[test]
 fn corrupted_fixtures_are_rejected_or_parsed_never_panic_and_never_echo() {
     // Derived from every real fixture: each value down to three levels is replaced by a value of
-    // the wrong type (or a 64 KiB string). The parser must either still produce findings (the
-    // field was optional) or reject the record with a pointer; it must not panic, and a
-    // rejection must not echo the planted value.
+    // the wrong type (or a 64 KiB string). Nothing is dropped silently: the parser either still
+    // produces a finding (the field was optional), or rejects the record at a pointer naming the
+    // corrupted field, or counts it as skipped as before (a record that is not a finding by
+    // design), or — when the corruption is `null` (Go writes an empty list so) or an object in
+    // place of an object — reads a clean report because no record is left, exactly as the same
+    // field with its lists emptied reads. It never panics, and a rejection never echoes the
+    // planted value.
     let mut cases = 0usize;
+    let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
     for (dir, path) in fixture_files() {
         let rel = format!("{dir}/{}", path.file_name().unwrap().to_string_lossy());
         let bytes = std::fs::read(&path).unwrap();
         let mut scratch = ParseReport::default();
         let docs = decode(&rel, &bytes, &mut scratch);
         for doc in docs.iter().take(1) {
+            let parse =
+                |v: &Value| parse_input(&rel, &serde_json::to_vec(v).unwrap(), ParserChoice::Auto);
+            let original = parse(&doc.value);
+            assert!(
+                original.rejected.is_empty()
+                    && (!original.findings.is_empty() || original.skipped > 0),
+                "{rel}: the uncorrupted record reads cleanly"
+            );
             let mut ptrs = Vec::new();
             pointers(&doc.value, String::new(), 3, &mut ptrs);
             for ptr in ptrs.iter().take(30) {
                 for (what, bad) in corruptions() {
                     let mut v = doc.value.clone();
-                    if let Some(slot) = v.pointer_mut(ptr) {
-                        *slot = bad.clone();
-                    }
-                    let input = serde_json::to_vec(&v).unwrap();
-                    let report = parse_input(&rel, &input, ParserChoice::Auto);
+                    *v.pointer_mut(ptr).unwrap() = bad.clone();
+                    let report = parse(&v);
                     cases += 1;
                     for r in &report.rejected {
                         assert!(
@@ -190,11 +224,56 @@ fn corrupted_fixtures_are_rejected_or_parsed_never_panic_and_never_echo() {
                             "{rel} {ptr} ({what}): reason too long"
                         );
                     }
+                    let outcome = if !report.findings.is_empty() {
+                        "parsed"
+                    } else if report
+                        .rejected
+                        .iter()
+                        .any(|r| names_the_field(&r.pointer, ptr) && !r.reason.is_empty())
+                    {
+                        "rejected at the field"
+                    } else if report.skipped > 0
+                        && (original.skipped > 0 || DECIDES_SKIPPING.contains(&ptr.as_str()))
+                    {
+                        "skipped"
+                    } else if (bad.is_null()
+                        || (bad.is_object()
+                            && doc.value.pointer(ptr).is_some_and(Value::is_object)))
+                        && report.rejected.is_empty()
+                        && report.skipped == 0
+                        && {
+                            let mut clean = doc.value.clone();
+                            *clean.pointer_mut(ptr).unwrap() =
+                                emptied(doc.value.pointer(ptr).unwrap());
+                            let r = parse(&clean);
+                            r.findings.is_empty() && r.rejected.is_empty() && r.skipped == 0
+                        }
+                    {
+                        "a clean report"
+                    } else {
+                        let rejected: Vec<(&str, &str)> = report
+                            .rejected
+                            .iter()
+                            .map(|r| (r.pointer.as_str(), r.reason.as_str()))
+                            .collect();
+                        panic!(
+                            "{rel} {ptr} ({what}): dropped silently: {} finding(s), \
+                             rejections {rejected:?}, {} skipped",
+                            report.findings.len(),
+                            report.skipped
+                        );
+                    };
+                    *outcomes.entry(outcome).or_default() += 1;
                 }
             }
         }
     }
     assert!(cases > 300, "only {cases} corruptions tried");
+    // Most corruptions are read or rejected at the field; the other outcomes are exceptions.
+    assert!(
+        outcomes["parsed"] + outcomes["rejected at the field"] > cases / 2,
+        "{outcomes:?}"
+    );
 }
 
 #[test]

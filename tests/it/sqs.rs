@@ -26,6 +26,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::fixtures::{self, GD_TOR_IAM};
+use crate::support::aws_proxy::{AwsProxy, BoxFuture, Probe};
 use crate::support::moto;
 
 const GD_BACKDOOR: &str = "guardduty/eventbridge-guardduty-finding-backdoor-c2-dns.json";
@@ -130,6 +131,16 @@ impl Rig {
 
     /// Starts a poller with test-sized timings; stop it with [`Running::stop`].
     fn poll(&self, queue: &str, tune: impl FnOnce(&mut SqsQueueConfig)) -> Running {
+        self.poll_via(&self.sqs, queue, tune)
+    }
+
+    /// [`Rig::poll`] with the poller's SQS calls sent through `sqs` (a client on a proxy).
+    fn poll_via(
+        &self,
+        sqs: &Client,
+        queue: &str,
+        tune: impl FnOnce(&mut SqsQueueConfig),
+    ) -> Running {
         let mut cfg = SqsQueueConfig {
             queue_url: queue.to_owned(),
             wait_seconds: 1,
@@ -140,7 +151,7 @@ impl Rig {
         tune(&mut cfg);
         let source = SqsSource::from_config(0, &cfg).unwrap();
         let poller = SqsPoller::new(
-            self.sqs.clone(),
+            sqs.clone(),
             source,
             self.intake.clone(),
             Arc::clone(&self.metrics),
@@ -209,22 +220,56 @@ fn rejections_of(body: &[u8]) -> i64 {
     i64::try_from(report.rejected.len()).unwrap()
 }
 
+/// Counts rows of the store at `url` on a connection of its own: only committed rows are
+/// visible there.
+async fn committed_rows(url: &str, sql: &str) -> i64 {
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_message_deleted_only_after_commit() {
     let rig = Rig::new().await;
     let queue = rig.queue("deleted-after-commit", &[]).await;
     rig.send(&queue, fixtures::bytes(GD_TOR_IAM)).await;
 
-    let running = rig.poll(&queue, |_| {});
-    until("the finding is stored", || async {
-        rig.count("SELECT COUNT(*) FROM findings").await == 1
-    })
-    .await;
+    // The poller reaches SQS through a proxy that, when a deletion arrives and before moto
+    // sees it, counts the committed findings: a poller that deleted first would find none.
+    let url = rig.url.clone();
+    let probe = Arc::new(Probe::new(
+        &["DeleteMessage", "DeleteMessageBatch"],
+        move || -> BoxFuture<'static, i64> {
+            let url = url.clone();
+            Box::pin(async move { committed_rows(&url, "SELECT COUNT(*) FROM findings").await })
+        },
+    ));
+    let proxy = AwsProxy::start(moto::endpoint(), probe.clone()).await;
+    let sqs = moto::aws_at(&proxy.endpoint, "testing", "testing")
+        .await
+        .sqs();
+
+    let running = rig.poll_via(&sqs, &queue, |_| {});
     until("the message is deleted", || async {
         rig.metrics.sqs_message_count("deleted") == 1
     })
     .await;
     running.stop().await;
+
+    let deletions = probe.seen();
+    assert!(
+        !deletions.is_empty(),
+        "the deletion went through the proxy: {:?}",
+        proxy.seen()
+    );
+    for (operation, committed) in &deletions {
+        assert_eq!(
+            *committed, 1,
+            "{operation} arrived when {committed} finding(s) were committed"
+        );
+    }
 
     assert_eq!(rig.depth(&queue).await, 0, "the queue is empty");
     assert_eq!(

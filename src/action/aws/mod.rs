@@ -181,7 +181,8 @@ const RETRYABLE_CODES: &[&str] = &[
 
 /// An SDK error as an action error: throttling, 5xx, timeouts and transport failures are
 /// retryable; everything else (not found, access denied, invalid input) is permanent. The
-/// message is the SDK's own (service code and message), which never carries a secret.
+/// message is the SDK's own (service code and message); it may quote the request (a
+/// `SignatureDoesNotMatch` quotes its signed headers), so [`ActionError`] scrubs it when shown.
 pub(crate) fn sdk_error<E, R>(what: &str, e: &SdkError<E, R>) -> ActionError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,

@@ -218,6 +218,55 @@ impl Interceptor for BucketOwners {
     }
 }
 
+/// Before forwarding each call whose operation ends with one of `operations`, runs `probe` and
+/// keeps what it returned, in order: the world as it was when the call arrived (for example,
+/// whether a row was already committed when a message was deleted). Forwards every call.
+pub struct Probe<T> {
+    operations: Vec<String>,
+    probe: Box<dyn Fn() -> BoxFuture<'static, T> + Send + Sync>,
+    seen: Mutex<Vec<(String, T)>>,
+}
+
+impl<T: Send + 'static> Probe<T> {
+    /// Probes calls of `operations` (`DeleteMessageBatch` matches `AmazonSQS.DeleteMessageBatch`).
+    pub fn new(
+        operations: &[&str],
+        probe: impl Fn() -> BoxFuture<'static, T> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            operations: operations.iter().map(|o| (*o).to_owned()).collect(),
+            probe: Box::new(probe),
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Each probed call's operation and what the probe found, in arrival order.
+    pub fn seen(&self) -> Vec<(String, T)>
+    where
+        T: Clone,
+    {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl<T: Send + 'static> Interceptor for Probe<T> {
+    fn intercept<'a>(
+        &'a self,
+        req: &'a ProxyRequest,
+        _upstream: &'a str,
+    ) -> BoxFuture<'a, Option<ProxyResponse>> {
+        Box::pin(async move {
+            let op = req.operation.as_deref()?;
+            let name = op.rsplit('.').next().unwrap_or(op);
+            if self.operations.iter().any(|o| o == name) {
+                let found = (self.probe)().await;
+                self.seen.lock().unwrap().push((name.to_owned(), found));
+            }
+            None
+        })
+    }
+}
+
 struct Shared {
     upstream: String,
     client: reqwest::Client,
