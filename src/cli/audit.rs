@@ -188,19 +188,87 @@ pub fn approvals(config: &Config, format: Format) -> Exit {
     })
 }
 
-/// `approvals approve|deny EXECUTION --reason …`: exit 1 when it is not waiting.
-pub fn decide(config: &Config, execution: &str, approve: bool, reason: &str) -> Exit {
+/// `approvals show EXECUTION`: the request of an execution held for approval.
+pub fn approval_show(config: &Config, execution: &str, format: Format) -> Exit {
     with_store(config, |store| async move {
-        match store.decide(execution, approve, &cli_user(), reason).await {
-            Ok(true) => {
-                output::note(if approve {
-                    "approved: the execution runs when an engine next claims it (audited)"
-                } else {
-                    "denied: the execution is cancelled (audited)"
-                });
+        match store.approval(execution).await {
+            Ok(Some(row)) => {
+                match format {
+                    Format::Json => output::json(&row),
+                    Format::Table => output::approval_show(&row),
+                }
                 Exit::Ok
             }
-            Ok(false) => {
+            Ok(None) => {
+                output::error(
+                    &format!("execution {execution} has no approval request"),
+                    Some("`firebreak approvals list` shows what is waiting"),
+                );
+                Exit::Failure
+            }
+            Err(e) => read_failed(&e),
+        }
+    })
+}
+
+/// `approvals approve EXECUTION --reason … [--plan-hash H] [--by NAME]`: a vote for the exact
+/// plan of an execution that asks first, or break-glass past the guards of one a guard held.
+pub fn approve(
+    config: &Config,
+    execution: &str,
+    reason: &str,
+    plan_hash: Option<&str>,
+    by: Option<String>,
+) -> Exit {
+    with_store(config, |store| async move {
+        let request = match store.approval(execution).await {
+            Ok(r) => r,
+            Err(e) => return read_failed(&e),
+        };
+        let Some(request) = request else {
+            return decided(&store, execution, true, reason).await;
+        };
+        let Some(hash) = plan_hash else {
+            output::error(
+                &format!(
+                    "execution {execution} waits for approval of plan {} (revision {})",
+                    request.request.plan_hash, request.revision
+                ),
+                Some("review it with `firebreak approvals show ID`, then pass --plan-hash"),
+            );
+            return Exit::Usage;
+        };
+        let who = by.unwrap_or_else(cli_user);
+        let vote = crate::store::Vote {
+            by: who.clone(),
+            via: format!("cli: {reason}"),
+            verdict: "approved".into(),
+            at: crate::store::now_ms(),
+        };
+        match store.vote(execution, hash, &vote).await {
+            Ok(crate::store::VoteOutcome::Approved) => {
+                output::note(&format!(
+                    "approved by {who}: plan {hash} is applied when an engine next claims it, \
+                     after it is planned again and found unchanged (audited)"
+                ));
+                Exit::Ok
+            }
+            Ok(crate::store::VoteOutcome::Counted { approvals, min }) => {
+                output::note(&format!(
+                    "approval recorded ({approvals} of {min} needed for plan {hash}; audited)"
+                ));
+                Exit::Ok
+            }
+            Ok(crate::store::VoteOutcome::Stale { current }) => {
+                output::error(
+                    &format!(
+                        "plan {hash} is not the current plan of execution {execution}: it is {current}"
+                    ),
+                    Some("the plan changed: review it again with `firebreak approvals show ID`"),
+                );
+                Exit::Failure
+            }
+            Ok(_) => {
                 output::error(
                     &format!("execution {execution} is not waiting for approval"),
                     Some("`firebreak approvals list` shows what is waiting"),
@@ -208,11 +276,56 @@ pub fn decide(config: &Config, execution: &str, approve: bool, reason: &str) -> 
                 Exit::Failure
             }
             Err(e) => {
+                output::error(&format!("cannot record the approval: {e}"), None);
+                Exit::Failure
+            }
+        }
+    })
+}
+
+/// `approvals deny EXECUTION --reason …`: cancels what is held (exit 1 when nothing is).
+pub fn deny(config: &Config, execution: &str, reason: &str) -> Exit {
+    with_store(config, |store| async move {
+        match store
+            .close_approval(execution, &cli_user(), "cli", reason)
+            .await
+        {
+            Ok(true) => {
+                output::note("denied: the execution is cancelled (audited)");
+                Exit::Ok
+            }
+            Ok(false) => decided(&store, execution, false, reason).await,
+            Err(e) => {
                 output::error(&format!("cannot record the decision: {e}"), None);
                 Exit::Failure
             }
         }
     })
+}
+
+/// Approves or denies an execution a guard held: exit 1 when it is not waiting.
+async fn decided<S: Store>(store: &S, execution: &str, approve: bool, reason: &str) -> Exit {
+    match store.decide(execution, approve, &cli_user(), reason).await {
+        Ok(true) => {
+            output::note(if approve {
+                "approved: the execution runs when an engine next claims it (audited)"
+            } else {
+                "denied: the execution is cancelled (audited)"
+            });
+            Exit::Ok
+        }
+        Ok(false) => {
+            output::error(
+                &format!("execution {execution} is not waiting for approval"),
+                Some("`firebreak approvals list` shows what is waiting"),
+            );
+            Exit::Failure
+        }
+        Err(e) => {
+            output::error(&format!("cannot record the decision: {e}"), None);
+            Exit::Failure
+        }
+    }
 }
 
 /// `cancel`: an operator stops an unfinished execution for good (audited).

@@ -147,13 +147,29 @@ pub enum ApprovalsCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Let a held execution run; it passes its playbook's guards once.
+    /// Show what an execution waits for: its targets, each step's plan and the plan hash.
+    Show {
+        /// The execution id (from `approvals list`).
+        execution: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Approve a held execution: the exact plan `--plan-hash` names, for a playbook that asks
+    /// first; or let an execution a guard held pass its guards once
     Approve {
         /// The execution id (from `approvals list`).
         execution: String,
         /// Why (recorded in the audit trail with your user name).
         #[arg(long)]
         reason: String,
+        /// The plan you approve (from `approvals show`); refused when it is not the current
+        /// plan. Required for a playbook that asks first.
+        #[arg(long, value_name = "HASH")]
+        plan_hash: Option<String>,
+        /// Who approves (recorded; default: your user name).
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
     },
     /// Cancel a held execution.
     Deny {
@@ -517,11 +533,17 @@ fn dispatch(command: Command, config: &Config) -> Exit {
         Command::Audit(AuditCmd::Export { .. }) => audit::export(config),
         Command::Audit(AuditCmd::Evidence { sha256 }) => audit::evidence(config, &sha256),
         Command::Approvals(ApprovalsCmd::List { format }) => audit::approvals(config, format),
-        Command::Approvals(ApprovalsCmd::Approve { execution, reason }) => {
-            audit::decide(config, &execution, true, &reason)
+        Command::Approvals(ApprovalsCmd::Show { execution, format }) => {
+            audit::approval_show(config, &execution, format)
         }
+        Command::Approvals(ApprovalsCmd::Approve {
+            execution,
+            reason,
+            plan_hash,
+            by,
+        }) => audit::approve(config, &execution, &reason, plan_hash.as_deref(), by),
         Command::Approvals(ApprovalsCmd::Deny { execution, reason }) => {
-            audit::decide(config, &execution, false, &reason)
+            audit::deny(config, &execution, &reason)
         }
         Command::Rollback(args) => rollback::rollback(&args, config),
         Command::Cancel { execution, reason } => audit::cancel(config, &execution, &reason),

@@ -430,6 +430,61 @@ pub fn approvals_table(rows: &[crate::store::PendingApproval]) {
     }
 }
 
+/// `approvals show`: what an execution waits for, step by step, and the hash to approve.
+pub fn approval_show(row: &crate::store::ApprovalRow) {
+    outln!(
+        "execution {} (playbook {}, finding {})",
+        row.execution_id,
+        row.playbook,
+        row.finding_id
+    );
+    outln!(
+        "  {} — revision {}, {} approval(s) needed from {}",
+        row.state,
+        row.revision,
+        row.request.min,
+        row.request.reviewers.join(", ")
+    );
+    if let (Some(channel), Some(pr)) = (&row.request.channel, row.pr_number) {
+        outln!("  pull request: {channel}#{pr}");
+    }
+    if let Some(expires) = chrono::DateTime::from_timestamp_millis(row.request.expires_at) {
+        outln!(
+            "  expires: {}",
+            expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    let targets = crate::engine::approval::targets(&row.request.plans);
+    outln!("  changes: {}", targets.join(", "));
+    for entry in row.request.plans.as_array().into_iter().flatten() {
+        let step = entry["step"].as_u64().unwrap_or(0) + 1;
+        let action = entry["action"].as_str().unwrap_or("?");
+        match entry.get("plan") {
+            Some(plan) => {
+                outln!(
+                    "  {step}. {action}: {}",
+                    plan["summary"].as_str().unwrap_or_default()
+                );
+                for c in plan["changes"].as_array().into_iter().flatten() {
+                    outln!(
+                        "       {} {}",
+                        c["op"].as_str().unwrap_or_default(),
+                        c["path"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            None => outln!(
+                "  {step}. {action}: cannot be planned now: {}",
+                entry["error"].as_str().unwrap_or_default()
+            ),
+        }
+    }
+    for v in &row.votes {
+        outln!("  {} by {} ({})", v.verdict, v.by, v.via);
+    }
+    outln!("  plan hash: {}", row.request.plan_hash);
+}
+
 /// The result of `audit verify`.
 pub fn verify_report(report: &crate::store::VerifyReport) {
     if report.problems.is_empty() {

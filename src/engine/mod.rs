@@ -7,6 +7,7 @@
 //! retries, re-planning on drift, guards, locks, the kill switch and pinned playbook revisions
 //! behave the same everywhere. This module holds the report types both render.
 
+pub mod approval;
 pub mod recorded;
 pub mod reload;
 pub mod rollback;

@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::approval::{ApprovalChannel, plan_all, plan_hash};
 use super::{RunOptions, backoff};
 use crate::action::ActionCtx;
 use crate::action::{ActionError, Outcome, Plan, StepInput};
@@ -49,13 +50,16 @@ use crate::playbook::{
     ApprovalSpec, Decision, OnFailure, OnLimit, Playbook, PlaybookSet, Step, load_str,
 };
 use crate::store::{
-    Admission, AuditEvent, ClaimedExecution, ExecState, GuardDenial, Lease, LeaseRequest,
-    MatchInput, StepRow, Store, StoreError, now_ms,
+    Admission, ApprovalRequest, AuditEvent, ClaimedExecution, ExecState, GuardDenial, Lease,
+    LeaseRequest, MatchInput, StepRow, Store, StoreError, now_ms,
 };
 use crate::telemetry::metrics::Metrics;
 
 /// The reason recorded on an execution the kill switch parked.
 pub const KILL_SWITCH_REASON: &str = "kill switch is on";
+
+/// How often an engine expires and republishes approval requests.
+const TEND_EVERY: Duration = Duration::from_secs(5);
 
 /// How long an execution waits before trying again for a target another action holds.
 const LOCK_RETRY: Duration = Duration::from_millis(250);
@@ -117,6 +121,8 @@ struct Inner<S: Store> {
     ctx: ActionCtx,
     opts: WorkerOptions,
     metrics: OnceLock<Arc<Metrics>>,
+    /// Where approval requests are shown (a GitHub pull request), when configured.
+    channel: OnceLock<Arc<dyn ApprovalChannel>>,
     /// Pinned playbook revisions no longer in force, compiled once from their stored text.
     pinned: Mutex<HashMap<String, Arc<Playbook>>>,
 }
@@ -174,6 +180,7 @@ impl<S: Store> Worker<S> {
                 ctx,
                 opts,
                 metrics: OnceLock::new(),
+                channel: OnceLock::new(),
                 pinned: Mutex::new(HashMap::new()),
             }),
         }
@@ -183,6 +190,13 @@ impl<S: Store> Worker<S> {
     #[must_use]
     pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
         let _ = self.inner.metrics.set(metrics);
+        self
+    }
+
+    /// Shows approval requests on `channel` (opens, updates and comments on pull requests).
+    #[must_use]
+    pub fn with_approval_channel(self, channel: Arc<dyn ApprovalChannel>) -> Self {
+        let _ = self.inner.channel.set(channel);
         self
     }
 
@@ -215,6 +229,9 @@ impl<S: Store> Worker<S> {
         tokio::pin!(shutdown);
         let cap = self.opts().concurrency.max(1);
         let mut inflight: JoinSet<()> = JoinSet::new();
+        let mut tended = Instant::now()
+            .checked_sub(TEND_EVERY)
+            .unwrap_or_else(Instant::now);
         loop {
             let free = cap.saturating_sub(inflight.len());
             let mut busy = false;
@@ -237,6 +254,12 @@ impl<S: Store> Worker<S> {
             }
             if inflight.is_empty() {
                 self.update_gauges().await;
+            }
+            if tended.elapsed() >= TEND_EVERY {
+                tended = Instant::now();
+                if let Err(e) = self.tend_approvals().await {
+                    tracing::warn!(error = %e, "cannot tend approval requests; trying again later");
+                }
             }
             tokio::select! {
                 () = &mut shutdown => break,
@@ -527,6 +550,14 @@ impl<S: Store> Worker<S> {
                     .await;
             }
         };
+        let started = exec
+            .steps
+            .iter()
+            .any(|s| matches!(s.status.as_str(), "applied" | "applying" | "scheduled"));
+        let asks = !matches!(pb.approval, ApprovalSpec::None);
+        if asks && !dry_run && !started && !self.approved_as_planned(&exec, &pb).await? {
+            return Ok(()); // held for approval of the plan as it is now
+        }
         let mut failed = false;
         let mut planned_only: Option<String> = None;
         let mut first_action = exec.steps.iter().all(|s| s.status != "applied");
@@ -624,7 +655,149 @@ impl<S: Store> Worker<S> {
         };
         self.store()
             .set_execution_state(lease, end, reason.as_deref())
-            .await
+            .await?;
+        if asks && !dry_run {
+            let text = match end {
+                ExecState::Applied => "applied: every step of the approved plan was applied",
+                ExecState::Failed => {
+                    "failed: a step of the approved plan failed (see the audit trail)"
+                }
+                _ => "planned only: nothing could apply the approved plan here",
+            };
+            self.tell(&exec.id, text).await;
+        }
+        Ok(())
+    }
+
+    /// For a playbook that asks first: plans every step now and compares the hash with the
+    /// approved one. `true` when it is the plan that was approved; otherwise the execution is
+    /// held with a request for this plan (a new revision when the approved plan drifted) and
+    /// the request is published on the approval channel.
+    async fn approved_as_planned(
+        &self,
+        exec: &ClaimedExecution,
+        pb: &Playbook,
+    ) -> Result<bool, StoreError> {
+        let ApprovalSpec::Github(gh) = &pb.approval else {
+            return Ok(true);
+        };
+        let plans = plan_all(&self.inner.ctx, &exec.finding, pb).await;
+        let hash = plan_hash(&plans);
+        let current = self.store().approval(&exec.id).await?;
+        let mut note = None;
+        if let Some(req) = current.as_ref().filter(|r| r.state == "approved") {
+            if req.request.plan_hash == hash {
+                tracing::info!(plan_hash = %hash, "the approved plan is still the plan: applying it");
+                return Ok(true);
+            }
+            tracing::warn!(approved = %req.request.plan_hash, now = %hash, "the plan changed since it was approved: asking again");
+            self.store()
+                .audit(AuditEvent {
+                    kind: "approval.drifted".into(),
+                    finding_id: Some(exec.lease.finding_id.clone()),
+                    execution_id: Some(exec.id.clone()),
+                    detail: serde_json::json!({
+                        "approved_plan_hash": req.request.plan_hash,
+                        "plan_hash": hash,
+                    }),
+                })
+                .await?;
+            note = Some(
+                "drifted: live state changed after this plan was approved, so nothing was \
+                 applied. This is the plan as it is now; approve it to apply it.",
+            );
+        }
+        let request = ApprovalRequest {
+            plan_hash: hash,
+            plans,
+            min: gh.min.value,
+            reviewers: gh.reviewers.value.clone(),
+            channel: Some(format!("github:{}", gh.repo.value)),
+            expires_at: now_ms() + i64::try_from(gh.expires.0).unwrap_or(i64::MAX / 2_000) * 1_000,
+        };
+        self.store().request_approval(&exec.lease, &request).await?;
+        self.publish(&exec.id, &exec.finding, note).await;
+        Ok(false)
+    }
+
+    /// Publishes the current revision of an execution's approval request on the channel (when
+    /// one is configured) and records where. A failure is logged: the request stays held and
+    /// is published again by [`Self::tend_approvals`].
+    pub async fn publish(&self, execution_id: &str, finding: &Finding, note: Option<&str>) {
+        let Some(channel) = self.inner.channel.get() else {
+            return;
+        };
+        let row = match self.store().approval(execution_id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the approval request to publish it");
+                return;
+            }
+        };
+        match channel.publish(&row, finding, note).await {
+            Ok((number, head)) => {
+                if let Err(e) = self
+                    .store()
+                    .set_approval_pr(execution_id, row.revision, number, &head)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot record where the approval request is shown");
+                }
+            }
+            Err(why) => {
+                tracing::warn!(execution = %execution_id, %why, "cannot publish the approval request; trying again later");
+            }
+        }
+    }
+
+    /// Durable upkeep of approval requests, run by every engine now and then: expires those
+    /// whose time is up (audited; their pull requests are commented on and closed) and
+    /// publishes again those whose current revision is not shown yet (a failed publish, a crash
+    /// between holding and publishing).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn tend_approvals(&self) -> Result<(), StoreError> {
+        let expired = self.store().expire_approvals(now_ms()).await?;
+        let Some(channel) = self.inner.channel.get() else {
+            return Ok(());
+        };
+        for row in expired {
+            tracing::info!(execution = %row.execution_id, "approval expired");
+            if row.pr_number.is_some()
+                && let Err(why) = channel
+                    .close(&row, "expired: not approved in time; nothing was applied")
+                    .await
+            {
+                tracing::warn!(execution = %row.execution_id, %why, "cannot close the expired approval request");
+            }
+        }
+        for row in self.store().open_approvals().await? {
+            if row.head_sha.is_some() {
+                continue;
+            }
+            if let Some(finding) = self.store().finding(&row.finding_id).await? {
+                self.publish(&row.execution_id, &finding, None).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Says `text` on the approval channel of an execution's request (best-effort).
+    async fn tell(&self, execution_id: &str, text: &str) {
+        let Some(channel) = self.inner.channel.get() else {
+            return;
+        };
+        match self.store().approval(execution_id).await {
+            Ok(Some(row)) if row.pr_number.is_some() => {
+                if let Err(why) = channel.comment(&row, text).await {
+                    tracing::warn!(execution = %execution_id, %why, "cannot comment on the approval request");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the approval request"),
+        }
     }
 
     /// Plans, guards, locks, records, applies and records one step. The locks on what the plan

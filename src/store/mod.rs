@@ -427,6 +427,85 @@ pub struct PendingApproval {
     pub created_at: i64,
 }
 
+/// What an execution asks a person to approve: the plan of every step, and the hash over them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalRequest {
+    /// `sha256:<hex>` over every step's plan ([`crate::engine::approval::plan_hash`]).
+    pub plan_hash: String,
+    /// Each step's plan (`{step, action, plan}`), or why it could not be planned
+    /// (`{step, action, error}`).
+    pub plans: Value,
+    /// Approvals needed from distinct allowed reviewers.
+    pub min: u32,
+    /// Allowed reviewers as configured (users, `@org/team`).
+    pub reviewers: Vec<String>,
+    /// Where it is asked: `github:owner/repo`, or `None` for the CLI only.
+    pub channel: Option<String>,
+    /// When it expires (Unix ms).
+    pub expires_at: i64,
+}
+
+/// A stored approval request with its votes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalRow {
+    /// The execution.
+    pub execution_id: String,
+    /// Its finding.
+    pub finding_id: String,
+    /// Its playbook.
+    pub playbook: String,
+    /// The request.
+    #[serde(flatten)]
+    pub request: ApprovalRequest,
+    /// The approval pull request, once opened.
+    pub pr_number: Option<i64>,
+    /// Its head commit when it shows the current revision.
+    pub head_sha: Option<String>,
+    /// 1 for the first plan, + 1 each time the plan changed before it was applied.
+    pub revision: i64,
+    /// `pending`, `changes_requested`, `approved`, `expired` or `cancelled`.
+    pub state: String,
+    /// Votes for the current plan hash.
+    pub votes: Vec<Vote>,
+}
+
+/// One reviewer's verdict on one plan hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vote {
+    /// Who (a GitHub login, or the operator's name).
+    pub by: String,
+    /// Through which channel: `github-review:<id>`, `github-merge:<pr>`, `cli`.
+    pub via: String,
+    /// `approved` or `changes_requested`.
+    pub verdict: String,
+    /// When (Unix ms).
+    pub at: i64,
+}
+
+/// What a vote did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum VoteOutcome {
+    /// Counted; not enough approvals yet.
+    Counted {
+        /// Approvals for the current plan.
+        approvals: u32,
+        /// Needed.
+        min: u32,
+    },
+    /// The plan is approved: the execution is released to apply it.
+    Approved,
+    /// Changes were requested: the execution stays held.
+    ChangesRequested,
+    /// The vote names another plan than the current one: ignored.
+    Stale {
+        /// The current plan hash.
+        current: String,
+    },
+    /// No request waits for a vote (unknown, approved, expired or cancelled): ignored.
+    NotPending,
+}
+
 /// One audit event to append.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditEvent {
@@ -735,12 +814,75 @@ pub trait Store: Send + Sync + 'static {
         step: &StepRow,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// A stored finding, by id.
+    fn finding(
+        &self,
+        finding_id: &str,
+    ) -> impl Future<Output = Result<Option<Finding>, StoreError>> + Send;
+
     /// The evidence bundle recorded under `sha256` (as an outcome's `detail.evidence.sha256`
     /// names it), if any.
     fn evidence(
         &self,
         sha256: &str,
     ) -> impl Future<Output = Result<Option<Value>, StoreError>> + Send;
+
+    /// Holds the execution `lease` holds for approval of `request` (state `pending_approval`,
+    /// lease released): a new request, or a new revision of the plan when the execution has
+    /// one already (votes for the old plan no longer count). Audited. Returns the revision.
+    fn request_approval(
+        &self,
+        lease: &Lease,
+        request: &ApprovalRequest,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// The approval request of an execution, with the votes for its current plan.
+    fn approval(
+        &self,
+        execution_id: &str,
+    ) -> impl Future<Output = Result<Option<ApprovalRow>, StoreError>> + Send;
+
+    /// Approval requests still waiting for votes (`pending`, `changes_requested`), oldest first.
+    fn open_approvals(&self) -> impl Future<Output = Result<Vec<ApprovalRow>, StoreError>> + Send;
+
+    /// Records where revision `revision` of a request is shown: its pull request and head
+    /// commit. Ignored when the request has moved to another revision since.
+    fn set_approval_pr(
+        &self,
+        execution_id: &str,
+        revision: i64,
+        pr_number: i64,
+        head_sha: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A reviewer's verdict on plan `plan_hash` of an execution (the caller has checked the
+    /// reviewer may vote). Counted only for the current plan of a request still waiting; once
+    /// `min` distinct reviewers approved it, the execution is released to apply it. Audited
+    /// with who, through which channel, and the hash.
+    fn vote(
+        &self,
+        execution_id: &str,
+        plan_hash: &str,
+        vote: &Vote,
+    ) -> impl Future<Output = Result<VoteOutcome, StoreError>> + Send;
+
+    /// Expires every request still waiting whose time is up at `now`: the request and the
+    /// execution end `expired` (audited). Returns them (to comment on and close their PRs).
+    fn expire_approvals(
+        &self,
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<ApprovalRow>, StoreError>> + Send;
+
+    /// Ends a request still waiting as `cancelled` and cancels its execution (its pull request
+    /// was closed unmerged, or an operator denied it), audited with who, how and why. Returns
+    /// false when nothing was waiting.
+    fn close_approval(
+        &self,
+        execution_id: &str,
+        by: &str,
+        via: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Executions waiting for a person, oldest first.
     fn pending_approvals(

@@ -16,10 +16,11 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
 
 use super::{
-    Admission, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution, ClaimedFinding, ExecState,
-    ExecutionRow, GENESIS, GuardDenial, IngestBatch, Lease, LeaseRequest, MatchInput, MatchRecord,
-    PendingApproval, PlaybookRevision, PreparedFinding, Receipt, StepRow, Store, StoreError,
-    VerifyReport, audit_detail, audit_hash, body_hash, now_ms, prepare_finding,
+    Admission, ApprovalRequest, ApprovalRow, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution,
+    ClaimedFinding, ExecState, ExecutionRow, GENESIS, GuardDenial, IngestBatch, Lease,
+    LeaseRequest, MatchInput, MatchRecord, PendingApproval, PlaybookRevision, PreparedFinding,
+    Receipt, StepRow, Store, StoreError, VerifyReport, Vote, VoteOutcome, audit_detail, audit_hash,
+    body_hash, now_ms, prepare_finding,
 };
 use crate::finding::Finding;
 
@@ -41,6 +42,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_fenced_leases",
         include_str!("migrations/sqlite_0005_fenced_leases.sql"),
+    ),
+    (
+        "0006_approvals",
+        include_str!("migrations/sqlite_0006_approvals.sql"),
     ),
 ];
 
@@ -461,6 +466,77 @@ async fn release_locks(conn: &mut SqliteConnection, lease: &Lease) -> Result<(),
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// The columns [`approval_row`] reads, joined with the execution.
+const APPROVAL_COLUMNS: &str = "a.execution_id, e.finding_id, e.playbook, a.plan_hash, a.plans, \
+    a.min_approvals, a.reviewers, a.channel, a.pr_number, a.head_sha, a.revision, a.state, \
+    a.expires_at FROM approval_requests a JOIN executions e ON e.id = a.execution_id";
+
+/// An approval request row, with the votes for its current plan.
+async fn approval_row(
+    conn: &mut SqliteConnection,
+    r: &sqlx::sqlite::SqliteRow,
+) -> Result<ApprovalRow, StoreError> {
+    let execution_id: String = r.try_get("execution_id")?;
+    let plan_hash: String = r.try_get("plan_hash")?;
+    let plans: String = r.try_get("plans")?;
+    let reviewers: String = r.try_get("reviewers")?;
+    let votes: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT by, via, verdict, at FROM approval_votes WHERE execution_id = ? AND plan_hash = ? \
+         ORDER BY at, by",
+    )
+    .bind(&execution_id)
+    .bind(&plan_hash)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(ApprovalRow {
+        finding_id: r.try_get("finding_id")?,
+        playbook: r.try_get("playbook")?,
+        request: ApprovalRequest {
+            plan_hash,
+            plans: serde_json::from_str(&plans)
+                .map_err(|e| corrupt("approval_requests", e.to_string()))?,
+            min: u32::try_from(r.try_get::<i64, _>("min_approvals")?).unwrap_or(u32::MAX),
+            reviewers: serde_json::from_str(&reviewers)
+                .map_err(|e| corrupt("approval_requests", e.to_string()))?,
+            channel: r.try_get("channel")?,
+            expires_at: r.try_get("expires_at")?,
+        },
+        pr_number: r.try_get("pr_number")?,
+        head_sha: r.try_get("head_sha")?,
+        revision: r.try_get("revision")?,
+        state: r.try_get("state")?,
+        votes: votes
+            .into_iter()
+            .map(|(by, via, verdict, at)| Vote {
+                by,
+                via,
+                verdict,
+                at,
+            })
+            .collect(),
+        execution_id,
+    })
+}
+
+/// The approval requests `sql` (a `WHERE …` clause over [`APPROVAL_COLUMNS`]) selects.
+async fn approval_rows(
+    conn: &mut SqliteConnection,
+    clause: &str,
+    bind: Option<&str>,
+) -> Result<Vec<ApprovalRow>, StoreError> {
+    let sql = format!("SELECT {APPROVAL_COLUMNS} {clause}");
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    if let Some(b) = bind {
+        q = q.bind(b.to_owned());
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(approval_row(conn, r).await?);
+    }
+    Ok(out)
 }
 
 /// A step's outcome as stored: scrubbed like every detail, except its `undo` record, which is
@@ -1696,6 +1772,384 @@ impl Store for SqliteStore {
             })
         })
         .transpose()
+    }
+
+    async fn finding(&self, finding_id: &str) -> Result<Option<Finding>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM findings WHERE id = ?")
+            .bind(finding_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        body.as_deref().map(decode_finding).transpose()
+    }
+
+    async fn request_approval(
+        &self,
+        lease: &Lease,
+        request: &ApprovalRequest,
+    ) -> Result<i64, StoreError> {
+        let (execution_id, finding_id) = (lease.execution_id.as_str(), lease.finding_id.as_str());
+        let plans = crate::action::canonical_json(&request.plans);
+        let reviewers = serde_json::to_string(&request.reviewers)
+            .map_err(|e| corrupt("approval_requests", e.to_string()))?;
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        fenced(&mut tx, lease).await?;
+        let now = now_ms();
+        let revision: i64 = sqlx::query_scalar(
+            "INSERT INTO approval_requests (execution_id, plan_hash, plans, min_approvals, reviewers, \
+               channel, revision, state, expires_at, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, 1, 'pending', ?, ?, ?) \
+             ON CONFLICT (execution_id) DO UPDATE SET plan_hash = excluded.plan_hash, \
+               plans = excluded.plans, min_approvals = excluded.min_approvals, \
+               reviewers = excluded.reviewers, channel = excluded.channel, head_sha = NULL, \
+               revision = approval_requests.revision + 1, state = 'pending', \
+               expires_at = excluded.expires_at, updated_at = excluded.updated_at \
+             RETURNING revision",
+        )
+        .bind(execution_id)
+        .bind(&request.plan_hash)
+        .bind(&plans)
+        .bind(i64::from(request.min))
+        .bind(&reviewers)
+        .bind(&request.channel)
+        .bind(request.expires_at)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE executions SET approved_by = NULL, wake_at = NULL, lease_owner = NULL, \
+             lease_until = NULL WHERE id = ?",
+        )
+        .bind(execution_id)
+        .execute(&mut *tx)
+        .await?;
+        release_locks(&mut tx, lease).await?;
+        append_audit(
+            &mut tx,
+            &AuditEvent {
+                kind: "approval.requested".into(),
+                finding_id: Some(finding_id.to_owned()),
+                execution_id: Some(execution_id.to_owned()),
+                detail: serde_json::json!({
+                    "plan_hash": request.plan_hash,
+                    "revision": revision,
+                    "min": request.min,
+                    "reviewers": request.reviewers,
+                    "channel": request.channel,
+                    "expires_at": request.expires_at,
+                }),
+            },
+        )
+        .await?;
+        let reason = format!(
+            "approval required: {} approval(s) of plan {} (revision {revision})",
+            request.min, request.plan_hash
+        );
+        set_state(
+            &mut tx,
+            execution_id,
+            finding_id,
+            ExecState::PendingApproval,
+            Some(&reason),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(revision)
+    }
+
+    async fn approval(&self, execution_id: &str) -> Result<Option<ApprovalRow>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        Ok(
+            approval_rows(&mut conn, "WHERE a.execution_id = ?", Some(execution_id))
+                .await?
+                .pop(),
+        )
+    }
+
+    async fn open_approvals(&self) -> Result<Vec<ApprovalRow>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        approval_rows(
+            &mut conn,
+            "WHERE a.state IN ('pending', 'changes_requested') ORDER BY a.created_at, a.execution_id",
+            None,
+        )
+        .await
+    }
+
+    async fn set_approval_pr(
+        &self,
+        execution_id: &str,
+        revision: i64,
+        pr_number: i64,
+        head_sha: &str,
+    ) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let finding: Option<String> = sqlx::query_scalar(
+            "UPDATE approval_requests SET pr_number = ?, head_sha = ?, updated_at = ? \
+             WHERE execution_id = ? AND revision = ? \
+             RETURNING (SELECT finding_id FROM executions WHERE id = approval_requests.execution_id)",
+        )
+        .bind(pr_number)
+        .bind(head_sha)
+        .bind(now_ms())
+        .bind(execution_id)
+        .bind(revision)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(finding_id) = finding {
+            append_audit(
+                &mut tx,
+                &AuditEvent {
+                    kind: "approval.published".into(),
+                    finding_id: Some(finding_id),
+                    execution_id: Some(execution_id.to_owned()),
+                    detail: serde_json::json!({
+                        "revision": revision,
+                        "pr_number": pr_number,
+                        "head_sha": head_sha,
+                    }),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn vote(
+        &self,
+        execution_id: &str,
+        plan_hash: &str,
+        vote: &Vote,
+    ) -> Result<VoteOutcome, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let req: Option<(String, i64, String, String)> = sqlx::query_as(
+            "SELECT a.plan_hash, a.min_approvals, a.state, e.finding_id FROM approval_requests a \
+             JOIN executions e ON e.id = a.execution_id WHERE a.execution_id = ?",
+        )
+        .bind(execution_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let ignored = |why: &str, finding: Option<String>| AuditEvent {
+            kind: "approval.ignored".into(),
+            finding_id: finding,
+            execution_id: Some(execution_id.to_owned()),
+            detail: serde_json::json!({
+                "by": vote.by, "via": vote.via, "verdict": vote.verdict,
+                "plan_hash": plan_hash, "why": why,
+            }),
+        };
+        let Some((current, min, state, finding_id)) = req else {
+            append_audit(&mut tx, &ignored("no approval request", None)).await?;
+            tx.commit().await?;
+            return Ok(VoteOutcome::NotPending);
+        };
+        if !matches!(state.as_str(), "pending" | "changes_requested") {
+            append_audit(
+                &mut tx,
+                &ignored(&format!("the request is {state}"), Some(finding_id)),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(VoteOutcome::NotPending);
+        }
+        if current != plan_hash {
+            append_audit(
+                &mut tx,
+                &ignored(
+                    &format!("stale: the current plan is {current}"),
+                    Some(finding_id),
+                ),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(VoteOutcome::Stale { current });
+        }
+        sqlx::query(
+            "INSERT INTO approval_votes (execution_id, plan_hash, by, via, verdict, at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id, plan_hash, by) DO UPDATE SET \
+               via = excluded.via, verdict = excluded.verdict, at = excluded.at",
+        )
+        .bind(execution_id)
+        .bind(plan_hash)
+        .bind(&vote.by)
+        .bind(&vote.via)
+        .bind(&vote.verdict)
+        .bind(vote.at)
+        .execute(&mut *tx)
+        .await?;
+        let votes: Vec<(String, String)> = sqlx::query_as(
+            "SELECT by, verdict FROM approval_votes WHERE execution_id = ? AND plan_hash = ? ORDER BY at, by",
+        )
+        .bind(execution_id)
+        .bind(plan_hash)
+        .fetch_all(&mut *tx)
+        .await?;
+        let approvers: Vec<&str> = votes
+            .iter()
+            .filter(|(_, v)| v == "approved")
+            .map(|(b, _)| b.as_str())
+            .collect();
+        let blocked = votes.iter().any(|(_, v)| v == "changes_requested");
+        let min = u32::try_from(min).unwrap_or(u32::MAX);
+        let approvals = u32::try_from(approvers.len()).unwrap_or(u32::MAX);
+        let (new_state, outcome) = if blocked {
+            ("changes_requested", VoteOutcome::ChangesRequested)
+        } else if approvals >= min {
+            ("approved", VoteOutcome::Approved)
+        } else {
+            ("pending", VoteOutcome::Counted { approvals, min })
+        };
+        sqlx::query(
+            "UPDATE approval_requests SET state = ?, updated_at = ? WHERE execution_id = ?",
+        )
+        .bind(new_state)
+        .bind(now_ms())
+        .bind(execution_id)
+        .execute(&mut *tx)
+        .await?;
+        append_audit(
+            &mut tx,
+            &AuditEvent {
+                kind: "approval.vote".into(),
+                finding_id: Some(finding_id.clone()),
+                execution_id: Some(execution_id.to_owned()),
+                detail: serde_json::json!({
+                    "by": vote.by, "via": vote.via, "verdict": vote.verdict,
+                    "plan_hash": plan_hash, "approvals": approvals, "min": min,
+                }),
+            },
+        )
+        .await?;
+        if outcome == VoteOutcome::Approved {
+            let by = approvers.join(", ");
+            sqlx::query(
+                "UPDATE executions SET approved_by = ?, wake_at = NULL, lease_owner = NULL, \
+                 lease_until = NULL WHERE id = ?",
+            )
+            .bind(&by)
+            .bind(execution_id)
+            .execute(&mut *tx)
+            .await?;
+            append_audit(
+                &mut tx,
+                &AuditEvent {
+                    kind: "approval.granted".into(),
+                    finding_id: Some(finding_id.clone()),
+                    execution_id: Some(execution_id.to_owned()),
+                    detail: serde_json::json!({ "by": approvers, "plan_hash": plan_hash, "via": vote.via }),
+                },
+            )
+            .await?;
+            set_state(
+                &mut tx,
+                execution_id,
+                &finding_id,
+                ExecState::Matched,
+                Some(&format!("plan {plan_hash} approved by {by}")),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn expire_approvals(&self, now: i64) -> Result<Vec<ApprovalRow>, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let due: Vec<(String, String)> = sqlx::query_as(
+            "UPDATE approval_requests SET state = 'expired', updated_at = ? \
+             WHERE state IN ('pending', 'changes_requested') AND expires_at <= ? \
+             RETURNING execution_id, (SELECT finding_id FROM executions WHERE id = approval_requests.execution_id)",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (execution_id, finding_id) in &due {
+            sqlx::query("UPDATE executions SET fence = fence + 1 WHERE id = ?")
+                .bind(execution_id)
+                .execute(&mut *tx)
+                .await?;
+            append_audit(
+                &mut tx,
+                &AuditEvent {
+                    kind: "approval.expired".into(),
+                    finding_id: Some(finding_id.clone()),
+                    execution_id: Some(execution_id.clone()),
+                    detail: serde_json::json!({ "at": now }),
+                },
+            )
+            .await?;
+            set_state(
+                &mut tx,
+                execution_id,
+                finding_id,
+                ExecState::Expired,
+                Some("not approved in time (approval.github.expires)"),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        drop(w);
+        let mut out = Vec::with_capacity(due.len());
+        let mut conn = self.readers.acquire().await?;
+        for (execution_id, _) in &due {
+            out.extend(
+                approval_rows(&mut conn, "WHERE a.execution_id = ?", Some(execution_id)).await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn close_approval(
+        &self,
+        execution_id: &str,
+        by: &str,
+        via: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut w = self.writer.lock().await;
+        let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+        let closed: Option<String> = sqlx::query_scalar(
+            "UPDATE approval_requests SET state = 'cancelled', updated_at = ? \
+             WHERE execution_id = ? AND state IN ('pending', 'changes_requested') \
+             RETURNING (SELECT finding_id FROM executions WHERE id = approval_requests.execution_id)",
+        )
+        .bind(now_ms())
+        .bind(execution_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(finding_id) = closed else {
+            return Ok(false);
+        };
+        sqlx::query("UPDATE executions SET fence = fence + 1 WHERE id = ?")
+            .bind(execution_id)
+            .execute(&mut *tx)
+            .await?;
+        append_audit(
+            &mut tx,
+            &AuditEvent {
+                kind: "approval.cancelled".into(),
+                finding_id: Some(finding_id.clone()),
+                execution_id: Some(execution_id.to_owned()),
+                detail: serde_json::json!({ "by": by, "via": via, "reason": reason }),
+            },
+        )
+        .await?;
+        set_state(
+            &mut tx,
+            execution_id,
+            &finding_id,
+            ExecState::Cancelled,
+            Some(&format!("cancelled by {by} ({via}): {reason}")),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn pending_approvals(&self) -> Result<Vec<PendingApproval>, StoreError> {

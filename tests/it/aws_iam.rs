@@ -1946,17 +1946,7 @@ async fn the_contain_playbook_waits_for_approval_then_quarantines_and_deactivate
     assert_eq!(keys(&aws, &user).await[&key_id], "Active");
     let pending = store.pending_approvals().await.unwrap();
     assert_eq!(pending.len(), 1);
-    assert!(
-        store
-            .decide(
-                &pending[0].execution_id,
-                true,
-                "cli:alice",
-                "checked CloudTrail"
-            )
-            .await
-            .unwrap()
-    );
+    crate::support::approvals::approve_plan(&*store, &pending[0].execution_id).await;
     drain(&w).await;
     let policy = inline_policy(&aws, &user).await.unwrap();
     assert_eq!(policy["Statement"][0]["Sid"], "FirebreakQuarantineDenyAll");
@@ -2221,17 +2211,7 @@ async fn the_contain_playbook_on_a_console_login_quarantines_and_still_notifies(
     drain(&w).await;
     let pending = store.pending_approvals().await.unwrap();
     assert_eq!(pending.len(), 1, "approval is required");
-    assert!(
-        store
-            .decide(
-                &pending[0].execution_id,
-                true,
-                "cli:alice",
-                "confirmed with the user"
-            )
-            .await
-            .unwrap()
-    );
+    crate::support::approvals::approve_plan(&*store, &pending[0].execution_id).await;
     drain(&w).await;
     let policy = inline_policy(&aws, &user).await.unwrap();
     assert_eq!(policy["Statement"][0]["Sid"], "FirebreakQuarantineDenyAll");

@@ -841,3 +841,89 @@ fn the_store_wide_kill_switch_parks_a_recorded_run_but_not_a_no_store_run_which_
         stderr(&o)
     );
 }
+
+#[test]
+fn approvals_show_the_plan_and_approve_only_the_exact_plan_hash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let env = [("FIREBREAK_STORE__URL", url.as_str())];
+    let pbs = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        pbs.path().join("asks.yaml"),
+        "name: asks\nmatch: {class: runtime-threat}\napproval: {github: {repo: org/infra, reviewers: [alice]}}\nsteps:\n  - action: notify.webhook\n    with: {url: \"http://127.0.0.1:9/hook\"}\n",
+    )
+    .expect("write");
+    let o = firebreak_with(
+        &[
+            "run",
+            "--playbooks",
+            &pbs.path().to_string_lossy(),
+            "--finding",
+            &fixture(FALCO_SHELL),
+            "--format",
+            "json",
+        ],
+        &env,
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = firebreak_with(&["approvals", "list", "--format", "json"], &env, b"");
+    let list: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let id = list[0]["execution_id"].as_str().expect("held").to_owned();
+
+    let o = firebreak_with(&["approvals", "show", &id], &env, b"");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("1. notify.webhook: "), "{}", stdout(&o));
+    let o = firebreak_with(&["approvals", "show", &id, "--format", "json"], &env, b"");
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let hash = shown["plan_hash"].as_str().expect("hash").to_owned();
+    assert!(stdout(&firebreak_with(&["approvals", "show", &id], &env, b"")).contains(&hash));
+
+    let o = firebreak_with(&["approvals", "approve", &id, "--reason", "ok"], &env, b"");
+    assert_eq!(code(&o), 2, "the plan hash is required: {}", stderr(&o));
+    assert!(stderr(&o).contains(&hash), "{}", stderr(&o));
+    let o = firebreak_with(
+        &[
+            "approvals",
+            "approve",
+            &id,
+            "--reason",
+            "ok",
+            "--plan-hash",
+            "sha256:0",
+        ],
+        &env,
+        b"",
+    );
+    assert_eq!(code(&o), 1, "a stale hash is refused: {}", stderr(&o));
+    let o = firebreak_with(
+        &[
+            "approvals",
+            "approve",
+            &id,
+            "--reason",
+            "reviewed",
+            "--plan-hash",
+            &hash,
+            "--by",
+            "alice",
+        ],
+        &env,
+        b"",
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("approved by alice"), "{}", stderr(&o));
+
+    let audit = audit_kinds(&url);
+    let granted = audit
+        .iter()
+        .find(|a| a["kind"] == "approval.granted")
+        .expect("audited");
+    assert_eq!(granted["detail"]["plan_hash"], hash.as_str());
+    assert_eq!(granted["detail"]["by"][0], "alice");
+    let vote = audit
+        .iter()
+        .find(|a| a["kind"] == "approval.vote")
+        .expect("audited");
+    assert_eq!(vote["detail"]["via"], "cli: reviewed");
+}

@@ -415,34 +415,219 @@ fn needs_approval(url: &str, guards: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_playbook_that_asks_for_approval_never_acts_until_a_person_approves() {
+async fn a_playbook_that_asks_first_is_planned_in_full_held_and_applied_once_its_exact_plan_is_approved()
+ {
+    use crate::support::approvals::vote;
+    use firebreak::store::VoteOutcome;
     let rx = Receiver::start().await;
     let l = Ledger::new().await;
-    // `on_limit: skip` governs limits only: an approval the playbook asks for is waited for.
-    let w = worker(
-        &l.store,
-        playbooks(&needs_approval(&rx.url("/hook"), "{on_limit: skip}")),
+    // Two steps, two approvals needed; `on_limit: skip` governs limits only: an approval the
+    // playbook asks for is waited for.
+    let yaml = format!(
+        "name: approved\nmatch: {{class: runtime-threat}}\nguards: {{on_limit: skip}}\napproval: {{github: {{repo: org/infra, reviewers: [alice, bob], min: 2}}}}\nsteps:\n  - action: notify.webhook\n    with: {{url: \"{a}\"}}\n  - action: notify.webhook\n    with: {{url: \"{b}\"}}\n",
+        a = rx.url("/a"),
+        b = rx.url("/b"),
     );
+    let w = worker(&l.store, playbooks(&yaml));
     l.ingest(FALCO_SHELL, 1).await;
     drain(&w).await;
     assert!(rx.requests().is_empty(), "nothing acts before approval");
     let pending = l.store.pending_approvals().await.unwrap();
     assert_eq!(pending.len(), 1);
-    assert!(
-        pending[0]
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("held for approval: approval required")),
-        "{pending:?}"
+    let id = pending[0].execution_id.clone();
+    let req = l.store.approval(&id).await.unwrap().unwrap();
+    assert_eq!(req.state, "pending");
+    assert_eq!(req.revision, 1);
+    let plans = req.request.plans.as_array().unwrap();
+    assert_eq!(plans.len(), 2, "every step is planned before holding");
+    assert!(plans.iter().all(|p| p["plan"]["hash"].is_string()));
+    let hash = req.request.plan_hash.clone();
+    assert_eq!(
+        hash,
+        firebreak::engine::approval::plan_hash(&req.request.plans)
     );
+
+    // A vote for another plan is ignored; one reviewer twice is still one approval.
+    let stale = l
+        .store
+        .vote(&id, "sha256:other", &vote("alice", "approved"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stale,
+        VoteOutcome::Stale {
+            current: hash.clone()
+        }
+    );
+    for _ in 0..2 {
+        let counted = l
+            .store
+            .vote(&id, &hash, &vote("alice", "approved"))
+            .await
+            .unwrap();
+        assert_eq!(
+            counted,
+            VoteOutcome::Counted {
+                approvals: 1,
+                min: 2
+            }
+        );
+    }
+    drain(&w).await;
+    assert!(rx.requests().is_empty(), "one approval of two: still held");
+    assert_eq!(
+        l.store
+            .vote(&id, &hash, &vote("bob", "approved"))
+            .await
+            .unwrap(),
+        VoteOutcome::Approved
+    );
+    drain(&w).await;
+    drain(&w).await;
+    let paths: Vec<String> = rx.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(paths, ["/a", "/b"], "approved: each step acts once");
+    let audit = l.audit().await;
+    let kinds: Vec<&str> = audit.iter().map(|a| a.kind.as_str()).collect();
+    for kind in [
+        "approval.requested",
+        "approval.ignored",
+        "approval.vote",
+        "approval.granted",
+    ] {
+        assert!(kinds.contains(&kind), "{kind}: {kinds:?}");
+    }
+    let granted = audit.iter().find(|a| a.kind == "approval.granted").unwrap();
+    assert_eq!(granted.detail["plan_hash"], hash);
+    assert_eq!(granted.detail["by"], serde_json::json!(["alice", "bob"]));
+    assert!(l.store.audit_verify().await.unwrap().problems.is_empty());
+}
+
+#[tokio::test]
+async fn changes_requested_holds_a_plan_until_that_reviewer_approves_and_a_closed_request_cancels()
+{
+    use crate::support::approvals::vote;
+    use firebreak::store::VoteOutcome;
+    let rx = Receiver::start().await;
+    let l = Ledger::new().await;
+    let w = worker(&l.store, playbooks(&needs_approval(&rx.url("/hook"), "{}")));
+    l.ingest(FALCO_SHELL, 2).await;
+    drain(&w).await;
+    let pending = l.store.pending_approvals().await.unwrap();
+    assert_eq!(pending.len(), 2);
+    let (first, second) = (&pending[0].execution_id, &pending[1].execution_id);
+    let hash = l
+        .store
+        .approval(first)
+        .await
+        .unwrap()
+        .unwrap()
+        .request
+        .plan_hash;
+    assert_eq!(
+        l.store
+            .vote(first, &hash, &vote("carol", "changes_requested"))
+            .await
+            .unwrap(),
+        VoteOutcome::ChangesRequested
+    );
+    assert_eq!(
+        l.store
+            .vote(first, &hash, &vote("alice", "approved"))
+            .await
+            .unwrap(),
+        VoteOutcome::ChangesRequested,
+        "a request for changes blocks other approvals"
+    );
+    drain(&w).await;
+    assert!(rx.requests().is_empty());
+    assert_eq!(
+        l.store
+            .vote(first, &hash, &vote("carol", "approved"))
+            .await
+            .unwrap(),
+        VoteOutcome::Approved
+    );
+    drain(&w).await;
+    assert_eq!(rx.requests().len(), 1);
+
     assert!(
         l.store
-            .decide(&pending[0].execution_id, true, "cli:alice", "plan reviewed")
+            .close_approval(second, "bob", "github-pr-closed:7", "not now")
             .await
             .unwrap()
     );
+    assert!(
+        !l.store
+            .close_approval(second, "bob", "cli", "again")
+            .await
+            .unwrap()
+    );
+    let hash2 = l
+        .store
+        .approval(second)
+        .await
+        .unwrap()
+        .unwrap()
+        .request
+        .plan_hash;
+    assert_eq!(
+        l.store
+            .vote(second, &hash2, &vote("alice", "approved"))
+            .await
+            .unwrap(),
+        VoteOutcome::NotPending
+    );
     drain(&w).await;
-    assert_eq!(rx.requests().len(), 1, "approved: it acts once");
+    assert_eq!(rx.requests().len(), 1, "a closed request never acts");
+    let (_, row) = l.store.execution(second).await.unwrap().unwrap();
+    assert_eq!(row.state, firebreak::store::ExecState::Cancelled);
+}
+
+#[tokio::test]
+async fn an_approval_request_not_answered_in_time_expires_and_its_execution_never_acts() {
+    use crate::support::approvals::vote;
+    use firebreak::store::VoteOutcome;
+    let rx = Receiver::start().await;
+    let l = Ledger::new().await;
+    let yaml = needs_approval(&rx.url("/hook"), "{}")
+        .replace("reviewers: [alice]", "reviewers: [alice], expires: 1h");
+    let w = worker(&l.store, playbooks(&yaml));
+    l.ingest(FALCO_SHELL, 1).await;
+    drain(&w).await;
+    let id = l.store.pending_approvals().await.unwrap()[0]
+        .execution_id
+        .clone();
+    let req = l.store.approval(&id).await.unwrap().unwrap();
+    let now = firebreak::store::now_ms();
+    assert!(
+        (req.request.expires_at - now - 3_600_000).abs() < 60_000,
+        "{req:?}"
+    );
+    // Not yet due: nothing expires.
+    assert!(l.store.expire_approvals(now).await.unwrap().is_empty());
+    // An hour later (the sweeper's clock): it expires, once.
+    let expired = l.store.expire_approvals(now + 3_600_001).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].state, "expired");
+    assert!(
+        l.store
+            .expire_approvals(now + 7_200_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        l.store
+            .vote(&id, &req.request.plan_hash, &vote("alice", "approved"))
+            .await
+            .unwrap(),
+        VoteOutcome::NotPending
+    );
+    drain(&w).await;
+    assert!(rx.requests().is_empty());
+    let (_, row) = l.store.execution(&id).await.unwrap().unwrap();
+    assert_eq!(row.state, firebreak::store::ExecState::Expired);
+    assert!(l.audit().await.iter().any(|a| a.kind == "approval.expired"));
 }
 
 #[tokio::test]

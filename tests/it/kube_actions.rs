@@ -1391,7 +1391,7 @@ async fn isolate_runtime_threat_is_held_for_approval_and_changes_nothing() {
     assert!(
         isolate
             .reason
-            .starts_with("held for approval: approval required"),
+            .starts_with("approval required: 1 approval(s) of plan sha256:"),
         "{isolate:#?}"
     );
     assert!(policy(&api).is_none(), "nothing isolated before approval");
@@ -1768,4 +1768,48 @@ async fn guards_count_and_the_engine_locks_every_resource_a_plan_changes() {
         .map(|a| &a.detail["outcome"]["target"])
         .collect();
     assert_eq!(acted, ["k8s:/default/Pod/kubecon/"]);
+}
+
+#[tokio::test]
+async fn a_plan_that_drifted_after_its_approval_is_not_applied_and_is_asked_again() {
+    use crate::support::approvals::approve_plan;
+    use firebreak::engine::worker::Round;
+    use firebreak::store::{AuditQuery, Store};
+    let api = KubeApi::start().await;
+    seed_kubecon(&api, vec![], &fake_secret());
+    let yaml = "name: isolate\nmatch: {source: [falco]}\napproval: {github: {repo: org/infra, reviewers: [alice]}}\nsteps:\n  - action: kubernetes.isolate-pod\n";
+    let (_d, store, w) = engine_on(&api, yaml).await;
+    while w.round().await.unwrap() != Round::default() {}
+    let id = store.pending_approvals().await.unwrap()[0]
+        .execution_id
+        .clone();
+    let approved = approve_plan(&*store, &id).await;
+
+    // Between the approval and the apply, someone isolates the pod by hand with another
+    // policy spec: the plan is no longer the one approved.
+    api.seed(&NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some("firebreak-isolate-kubecon".into()),
+            namespace: Some("default".into()),
+            ..ObjectMeta::default()
+        },
+        ..NetworkPolicy::default()
+    });
+    let writes = api.writes();
+    while w.round().await.unwrap() != Round::default() {}
+    assert_eq!(api.writes(), writes, "a drifted plan is not applied");
+    let req = store.approval(&id).await.unwrap().unwrap();
+    assert_eq!(req.state, "pending", "asked again");
+    assert_eq!(req.revision, 2);
+    assert_ne!(req.request.plan_hash, approved);
+    let audit = store.audit_list(AuditQuery::default()).await.unwrap();
+    let drifted = audit.iter().find(|a| a.kind == "approval.drifted").unwrap();
+    assert_eq!(drifted.detail["approved_plan_hash"], approved);
+
+    // The new plan, approved, is applied.
+    approve_plan(&*store, &id).await;
+    while w.round().await.unwrap() != Round::default() {}
+    let audit = store.audit_list(AuditQuery::default()).await.unwrap();
+    assert_eq!(audit.last().unwrap().detail["state"], "applied");
+    assert!(isolated_label(&api).is_some());
 }

@@ -1,5 +1,6 @@
 //! Test peers: local servers that speak the real protocols.
 
+pub mod approvals;
 pub mod aws_proxy;
 pub mod kube_api;
 pub mod moto;
