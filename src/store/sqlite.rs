@@ -274,6 +274,23 @@ impl From<&AuditEvent> for Entry {
     }
 }
 
+/// Appends an audit record about one execution of one finding, inside an open transaction.
+async fn audit_about(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    finding_id: &str,
+    execution_id: &str,
+    detail: Value,
+) -> Result<(), StoreError> {
+    let event = AuditEvent {
+        kind: kind.to_owned(),
+        finding_id: Some(finding_id.to_owned()),
+        execution_id: Some(execution_id.to_owned()),
+        detail,
+    };
+    append_audit(conn, &event).await.map(|_| ())
+}
+
 /// Appends one audit record inside an open transaction.
 async fn append_audit(
     conn: &mut SqliteConnection,
@@ -933,19 +950,17 @@ impl Store for SqliteStore {
             .bind(acts.then_some(m.revision))
             .execute(&mut *tx)
             .await?;
-            append_audit(
+            audit_about(
                 &mut tx,
-                &AuditEvent {
-                    kind: "execution.matched".into(),
-                    finding_id: Some(finding_id.to_owned()),
-                    execution_id: Some(id.clone()),
-                    detail: serde_json::json!({
-                        "playbook": m.playbook,
-                        "revision": acts.then_some(m.revision),
-                        "state": m.state.as_str(),
-                        "reason": m.reason,
-                    }),
-                },
+                "execution.matched",
+                finding_id,
+                &id,
+                serde_json::json!({
+                    "playbook": m.playbook,
+                    "revision": acts.then_some(m.revision),
+                    "state": m.state.as_str(),
+                    "reason": m.reason,
+                }),
             )
             .await?;
             let lease = leased.map(|l| Lease {
@@ -1212,14 +1227,12 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         release_locks(&mut tx, lease).await?;
-        append_audit(
+        audit_about(
             &mut tx,
-            &AuditEvent {
-                kind: "execution.parked".into(),
-                finding_id: Some(lease.finding_id.clone()),
-                execution_id: Some(lease.execution_id.clone()),
-                detail: serde_json::json!({ "state": state, "reason": reason }),
-            },
+            "execution.parked",
+            &lease.finding_id,
+            &lease.execution_id,
+            serde_json::json!({ "state": state, "reason": reason }),
         )
         .await?;
         tx.commit().await?;
@@ -1257,14 +1270,12 @@ impl Store for SqliteStore {
         .bind(execution_id)
         .execute(&mut *tx)
         .await?;
-        append_audit(
+        audit_about(
             &mut tx,
-            &AuditEvent {
-                kind: "execution.cancelled".into(),
-                finding_id: Some(finding_id.clone()),
-                execution_id: Some(execution_id.to_owned()),
-                detail: serde_json::json!({ "by": by, "reason": reason, "state_before": state }),
-            },
+            "execution.cancelled",
+            &finding_id,
+            execution_id,
+            serde_json::json!({ "by": by, "reason": reason, "state_before": state }),
         )
         .await?;
         let why = format!("cancelled by {by}: {reason}");
@@ -1583,32 +1594,28 @@ impl Store for SqliteStore {
                     .await?;
                 }
                 if let (Some(by), false) = (approved, fresh.is_empty()) {
-                    append_audit(
+                    audit_about(
                         &mut tx,
-                        &AuditEvent {
-                            kind: "guard.waived".into(),
-                            finding_id: Some(fid.to_owned()),
-                            execution_id: Some(eid.to_owned()),
-                            detail: serde_json::json!({ "playbook": a.playbook, "targets": fresh, "approved_by": by }),
-                        },
+                        "guard.waived",
+                        fid,
+                        eid,
+                        serde_json::json!({ "playbook": a.playbook, "targets": fresh, "approved_by": by }),
                     )
                     .await?;
                 }
             }
             Some(d) => {
-                append_audit(
+                audit_about(
                     &mut tx,
-                    &AuditEvent {
-                        kind: "guard.denied".into(),
-                        finding_id: Some(fid.to_owned()),
-                        execution_id: Some(eid.to_owned()),
-                        detail: serde_json::json!({
-                            "playbook": a.playbook,
-                            "targets": a.targets,
-                            "reason": d.to_string(),
-                            "limit": d,
-                        }),
-                    },
+                    "guard.denied",
+                    fid,
+                    eid,
+                    serde_json::json!({
+                        "playbook": a.playbook,
+                        "targets": a.targets,
+                        "reason": d.to_string(),
+                        "limit": d,
+                    }),
                 )
                 .await?;
             }
@@ -1825,21 +1832,19 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         release_locks(&mut tx, lease).await?;
-        append_audit(
+        audit_about(
             &mut tx,
-            &AuditEvent {
-                kind: "approval.requested".into(),
-                finding_id: Some(finding_id.to_owned()),
-                execution_id: Some(execution_id.to_owned()),
-                detail: serde_json::json!({
-                    "plan_hash": request.plan_hash,
-                    "revision": revision,
-                    "min": request.min,
-                    "reviewers": request.reviewers,
-                    "channel": request.channel,
-                    "expires_at": request.expires_at,
-                }),
-            },
+            "approval.requested",
+            finding_id,
+            execution_id,
+            serde_json::json!({
+                "plan_hash": request.plan_hash,
+                "revision": revision,
+                "min": request.min,
+                "reviewers": request.reviewers,
+                "channel": request.channel,
+                "expires_at": request.expires_at,
+            }),
         )
         .await?;
         let reason = format!(
@@ -1899,18 +1904,16 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(finding_id) = finding {
-            append_audit(
+            audit_about(
                 &mut tx,
-                &AuditEvent {
-                    kind: "approval.published".into(),
-                    finding_id: Some(finding_id),
-                    execution_id: Some(execution_id.to_owned()),
-                    detail: serde_json::json!({
-                        "revision": revision,
-                        "pr_number": pr_number,
-                        "head_sha": head_sha,
-                    }),
-                },
+                "approval.published",
+                &finding_id,
+                execution_id,
+                serde_json::json!({
+                    "revision": revision,
+                    "pr_number": pr_number,
+                    "head_sha": head_sha,
+                }),
             )
             .await?;
         }
@@ -2011,17 +2014,15 @@ impl Store for SqliteStore {
         .bind(execution_id)
         .execute(&mut *tx)
         .await?;
-        append_audit(
+        audit_about(
             &mut tx,
-            &AuditEvent {
-                kind: "approval.vote".into(),
-                finding_id: Some(finding_id.clone()),
-                execution_id: Some(execution_id.to_owned()),
-                detail: serde_json::json!({
-                    "by": vote.by, "via": vote.via, "verdict": vote.verdict,
-                    "plan_hash": plan_hash, "approvals": approvals, "min": min,
-                }),
-            },
+            "approval.vote",
+            &finding_id,
+            execution_id,
+            serde_json::json!({
+                "by": vote.by, "via": vote.via, "verdict": vote.verdict,
+                "plan_hash": plan_hash, "approvals": approvals, "min": min,
+            }),
         )
         .await?;
         if outcome == VoteOutcome::Approved {
@@ -2034,14 +2035,12 @@ impl Store for SqliteStore {
             .bind(execution_id)
             .execute(&mut *tx)
             .await?;
-            append_audit(
+            audit_about(
                 &mut tx,
-                &AuditEvent {
-                    kind: "approval.granted".into(),
-                    finding_id: Some(finding_id.clone()),
-                    execution_id: Some(execution_id.to_owned()),
-                    detail: serde_json::json!({ "by": approvers, "plan_hash": plan_hash, "via": vote.via }),
-                },
+                "approval.granted",
+                &finding_id,
+                execution_id,
+                serde_json::json!({ "by": approvers, "plan_hash": plan_hash, "via": vote.via }),
             )
             .await?;
             set_state(
@@ -2074,14 +2073,12 @@ impl Store for SqliteStore {
                 .bind(execution_id)
                 .execute(&mut *tx)
                 .await?;
-            append_audit(
+            audit_about(
                 &mut tx,
-                &AuditEvent {
-                    kind: "approval.expired".into(),
-                    finding_id: Some(finding_id.clone()),
-                    execution_id: Some(execution_id.clone()),
-                    detail: serde_json::json!({ "at": now }),
-                },
+                "approval.expired",
+                finding_id,
+                execution_id,
+                serde_json::json!({ "at": now }),
             )
             .await?;
             set_state(
@@ -2130,14 +2127,12 @@ impl Store for SqliteStore {
             .bind(execution_id)
             .execute(&mut *tx)
             .await?;
-        append_audit(
+        audit_about(
             &mut tx,
-            &AuditEvent {
-                kind: "approval.cancelled".into(),
-                finding_id: Some(finding_id.clone()),
-                execution_id: Some(execution_id.to_owned()),
-                detail: serde_json::json!({ "by": by, "via": via, "reason": reason }),
-            },
+            "approval.cancelled",
+            &finding_id,
+            execution_id,
+            serde_json::json!({ "by": by, "via": via, "reason": reason }),
         )
         .await?;
         set_state(
