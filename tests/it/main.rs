@@ -12,6 +12,8 @@ mod config;
 mod crash;
 mod engine;
 mod fixtures;
+mod github_actions;
+mod github_api;
 mod guards;
 mod kube_actions;
 mod kube_api;

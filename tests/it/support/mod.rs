@@ -1,6 +1,7 @@
 //! Test peers: local servers that speak the real protocols.
 
 pub mod aws_proxy;
+pub mod github_api;
 pub mod kube_api;
 pub mod moto;
 pub mod receiver;
