@@ -916,3 +916,95 @@ async fn firebreak_run_reads_github_secrets_from_the_environment_and_never_print
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn base_title_and_body_are_templated_from_the_finding() {
+    let api = GithubApi::start().await;
+    api_repo(&api);
+    let (gh, _) = token_github(&api, BOT).await;
+    let main = api.log(OWNER, REPO, "main")[0].0.clone();
+    gh.octocrab()
+        .repos(OWNER, REPO)
+        .create_ref(
+            &octocrab::params::repos::Reference::Branch("release".into()),
+            main,
+        )
+        .await
+        .unwrap();
+    let ctx = ctx_with(gh);
+    let f = falco();
+    let mut params = pr_params();
+    params["base"] = json!("release");
+    params["title"] = json!("Stop {{ target.name }} ({{ finding.rule }})");
+    params["body"] = json!("Seen by {{ finding.source }} in {{ target.namespace }}.");
+    params["set"]["metadata.labels.quarantined"] = json!("{{ playbook }}");
+    let p = plan(&ctx, OPEN_PR, input(&f, &params)).await.unwrap();
+    apply(&ctx, OPEN_PR, input(&f, &params), &p).await;
+    let pr = &api.pulls(OWNER, REPO)[0];
+    assert_eq!(pr["base"]["ref"], "release");
+    assert_eq!(pr["title"], "Stop kubecon (Terminal shell in container)");
+    assert!(
+        pr["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("Seen by falco in default."),
+        "{}",
+        pr["body"]
+    );
+    let branch = p.after["branch"].as_str().unwrap();
+    let file = api.file(OWNER, REPO, branch, FILE).unwrap();
+    // Adding a key to a flow mapping rewrites that one line (yamlpatch re-emits the mapping);
+    // every other line, comments included, stays as it was.
+    assert_eq!(
+        file,
+        MANIFEST
+            .replace(
+                "labels: {app: kubecon, tier: \"web\"}",
+                "labels: { app: kubecon, tier: web, quarantined: stop-cryptominer }"
+            )
+            .replace("replicas: 3 #", "replicas: 0 #")
+            .replace("      hostNetwork: true   # needed for the demo only\n", "")
+    );
+}
+
+#[tokio::test]
+async fn resolve_secret_alert_rollback_restores_an_earlier_resolution_and_takes_a_comment() {
+    let api = GithubApi::start().await;
+    api_repo(&api);
+    let number = api.add_alert(OWNER, REPO, aws_alert());
+    let (gh, _) = token_github(&api, BOT).await;
+    gh.octocrab()
+        .patch::<Value, _, _>(
+            format!("/repos/{OWNER}/{REPO}/secret-scanning/alerts/{number}"),
+            Some(&json!({"state": "resolved", "resolution": "false_positive", "resolution_comment": "test key"})),
+        )
+        .await
+        .unwrap();
+    let ctx = ctx_with(gh);
+    let f = alert_finding(OWNER, REPO, number);
+    let params = json!({"comment": "Rotated in CHG-1234"});
+    let p = plan(&ctx, RESOLVE, input(&f, &params)).await.unwrap();
+    assert!(
+        p.summary.contains("now resolved as false_positive"),
+        "{}",
+        p.summary
+    );
+    let o = apply(&ctx, RESOLVE, input(&f, &params), &p).await;
+    let alert = api.alert(OWNER, REPO, number);
+    assert_eq!(alert["resolution"], "revoked");
+    assert_eq!(alert["resolution_comment"], "Rotated in CHG-1234");
+    action(RESOLVE).unwrap().rollback(&ctx, &o).await.unwrap();
+    let alert = api.alert(OWNER, REPO, number);
+    assert_eq!(
+        (
+            &alert["state"],
+            &alert["resolution"],
+            &alert["resolution_comment"]
+        ),
+        (
+            &json!("resolved"),
+            &json!("false_positive"),
+            &json!("test key")
+        )
+    );
+}
