@@ -6,6 +6,7 @@
 //! [`ActionError::Drift`] if it changed since planning. A second apply of the same plan is a no-op.
 
 mod aws;
+pub mod github;
 pub mod iam_policy;
 mod kubernetes;
 mod notify;
@@ -27,6 +28,7 @@ pub use aws::{
     AwsIamDeactivateAccessKey, AwsIamDeleteAccessKey, AwsIamQuarantineUser, AwsIamRotateAccessKey,
     AwsS3BlockPublicAccess, AwsSecurityHubUpdateFinding,
 };
+pub use github::{GithubOpenPullRequest, GithubResolveSecretAlert};
 pub use kubernetes::{
     EVENT_REASON, KubernetesAnnotate, KubernetesCaptureEvidence, KubernetesCordonNode,
     KubernetesDeletePod, KubernetesIsolatePod, KubernetesLabel, KubernetesScaleToZero,
@@ -52,6 +54,8 @@ pub static ACTIONS: &[&dyn Action] = &[
     &AwsIamRotateAccessKey,
     &AwsIamDeleteAccessKey,
     &AwsIamQuarantineUser,
+    &GithubOpenPullRequest,
+    &GithubResolveSecretAlert,
 ];
 
 /// Looks up an action by kind.
@@ -335,6 +339,9 @@ pub struct ActionCtx {
     /// AWS configuration, built once (`crate::clients::aws::Aws::load`); `None` when AWS was not
     /// set up, in which case `aws.*` actions only plan.
     pub aws: Option<crate::clients::aws::Aws>,
+    /// The GitHub client, built once (`crate::clients::github::GitHub::load`); `None` when no
+    /// token or App is configured, in which case `github.*` actions only plan.
+    pub github: Option<crate::clients::github::GitHub>,
 }
 
 impl ActionCtx {
@@ -356,6 +363,7 @@ impl ActionCtx {
             http_timeout: timeout,
             kube: None,
             aws: None,
+            github: None,
         })
     }
 
@@ -370,6 +378,13 @@ impl ActionCtx {
     #[must_use]
     pub fn with_aws(mut self, aws: crate::clients::aws::Aws) -> Self {
         self.aws = Some(aws);
+        self
+    }
+
+    /// The same context with the GitHub client.
+    #[must_use]
+    pub fn with_github(mut self, github: crate::clients::github::GitHub) -> Self {
+        self.github = Some(github);
         self
     }
 }

@@ -420,6 +420,9 @@ pub enum ActionsCmd {
     Rbac,
     /// Print the IAM policy (JSON) the AWS actions need: what `deploy/iam-policy.json` holds.
     IamPolicy,
+    /// Print the GitHub App permissions and webhook events Firebreak needs (Markdown): what
+    /// `deploy/github-app.md` holds.
+    GithubApp,
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -522,6 +525,10 @@ fn dispatch(command: Command, config: &Config) -> Exit {
             output::text(&crate::action::iam_policy::aws_iam_policy());
             Exit::Ok
         }
+        Command::Actions(ActionsCmd::GithubApp) => {
+            output::text(&crate::action::github::app::github_app_markdown());
+            Exit::Ok
+        }
         Command::Audit(AuditCmd::List {
             finding,
             after,
@@ -597,6 +604,35 @@ fn uses_aws(set: &crate::playbook::PlaybookSet) -> bool {
         .iter()
         .flat_map(|p| &p.steps)
         .any(|s| s.action.kind().starts_with("aws."))
+}
+
+fn uses_github(set: &crate::playbook::PlaybookSet) -> bool {
+    set.playbooks()
+        .iter()
+        .flat_map(|p| &p.steps)
+        .any(|s| s.action.kind().starts_with("github."))
+}
+
+/// Builds the GitHub client once (asking GitHub who Firebreak is) when GitHub access is
+/// configured or `needed`, and says so loudly, once, when it is not usable: GitHub actions then
+/// only plan. Credentials are never printed.
+async fn github_client(config: &Config, needed: bool) -> Option<crate::clients::github::GitHub> {
+    match crate::clients::github::GitHub::load(&config.github).await {
+        Ok(Some(gh)) => Some(gh),
+        Ok(None) => {
+            if needed {
+                output::note(
+                    "no GitHub access is configured (github.app or github.token_env): GitHub \
+                     actions plan only",
+                );
+            }
+            None
+        }
+        Err(e) => {
+            output::note(&format!("{e}: GitHub actions plan only"));
+            None
+        }
+    }
 }
 
 /// Builds the AWS configuration once (probing the credential chain) and says so loudly, once,

@@ -94,6 +94,15 @@ async fn run(args: &RollbackArgs, config: &Config) -> Exit {
     } else {
         ctx
     };
+    let github = if !args.dry_run && applied_with_prefix(&execution, "github.") {
+        super::github_client(config, true).await
+    } else {
+        None
+    };
+    let ctx = match github {
+        Some(gh) => ctx.with_github(gh),
+        None => ctx,
+    };
     let opts = RollbackOptions {
         by: args.by.clone().unwrap_or_else(default_by),
         dry_run: args.dry_run,

@@ -101,6 +101,13 @@ pub fn run(args: &RunArgs, config: &Config) -> Exit {
     } else {
         ctx
     };
+    let github = super::uses_github(&set)
+        .then(|| runtime.block_on(super::github_client(config, true)))
+        .flatten();
+    let ctx = match github {
+        Some(gh) => ctx.with_github(gh),
+        None => ctx,
+    };
     let store_url = if args.no_store {
         output::note(
             "--no-store: an in-memory store for this run only; nothing is kept, and no store-wide \

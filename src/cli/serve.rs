@@ -206,6 +206,10 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         Some(aws) => ctx.with_aws(aws.clone()),
         None => ctx,
     };
+    let ctx = match super::github_client(config, super::uses_github(&set)).await {
+        Some(gh) => ctx.with_github(gh),
+        None => ctx,
+    };
     let dry_run = opts.dry_run || config.engine.dry_run;
     let listen = opts
         .listen

@@ -6,4 +6,5 @@
 //! prints credentials.
 
 pub mod aws;
+pub mod github;
 pub mod kube;

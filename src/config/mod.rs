@@ -65,6 +65,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Kubernetes clusters the `kubernetes.*` actions act on.
     pub kubernetes: KubernetesConfig,
+    /// GitHub: the API the `github.*` actions call, and the webhook secret.
+    pub github: GithubConfig,
 }
 
 /// `store:` section.
@@ -614,6 +616,153 @@ pub struct KubeClusterConfig {
     pub context: Option<String>,
 }
 
+/// `github:` section: how the GitHub client authenticates (see `crate::clients::github`).
+/// Secrets are never written here, only where to find them: the environment variable (or, for
+/// an App's private key, the file) holding each is read when configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubConfig {
+    /// The REST API root: `https://api.github.com`, or `https://HOST/api/v3` for GitHub
+    /// Enterprise Server.
+    pub base_url: String,
+    /// The environment variable holding a token (fine-grained or classic personal access
+    /// token) to act as; `null`: no token (use `app`, or GitHub is not set up).
+    pub token_env: Option<String>,
+    /// Act as a GitHub App installation instead of with a token; `null`: no App.
+    pub app: Option<GithubAppConfig>,
+    /// The environment variable holding the secret GitHub signs webhook deliveries with
+    /// (`X-Hub-Signature-256`); `null`: no webhook secret.
+    pub webhook_secret_env: Option<String>,
+    /// Timeout of each GitHub API request, in seconds.
+    pub timeout_seconds: u64,
+    /// The token read from `token_env` (never printed, never serialised).
+    #[serde(skip)]
+    pub token: Option<Redacted<String>>,
+    /// The webhook secret read from `webhook_secret_env` (never printed, never serialised).
+    #[serde(skip)]
+    pub webhook_secret: Option<Redacted<String>>,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.github.com".to_owned(),
+            token_env: None,
+            app: None,
+            webhook_secret_env: None,
+            timeout_seconds: 30,
+            token: None,
+            webhook_secret: None,
+        }
+    }
+}
+
+/// `github.app`: a GitHub App installation Firebreak acts as.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GithubAppConfig {
+    /// The App's id (its settings page, "App ID").
+    pub id: u64,
+    /// The id of the App's installation on the organisation or account whose repositories
+    /// Firebreak changes.
+    pub installation_id: u64,
+    /// The environment variable holding the App's private key (PEM); set this or
+    /// `private_key_file`.
+    #[serde(default)]
+    pub private_key_env: Option<String>,
+    /// A file holding the App's private key (PEM), e.g. a mounted Kubernetes Secret; read by
+    /// the GitHub client when it is built.
+    #[serde(default)]
+    pub private_key_file: Option<String>,
+    /// The key read from `private_key_env` (never printed, never serialised).
+    #[serde(skip)]
+    pub private_key: Option<Redacted<String>>,
+}
+
+/// Checks `github:` and reads the secrets it names from `env`: a token or an App (not both), an
+/// App with its ids and one source of its key, each named variable set and not empty, and a
+/// base URL that is an http(s) URL. Messages name keys and variables, never values.
+fn resolve_github(github: &mut GithubConfig, env: &[(String, String)]) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let problem = |key: &str, message: String, hint: Option<&str>| {
+        Diagnostic::file("<config>", message)
+            .path(format!("github.{key}"))
+            .maybe_hint(hint.map(str::to_owned))
+    };
+    let read = |key: &str, var: &str, out: &mut Vec<Diagnostic>| -> Option<Redacted<String>> {
+        match env.iter().find(|(k, _)| k == var).map(|(_, v)| v.trim()) {
+            Some(v) if !v.is_empty() => Some(Redacted::new(v.to_owned())),
+            Some(_) => {
+                out.push(problem(
+                    key,
+                    format!("environment variable {var} is empty"),
+                    None,
+                ));
+                None
+            }
+            None => {
+                out.push(problem(
+                    key,
+                    format!("environment variable {var} is not set"),
+                    Some("set it in the service's environment (a Kubernetes Secret, …)"),
+                ));
+                None
+            }
+        }
+    };
+    let url_ok =
+        github.base_url.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
+    if !url_ok {
+        out.push(problem(
+            "base_url",
+            "not an http(s) URL".to_owned(),
+            Some("https://api.github.com, or https://HOST/api/v3 for GitHub Enterprise Server"),
+        ));
+    }
+    if github.token_env.is_some() && github.app.is_some() {
+        out.push(problem(
+            "token_env",
+            "both token_env and app are set".to_owned(),
+            Some("keep one: an App installation (recommended) or a token"),
+        ));
+    }
+    if let Some(var) = github.token_env.clone() {
+        github.token = read("token_env", &var, &mut out);
+    }
+    if let Some(var) = github.webhook_secret_env.clone() {
+        github.webhook_secret = read("webhook_secret_env", &var, &mut out);
+    }
+    if let Some(app) = &mut github.app {
+        if app.id == 0 {
+            out.push(problem("app.id", "the App id is missing".to_owned(), None));
+        }
+        if app.installation_id == 0 {
+            out.push(problem(
+                "app.installation_id",
+                "the installation id is missing".to_owned(),
+                Some("it ends the URL of the installation's settings page"),
+            ));
+        }
+        match (app.private_key_env.clone(), &app.private_key_file) {
+            (Some(_), Some(_)) => out.push(problem(
+                "app.private_key_env",
+                "both private_key_env and private_key_file are set".to_owned(),
+                Some("keep one"),
+            )),
+            (None, None) => out.push(problem(
+                "app",
+                "the App has no private key".to_owned(),
+                Some("set private_key_env or private_key_file"),
+            )),
+            (Some(var), None) => app.private_key = read("app.private_key_env", &var, &mut out),
+            (None, Some(_)) => {}
+        }
+    }
+    out
+}
+
 /// `ingest:` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -809,7 +958,8 @@ pub fn load(
         let path = e.path().to_string();
         ConfigError::from(Diagnostic::file("<config>", e.into_inner().to_string()).path(path))
     })?;
-    let diagnostics = resolve_tokens(&mut cfg.server, env);
+    let mut diagnostics = resolve_tokens(&mut cfg.server, env);
+    diagnostics.extend(resolve_github(&mut cfg.github, env));
     if diagnostics.is_empty() {
         Ok(cfg)
     } else {
@@ -851,7 +1001,7 @@ enum EnvKey {
 }
 
 /// The section names, for recognising `FIREBREAK_<SECTION>_…` typos.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "store",
     "engine",
     "log",
@@ -861,6 +1011,7 @@ const SECTIONS: [&str; 9] = [
     "aws",
     "ingest",
     "kubernetes",
+    "github",
 ];
 
 fn env_key(name: &str, defaults: &serde_json::Value) -> EnvKey {

@@ -2,6 +2,7 @@
 
 pub mod approvals;
 pub mod aws_proxy;
+pub mod github_api;
 pub mod kube_api;
 pub mod moto;
 pub mod receiver;
