@@ -400,6 +400,9 @@ pub struct StepInput<'a> {
     pub step: usize,
     /// The step's `with:` parameters (validated at load).
     pub params: &'a Value,
+    /// The execution the step belongs to (what `firebreak rollback` takes), when it has one
+    /// (an action's own tests call it without).
+    pub execution: Option<&'a str>,
 }
 
 impl StepInput<'_> {

@@ -607,10 +607,12 @@ fn uses_aws(set: &crate::playbook::PlaybookSet) -> bool {
 }
 
 fn uses_github(set: &crate::playbook::PlaybookSet) -> bool {
-    set.playbooks()
-        .iter()
-        .flat_map(|p| &p.steps)
-        .any(|s| s.action.kind().starts_with("github."))
+    set.playbooks().iter().any(|p| {
+        matches!(p.approval, crate::playbook::ApprovalSpec::Github(_))
+            || p.steps
+                .iter()
+                .any(|s| s.action.kind().starts_with("github."))
+    })
 }
 
 /// Builds the GitHub client once (asking GitHub who Firebreak is) when GitHub access is

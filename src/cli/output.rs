@@ -474,8 +474,11 @@ pub fn approval_show(row: &crate::store::ApprovalRow) {
                 }
             }
             None => outln!(
-                "  {step}. {action}: cannot be planned now: {}",
-                entry["error"].as_str().unwrap_or_default()
+                "  {step}. {action}: not planned: {}",
+                entry["error"]
+                    .as_str()
+                    .or_else(|| entry["skipped"].as_str())
+                    .unwrap_or_default()
             ),
         }
     }

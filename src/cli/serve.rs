@@ -16,9 +16,11 @@ use crate::action::ActionCtx;
 use crate::clients::aws::Aws;
 use crate::config::Config;
 use crate::engine::RunOptions;
+use crate::engine::approval::github::GithubApprovals;
 use crate::engine::reload::{Reload, Reloader};
 use crate::engine::worker::{Worker, WorkerOptions};
 use crate::error::Exit;
+use crate::ingest::github::GithubHook;
 use crate::ingest::sqs::{SqsPoller, SqsSource};
 use crate::ingest::{Intake, IntakeConfig};
 use crate::playbook::{LoadError, load_dir};
@@ -248,6 +250,19 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         Arc::clone(&metrics),
         &config.server,
     );
+    // Approval through GitHub pull requests: the engine opens and updates them, the webhook
+    // route and a poller decide on them.
+    let approvals = ctx
+        .github
+        .clone()
+        .map(|gh| GithubApprovals::new(gh, Arc::clone(&store)));
+    let state = match &config.github.webhook_secret {
+        Some(secret) => state.with_github(GithubHook {
+            secret: secret.clone(),
+            approvals: approvals.clone(),
+        }),
+        None => state,
+    };
     let ready = Arc::clone(&state.ready);
     let pollers = start_sqs(aws.as_ref(), sqs_sources, &intake_for_sqs, &metrics, &rx).await;
     drop(intake_for_sqs);
@@ -269,6 +284,26 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         },
     )
     .with_metrics(Arc::clone(&metrics));
+    let worker = match &approvals {
+        Some(a) => worker.with_approval_channel(Arc::new(a.clone())),
+        None => worker,
+    };
+    let poll_task = approvals.clone().map(|a| {
+        let every = Duration::from_secs(config.github.poll_seconds.max(1));
+        let stop = stopped(rx.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = a.poll().await {
+                    tracing::warn!(error = %e, "cannot poll approval pull requests; trying again");
+                }
+            }
+        })
+    });
     let worker_task = tokio::spawn({
         let (wake, stop) = (Arc::clone(&wake), stopped(rx.clone()));
         async move { worker.run(wake, stop).await }
@@ -294,6 +329,18 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
     ));
     if dry_run {
         output::note("DRY-RUN: every step is planned and recorded, nothing is applied");
+    }
+    match (&approvals, &config.github.webhook_secret) {
+        (Some(_), Some(_)) => output::note(&format!(
+            "approval pull requests: decided through POST /v1/github, and polled every {} s",
+            config.github.poll_seconds.max(1)
+        )),
+        (Some(_), None) => output::note(&format!(
+            "approval pull requests: no github.webhook_secret_env, so reviews are read by polling \
+             every {} s",
+            config.github.poll_seconds.max(1)
+        )),
+        _ => {}
     }
     if config.server.tokens.is_empty() {
         output::note(
@@ -321,6 +368,9 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         let _ = writer.await;
         let _ = worker_task.await;
         let _ = reload_task.await;
+        if let Some(p) = poll_task {
+            let _ = p.await;
+        }
     })
     .await;
     if drained.is_err() {

@@ -635,6 +635,9 @@ pub struct GithubConfig {
     pub webhook_secret_env: Option<String>,
     /// Timeout of each GitHub API request, in seconds.
     pub timeout_seconds: u64,
+    /// How often `serve` reads the reviews and state of every open approval pull request, in
+    /// seconds: the fallback for webhook deliveries lost or missed while it was down.
+    pub poll_seconds: u64,
     /// The token read from `token_env` (never printed, never serialised).
     #[serde(skip)]
     pub token: Option<Redacted<String>>,
@@ -651,6 +654,7 @@ impl Default for GithubConfig {
             app: None,
             webhook_secret_env: None,
             timeout_seconds: 30,
+            poll_seconds: 60,
             token: None,
             webhook_secret: None,
         }

@@ -567,9 +567,25 @@ impl<S: Store> Worker<S> {
             if previous.is_some_and(|s| {
                 s.status == "applied"
                     || s.status == "planned_only"
+                    || s.status == "skipped"
                     || (dry_run && s.status == "planned")
             }) {
                 continue; // never applied (or planned) twice
+            }
+            if let Some(why) = step.skipped_for(&exec.finding) {
+                let row = StepRow {
+                    idx,
+                    action: step.action.kind().to_owned(),
+                    status: "skipped".into(),
+                    plan: None,
+                    outcome: None,
+                    error: Some(why),
+                    attempts: 0,
+                    due_at: None,
+                };
+                self.store().save_step(lease, &row).await?;
+                self.metric(|m| m.step(&row.action, "skipped"));
+                continue;
             }
             // The kill switch parks, checked before every step: state and due times are kept.
             if let Some(why) = self.paused().await? {
@@ -611,6 +627,7 @@ impl<S: Store> Worker<S> {
                 playbook: &pb.name,
                 step: i,
                 params: &step.params,
+                execution: Some(&exec.id),
             };
             let span = tracing::info_span!("step", idx, action = step.action.kind());
             match self
@@ -714,6 +731,7 @@ impl<S: Store> Worker<S> {
             reviewers: gh.reviewers.value.clone(),
             channel: Some(format!("github:{}", gh.repo.value)),
             expires_at: now_ms() + i64::try_from(gh.expires.0).unwrap_or(i64::MAX / 2_000) * 1_000,
+            merge_approves: gh.merge_counts_as_approval,
         };
         self.store().request_approval(&exec.lease, &request).await?;
         self.publish(&exec.id, &exec.finding, note).await;

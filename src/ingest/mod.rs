@@ -12,6 +12,7 @@
 //! acknowledge input before it is committed. The HTTP route lives in [`http`], the SQS poller
 //! in [`sqs`].
 
+pub mod github;
 pub mod http;
 pub mod sqs;
 

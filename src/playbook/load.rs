@@ -496,11 +496,25 @@ fn compile(file: &Path, spec: PlaybookSpec) -> Result<(Playbook, u64), Vec<Diagn
                 None => at(d, &step.action),
             });
         }
+        let when = match &step.when {
+            Some(w) => match Expr::compile(&w.value) {
+                Ok(e) => Some(e),
+                Err(msg) => {
+                    ds.push(at(
+                        Diagnostic::file(file, msg).path(format!("steps[{i}].when")),
+                        w,
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
         steps.push(Step {
             action: act,
             params,
             on_failure: step.on_failure,
             after: step.after.map(|d| std::time::Duration::from_secs(d.0)),
+            when,
         });
     }
 

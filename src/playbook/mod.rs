@@ -68,6 +68,30 @@ pub struct Step {
     pub on_failure: OnFailure,
     /// Delay after the previous step (a durable timer in the store).
     pub after: Option<std::time::Duration>,
+    /// Run only for findings this holds for (`steps[].when`).
+    pub when: Option<expr::Expr>,
+}
+
+impl Step {
+    /// Why this step does not run for `finding` (its `when` is false or cannot be evaluated);
+    /// `None` when it runs.
+    #[must_use]
+    pub fn skipped_for(&self, finding: &Finding) -> Option<String> {
+        let when = self.when.as_ref()?;
+        let verdict =
+            FindingValue::new(finding, when.needs_fields()).and_then(|v| when.eval_bool(&v));
+        match verdict {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
+                "not for this finding: `{}` is false",
+                when.source()
+            )),
+            Err(e) => Some(format!(
+                "not for this finding: `{}` cannot be evaluated ({e})",
+                when.source()
+            )),
+        }
+    }
 }
 
 /// The verdict of one playbook for one finding (only for playbooks whose `match` held).

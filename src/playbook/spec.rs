@@ -280,6 +280,10 @@ pub struct GithubApproval {
     #[serde(default = "day")]
     #[schemars(with = "String")]
     pub expires: DurationSpec,
+    /// Merging the pull request counts as an approval by whoever merged it (who must be an
+    /// allowed reviewer); otherwise a merge without the approvals cancels, like a close.
+    #[serde(default)]
+    pub merge_counts_as_approval: bool,
 }
 
 fn one() -> Spanned<u32> {
@@ -314,6 +318,12 @@ pub struct StepSpec {
     #[serde(default)]
     #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+(s|m|h|d)$"))]
     pub after: Option<DurationSpec>,
+    /// Run this step only for findings this CEL expression holds for (`finding.source ==
+    /// "github"`); otherwise it is skipped, which is not a failure. An expression that cannot be
+    /// evaluated (a field the finding does not have) skips the step too.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub when: Option<Spanned<String>>,
 }
 
 /// What a failed step does to the steps after it.

@@ -40,6 +40,8 @@ pub struct AppState<S> {
     pub ready: Arc<AtomicBool>,
     /// Request bodies larger than this get 413.
     pub max_body_bytes: usize,
+    /// The GitHub webhook (`POST /v1/github`), when `github.webhook_secret_env` is set.
+    pub github: Option<Arc<crate::ingest::github::GithubHook<S>>>,
 }
 
 impl<S> Clone for AppState<S> {
@@ -51,6 +53,7 @@ impl<S> Clone for AppState<S> {
             tokens: Arc::clone(&self.tokens),
             ready: Arc::clone(&self.ready),
             max_body_bytes: self.max_body_bytes,
+            github: self.github.clone(),
         }
     }
 }
@@ -82,12 +85,20 @@ impl<S: Store> AppState<S> {
             tokens: Arc::new(IngestTokens::from_config(server)),
             ready: Arc::new(AtomicBool::new(false)),
             max_body_bytes: usize::try_from(server.max_body_bytes).unwrap_or(usize::MAX),
+            github: None,
         }
+    }
+
+    /// The same state, serving GitHub webhooks with `hook`.
+    #[must_use]
+    pub fn with_github(mut self, hook: crate::ingest::github::GithubHook<S>) -> Self {
+        self.github = Some(Arc::new(hook));
+        self
     }
 }
 
-/// The service's routes: `POST /v1/findings/{parser}`, `GET /healthz`, `GET /readyz`,
-/// `GET /metrics`. Logs an error when no ingest token is configured (the route then refuses
+/// The service's routes: `POST /v1/findings/{parser}`, `POST /v1/github`, `GET /healthz`,
+/// `GET /readyz`, `GET /metrics`. Logs an error when no ingest token is configured (the route then refuses
 /// every request with 401).
 pub fn router<S: Store>(state: AppState<S>) -> Router {
     if state.tokens.is_empty() {
@@ -104,6 +115,14 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
                 &metrics,
                 crate::ingest::http::ROUTE,
                 findings_route::<S>(state.max_body_bytes),
+            ),
+        )
+        .route(
+            crate::ingest::github::ROUTE,
+            counted(
+                &metrics,
+                crate::ingest::github::ROUTE,
+                crate::ingest::github::github_route::<S>(state.max_body_bytes),
             ),
         )
         .route("/healthz", counted(&metrics, "/healthz", get(healthz)))

@@ -443,6 +443,9 @@ pub struct ApprovalRequest {
     pub channel: Option<String>,
     /// When it expires (Unix ms).
     pub expires_at: i64,
+    /// Merging the approval pull request counts as an approval by whoever merged it.
+    #[serde(default)]
+    pub merge_approves: bool,
 }
 
 /// A stored approval request with its votes.
@@ -841,6 +844,25 @@ pub trait Store: Send + Sync + 'static {
         &self,
         execution_id: &str,
     ) -> impl Future<Output = Result<Option<ApprovalRow>, StoreError>> + Send;
+
+    /// The approval request shown by pull request `pr_number` on `channel`
+    /// (`github:owner/repo`), whatever its state.
+    fn approval_for_pr(
+        &self,
+        channel: &str,
+        pr_number: i64,
+    ) -> impl Future<Output = Result<Option<ApprovalRow>, StoreError>> + Send;
+
+    /// Whether a GitHub webhook delivery id was recorded as handled.
+    fn delivery_seen(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records a GitHub webhook delivery id as handled; `false` when it was recorded before (a
+    /// redelivery or a replay, to be ignored).
+    fn first_delivery(
+        &self,
+        id: &str,
+        event: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Approval requests still waiting for votes (`pending`, `changes_requested`), oldest first.
     fn open_approvals(&self) -> impl Future<Output = Result<Vec<ApprovalRow>, StoreError>> + Send;

@@ -47,6 +47,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_approvals",
         include_str!("migrations/sqlite_0006_approvals.sql"),
     ),
+    (
+        "0007_github_decisions",
+        include_str!("migrations/sqlite_0007_github_decisions.sql"),
+    ),
 ];
 
 /// SQLite-backed [`Store`].
@@ -488,7 +492,7 @@ async fn release_locks(conn: &mut SqliteConnection, lease: &Lease) -> Result<(),
 /// The columns [`approval_row`] reads, joined with the execution.
 const APPROVAL_COLUMNS: &str = "a.execution_id, e.finding_id, e.playbook, a.plan_hash, a.plans, \
     a.min_approvals, a.reviewers, a.channel, a.pr_number, a.head_sha, a.revision, a.state, \
-    a.expires_at FROM approval_requests a JOIN executions e ON e.id = a.execution_id";
+    a.expires_at, a.merge_approves FROM approval_requests a JOIN executions e ON e.id = a.execution_id";
 
 /// An approval request row, with the votes for its current plan.
 async fn approval_row(
@@ -519,6 +523,7 @@ async fn approval_row(
                 .map_err(|e| corrupt("approval_requests", e.to_string()))?,
             channel: r.try_get("channel")?,
             expires_at: r.try_get("expires_at")?,
+            merge_approves: r.try_get("merge_approves")?,
         },
         pr_number: r.try_get("pr_number")?,
         head_sha: r.try_get("head_sha")?,
@@ -1804,11 +1809,12 @@ impl Store for SqliteStore {
         let now = now_ms();
         let revision: i64 = sqlx::query_scalar(
             "INSERT INTO approval_requests (execution_id, plan_hash, plans, min_approvals, reviewers, \
-               channel, revision, state, expires_at, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, 1, 'pending', ?, ?, ?) \
+               channel, revision, state, expires_at, created_at, updated_at, merge_approves) \
+             VALUES (?, ?, ?, ?, ?, ?, 1, 'pending', ?, ?, ?, ?) \
              ON CONFLICT (execution_id) DO UPDATE SET plan_hash = excluded.plan_hash, \
                plans = excluded.plans, min_approvals = excluded.min_approvals, \
                reviewers = excluded.reviewers, channel = excluded.channel, head_sha = NULL, \
+               merge_approves = excluded.merge_approves, \
                revision = approval_requests.revision + 1, state = 'pending', \
                expires_at = excluded.expires_at, updated_at = excluded.updated_at \
              RETURNING revision",
@@ -1822,6 +1828,7 @@ impl Store for SqliteStore {
         .bind(request.expires_at)
         .bind(now)
         .bind(now)
+        .bind(request.merge_approves)
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(
@@ -1870,6 +1877,53 @@ impl Store for SqliteStore {
                 .await?
                 .pop(),
         )
+    }
+
+    async fn approval_for_pr(
+        &self,
+        channel: &str,
+        pr_number: i64,
+    ) -> Result<Option<ApprovalRow>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT execution_id FROM approval_requests WHERE channel = ? AND pr_number = ? \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(channel)
+        .bind(pr_number)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        Ok(
+            approval_rows(&mut conn, "WHERE a.execution_id = ?", Some(&id))
+                .await?
+                .pop(),
+        )
+    }
+
+    async fn delivery_seen(&self, id: &str) -> Result<bool, StoreError> {
+        let seen: Option<i64> = sqlx::query_scalar("SELECT 1 FROM github_deliveries WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(seen.is_some())
+    }
+
+    async fn first_delivery(&self, id: &str, event: &str) -> Result<bool, StoreError> {
+        let mut w = self.writer.lock().await;
+        let inserted = sqlx::query(
+            "INSERT INTO github_deliveries (id, event, received_at) VALUES (?, ?, ?) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(event)
+        .bind(now_ms())
+        .execute(&mut *w)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
     }
 
     async fn open_approvals(&self) -> Result<Vec<ApprovalRow>, StoreError> {

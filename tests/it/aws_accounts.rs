@@ -128,6 +128,7 @@ async fn a_configured_account_is_reached_through_its_assumed_role() {
         playbook: "lock",
         step: 0,
         params: &params,
+        execution: None,
     };
     let ctx = ctx(aws);
     let block = action("aws.s3.block-public-access").unwrap();
@@ -206,6 +207,7 @@ fn a_finding_about_another_account_is_refused_before_any_write() {
                 playbook: "elsewhere",
                 step: 0,
                 params: &params,
+                execution: None,
             };
             let err = a.plan(&ctx, input).await.unwrap_err();
             assert!(
@@ -267,6 +269,7 @@ async fn a_role_that_lands_in_another_account_than_the_findings_is_refused() {
         playbook: "lock",
         step: 0,
         params: &params,
+        execution: None,
     };
     let err = action("aws.s3.block-public-access")
         .unwrap()

@@ -308,6 +308,7 @@ fn every_aws_action_works_with_only_the_generated_iam_policy() {
                 playbook: "least-privilege",
                 step: 0,
                 params: &params,
+                execution: None,
             };
             let a = action(s.action).unwrap();
             let plan = a
@@ -350,6 +351,7 @@ fn an_action_is_denied_without_a_permission_it_declares() {
                 playbook: "least-privilege",
                 step: 0,
                 params: &params,
+                execution: None,
             };
             let a = action(s.action).unwrap();
             let plan = a.plan(&ctx, input).await.unwrap();

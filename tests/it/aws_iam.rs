@@ -1518,7 +1518,24 @@ async fn rotation_through_the_engine(aws: Aws, observer: &Aws, endpoint: &str) {
     assert_eq!(after[&new], "Active");
     let rows = store.executions_of(&finding_id).await.unwrap();
     let statuses: Vec<&str> = rows[0].steps.iter().map(|s| s.status.as_str()).collect();
-    assert_eq!(statuses, ["applied", "applied", "applied", "applied"]);
+    // The GitHub alert step is for findings from GitHub secret scanning: skipped here.
+    assert_eq!(
+        statuses,
+        ["applied", "applied", "applied", "skipped", "applied"]
+    );
+    assert!(
+        rows[0].steps[3]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("finding.source == \"github\"")),
+        "{:?}",
+        rows[0].steps[3]
+    );
+    assert_eq!(
+        rows[0].state,
+        firebreak::store::ExecState::Applied,
+        "a skipped step is not a failure"
+    );
 
     let text = store_text(&store, &finding_id).await;
     assert!(text.contains(&new), "the new key id is recorded");

@@ -445,6 +445,7 @@ async fn block_public_access_apply_reports_drift_when_the_policy_changed_after_t
         playbook: "lock",
         step: 0,
         params: &params,
+        execution: None,
     };
     let plan = block.plan(&ctx, input).await.unwrap();
     s3.delete_bucket_policy()
@@ -497,6 +498,7 @@ async fn block_public_access_retried_after_an_interrupted_apply_finishes_and_kee
         playbook: "lock",
         step: 0,
         params: &params,
+        execution: None,
     };
     let plan = block.plan(&ctx, input).await.unwrap();
     // The first attempt wrote the ACL without the public grants (its first write) and died.
@@ -558,6 +560,7 @@ async fn every_s3_call_of_plan_apply_and_rollback_names_the_expected_bucket_owne
         playbook: "lock",
         step: 0,
         params: &params,
+        execution: None,
     };
     let plan = block.plan(&ctx, input).await.unwrap();
     let planned = proxy.requests().len();
@@ -622,6 +625,7 @@ async fn a_bucket_of_that_name_owned_by_another_account_is_never_touched() {
         playbook: "lock",
         step: 0,
         params: &params,
+        execution: None,
     };
     let err = block.plan(&ctx_through, input).await.unwrap_err();
     let text = err.to_string();

@@ -190,6 +190,7 @@ fn update_finding_of_a_finding_security_hub_does_not_have_is_not_applicable() {
             playbook: "close-loop",
             step: 0,
             params: &params,
+            execution: None,
         };
         let err = action("aws.securityhub.update-finding")
             .unwrap()
@@ -470,6 +471,7 @@ fn update_finding_apply_reports_drift_when_someone_changed_the_status_after_the_
             playbook: "close-loop",
             step: 0,
             params: &params,
+            execution: None,
         };
         let update = action("aws.securityhub.update-finding").unwrap();
         let plan = update.plan(&ctx, input).await.unwrap();

@@ -98,6 +98,7 @@ fn input<'a>(finding: &'a Finding, params: &'a Value) -> StepInput<'a> {
         playbook: "stop-cryptominer",
         step: 2,
         params,
+        execution: None,
     }
 }
 
@@ -695,6 +696,7 @@ async fn resolve_secret_alert_ends_revoked_and_rollback_reopens_it() {
         playbook: "rotate-exposed-aws-key",
         step: 3,
         params: &params,
+        execution: None,
     };
     let p = plan(&ctx, RESOLVE, i).await.unwrap();
     assert!(api.writes().is_empty());

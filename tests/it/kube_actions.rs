@@ -278,6 +278,7 @@ async fn scale_to_zero_apply_reports_drift_when_replicas_changed_after_the_plan(
         playbook: "contain",
         step: 0,
         params: &params,
+        execution: None,
     };
     let plan = scale.plan(&ctx, input).await.unwrap();
     let mut d = deployment(&api);
@@ -1143,6 +1144,7 @@ async fn conformance_every_kubernetes_action_plans_without_writes_or_secrets() {
             playbook: "conformance",
             step: 0,
             params: &with,
+            execution: None,
         };
         let plan = act
             .plan(&ctx, input)
@@ -1622,6 +1624,7 @@ async fn secure_dashboard_and_delete_pod_refuse_to_apply_a_plan_the_cluster_move
         playbook: "contain",
         step: 0,
         params: &with,
+        execution: None,
     };
     let secure = action("kubernetes.secure-dashboard").unwrap();
     let plan = secure.plan(&ctx, input).await.unwrap();
@@ -1639,6 +1642,7 @@ async fn secure_dashboard_and_delete_pod_refuse_to_apply_a_plan_the_cluster_move
         playbook: "contain",
         step: 0,
         params: &with,
+        execution: None,
     };
     let delete = action("kubernetes.delete-pod").unwrap();
     let plan = delete.plan(&ctx, input).await.unwrap();

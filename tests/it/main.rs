@@ -14,6 +14,7 @@ mod engine;
 mod fixtures;
 mod github_actions;
 mod github_api;
+mod github_approval;
 mod github_config;
 mod guards;
 mod kube_actions;

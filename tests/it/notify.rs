@@ -56,6 +56,7 @@ fn input<'a>(finding: &'a Finding, params: &'a Value) -> StepInput<'a> {
         playbook: "leaked-key",
         step: 1,
         params,
+        execution: None,
     }
 }
 

@@ -121,11 +121,15 @@ async fn update(gh: &GitHub, alert: &AlertRef, body: &Value) -> Result<AlertStat
 }
 
 fn comment(input: &StepInput<'_>, p: &Params) -> String {
-    let text = p.comment.clone().unwrap_or_else(|| {
-        format!(
+    let text = p.comment.clone().unwrap_or_else(|| match input.execution {
+        Some(execution) => format!(
+            "Revoked: rotated by Firebreak, execution {execution} (playbook {}, finding {})",
+            input.playbook, input.finding.id
+        ),
+        None => format!(
             "Revoked: rotated by Firebreak, playbook {}, finding {}",
             input.playbook, input.finding.id
-        )
+        ),
     });
     crate::redact::scrub(text.trim()).into_owned()
 }

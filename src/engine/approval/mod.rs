@@ -11,6 +11,8 @@
 //! Where a request is shown and answered is an [`ApprovalChannel`] (a GitHub pull request); the
 //! CLI (`firebreak approvals approve ID --plan-hash H`) votes on the same request.
 
+pub mod github;
+
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -28,7 +30,8 @@ pub fn plan_hash(plans: &Value) -> String {
     )
 }
 
-/// Plans every step of `pb` for `finding`, read-only: `{step, action, plan}` per step, or
+/// Plans every step of `pb` for `finding`, read-only: `{step, action, plan}` per step,
+/// `{step, action, skipped}` for a step whose `when` does not hold for the finding, or
 /// `{step, action, error}` for a step that cannot be planned now (the error is part of what is
 /// approved: it must still be the same when the plan is checked again).
 pub async fn plan_all(ctx: &ActionCtx, finding: &Finding, pb: &Playbook) -> Value {
@@ -39,15 +42,21 @@ pub async fn plan_all(ctx: &ActionCtx, finding: &Finding, pb: &Playbook) -> Valu
             playbook: &pb.name,
             step: i,
             params: &step.params,
+            execution: None,
         };
         let mut entry = json!({ "step": i, "action": step.action.kind() });
         if let Some(after) = step.after {
             entry["after_seconds"] = json!(after.as_secs());
         }
-        match step.action.plan(ctx, input).await {
-            Ok(plan) => entry["plan"] = serde_json::to_value(&plan).unwrap_or(Value::Null),
-            Err(e) => {
-                entry["error"] = Value::String(crate::redact::scrub(&e.to_string()).into_owned())
+        if let Some(why) = step.skipped_for(finding) {
+            entry["skipped"] = Value::String(why);
+        } else {
+            match step.action.plan(ctx, input).await {
+                Ok(plan) => entry["plan"] = serde_json::to_value(&plan).unwrap_or(Value::Null),
+                Err(e) => {
+                    entry["error"] =
+                        Value::String(crate::redact::scrub(&e.to_string()).into_owned());
+                }
             }
         }
         out.push(entry);
