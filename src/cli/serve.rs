@@ -260,6 +260,7 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         Some(secret) => state.with_github(GithubHook {
             secret: secret.clone(),
             approvals: approvals.clone(),
+            github: ctx.github.clone(),
         }),
         None => state,
     };

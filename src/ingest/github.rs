@@ -10,7 +10,10 @@
 //!   approval pull request, through [`GithubApprovals`] (reviews that do not count are ignored
 //!   and audited there);
 //! - `secret_scanning_alert`: a finding, through the `github` parser and the same intake as
-//!   every other source (intake `github`), 202 after the commit;
+//!   every other source (intake `github`), 202 after the commit. A webhook never carries the
+//!   secret; for an `aws_access_key_id` alert (whose "secret" is a key *id*, not a secret) the
+//!   alert is read from the REST API, so the finding names the key and a rotation can act on it
+//!   ([`alert_as_found`]); no other alert's secret is ever read;
 //! - anything else (`ping` included): 202, ignored.
 //!
 //! The delivery id is recorded after the delivery was handled, so a delivery whose handling
@@ -28,6 +31,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::IntakeError;
+use crate::clients::github::{GitHub, error_text};
 use crate::engine::approval::github::{GithubApprovals, PullSeen, ReviewSeen};
 use crate::finding::ParserChoice;
 use crate::redact::Redacted;
@@ -48,6 +52,8 @@ pub struct GithubHook<S> {
     /// Decisions on approval pull requests; `None` without GitHub access (reviews are then
     /// acknowledged and ignored).
     pub approvals: Option<GithubApprovals<S>>,
+    /// GitHub access, to read an alert's key id (see [`alert_as_found`]); `None` without.
+    pub github: Option<GitHub>,
 }
 
 /// The method router for [`ROUTE`], with the body limit applied.
@@ -207,6 +213,11 @@ async fn alert<S: Store>(
         Ok(c) => c,
         Err(e) => return unavailable(&e),
     };
+    let enriched = match state.github.as_deref().and_then(|h| h.github.as_ref()) {
+        Some(gh) => alert_as_found(gh, body).await,
+        None => None,
+    };
+    let body = enriched.as_deref().unwrap_or(body);
     match state.intake.submit(INTAKE.to_owned(), choice, body).await {
         Ok(submitted) => {
             if let Err(e) = state.store.first_delivery(delivery, event).await {
@@ -233,6 +244,34 @@ async fn alert<S: Store>(
         )
             .into_response(),
         Err(e) => unavailable(&e.to_string()),
+    }
+}
+
+/// For a `secret_scanning_alert` delivery about an `aws_access_key_id` alert: the alert as
+/// the REST API returns it (`[alert]`, which the `github` parser reads with the key id), so
+/// the finding names the exposed key. `None` for every other secret type (their secret is never
+/// read) and when the alert cannot be read (the webhook's own payload is used then).
+pub async fn alert_as_found(gh: &GitHub, body: &[u8]) -> Option<Vec<u8>> {
+    let payload: Value = serde_json::from_slice(body).ok()?;
+    let alert = &payload["alert"];
+    if alert["secret_type"] != "aws_access_key_id" {
+        return None;
+    }
+    let number = alert["number"].as_u64()?;
+    let repo = payload["repository"]["full_name"].as_str()?;
+    let route = format!("/repos/{repo}/secret-scanning/alerts/{number}");
+    match gh.octocrab().get::<Value, _, ()>(route, None::<&()>).await {
+        Ok(mut found) if found["secret_type"] == "aws_access_key_id" => {
+            // A repository's alert does not name its repository (an organisation's does): the
+            // delivery says which one it is.
+            found["repository"] = payload["repository"].clone();
+            serde_json::to_vec(&[found]).ok()
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %error_text(&e), "cannot read the secret-scanning alert; recording the webhook's finding");
+            None
+        }
     }
 }
 

@@ -702,7 +702,7 @@ fn labels(app: &str) -> BTreeMap<String, String> {
 
 /// A Secret holding `key_id`/`secret`, a Deployment whose pods read it through `envFrom`, and
 /// an unrelated Deployment that does not.
-fn seed_consumers(api: &KubeApi, key_id: &str, secret: &Redacted<String>) {
+pub(crate) fn seed_consumers(api: &KubeApi, key_id: &str, secret: &Redacted<String>) {
     api.seed(&Secret {
         metadata: ObjectMeta {
             name: Some(SECRET.into()),

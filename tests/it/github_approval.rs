@@ -71,7 +71,7 @@ impl Rig {
         let rx = Receiver::start().await;
         let dir = tempfile::tempdir().unwrap();
         let pbs = playbook(&rx.url("/hook"), approval);
-        let mut rig = Self::on(api, rx, dir, pbs, None).await;
+        let mut rig = Self::on(api, rx, dir, pbs, |c| c).await;
         rig.ingest().await;
         rig
     }
@@ -82,7 +82,7 @@ impl Rig {
         rx: Receiver,
         dir: tempfile::TempDir,
         pbs: Arc<RwLock<Arc<PlaybookSet>>>,
-        kube: Option<&KubeApi>,
+        with: impl FnOnce(ActionCtx) -> ActionCtx,
     ) -> Self {
         let store = Arc::new(
             SqliteStore::open(&format!("sqlite://{}", dir.path().join("l.db").display()))
@@ -91,13 +91,11 @@ impl Rig {
         );
         let gh = bot(&api).await;
         let approvals = GithubApprovals::new(gh.clone(), Arc::clone(&store));
+        let gh_hook = gh.clone();
         let ctx = ActionCtx::from_config(&Config::default())
             .unwrap()
             .with_github(gh);
-        let ctx = match kube {
-            Some(k) => ctx.with_kube(Kube::from_url(&k.base).unwrap()),
-            None => ctx,
-        };
+        let ctx = with(ctx);
         let worker = Worker::new(
             Arc::clone(&store),
             pbs,
@@ -123,6 +121,7 @@ impl Rig {
             GithubHook {
                 secret: Redacted::new(SECRET.to_owned()),
                 approvals: Some(approvals.clone()),
+                github: Some(gh_hook),
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -418,7 +417,7 @@ async fn a_restart_while_pending_loses_nothing_and_a_missed_webhook_is_caught_by
         .unwrap();
     api.settle().await;
     let pbs = playbook(&rx.url("/hook"), "reviewers: [alice]");
-    let rig = Rig::on(api, rx, dir, pbs, None).await;
+    let rig = Rig::on(api, rx, dir, pbs, |c| c).await;
     rig.api.pause_webhooks(false);
     rig.drain().await;
     assert!(
@@ -451,7 +450,10 @@ async fn drift_after_approval_updates_the_pull_request_and_only_the_new_plan_app
     let (pb, _) = load_str(Path::new("isolate.yaml"), &yaml).unwrap();
     let pbs = Arc::new(RwLock::new(Arc::new(PlaybookSet::new(vec![pb]))));
     let rx = Receiver::start().await;
-    let mut rig = Rig::on(api, rx, tempfile::tempdir().unwrap(), pbs, Some(&kube)).await;
+    let mut rig = Rig::on(api, rx, tempfile::tempdir().unwrap(), pbs, |c| {
+        c.with_kube(Kube::from_url(&kube.base).unwrap())
+    })
+    .await;
     rig.ingest().await;
     rig.drain().await;
     let first = rig.pull();
@@ -498,4 +500,133 @@ async fn drift_after_approval_updates_the_pull_request_and_only_the_new_plan_app
     rig.drain().await;
     assert_eq!(rig.execution().await.1, ExecState::Applied);
     assert!(kube.writes() > writes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_scanning_alert_for_an_aws_key_ends_revoked_after_a_real_rotation() {
+    use crate::aws_iam::{seed_consumers, user_with_key};
+    use crate::support::github_api::AlertSeed;
+    use crate::support::moto;
+    use k8s_openapi::api::core::v1::Secret;
+
+    // The exposed key: a real key on moto, read by a workload through a Kubernetes Secret.
+    let aws = moto::aws().await;
+    let user = format!("leaked-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let (old, secret) = user_with_key(&aws, &user).await;
+    let kube = KubeApi::start().await;
+    seed_consumers(&kube, &old, &secret);
+
+    // GitHub finds it in a repository and tells Firebreak through the webhook.
+    let api = GithubApi::start().await;
+    api.add_org(OWNER);
+    api.create_repo(OWNER, "app", "main", &[("README.md", "# app\n")]);
+    let rx = Receiver::start().await;
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/rotate-exposed-aws-key.yaml");
+    let (pb, _) = load_str(&shipped, &std::fs::read_to_string(&shipped).unwrap()).unwrap();
+    let pbs = Arc::new(RwLock::new(Arc::new(PlaybookSet::new(vec![pb]))));
+    let security = rx.url("/security");
+    let rig = Rig::on(api, rx, tempfile::tempdir().unwrap(), pbs, |c| {
+        let mut c = c
+            .with_kube(Kube::from_url(&kube.base).unwrap())
+            .with_aws(aws.clone());
+        c.webhooks = Arc::new(std::collections::BTreeMap::from([(
+            "security".to_owned(),
+            firebreak::config::WebhookEndpoint {
+                url: Redacted::new(security),
+            },
+        )]));
+        c
+    })
+    .await;
+    let number = rig.api.add_alert(
+        OWNER,
+        "app",
+        AlertSeed {
+            secret_type: "aws_access_key_id".into(),
+            display: "Amazon AWS Access Key ID".into(),
+            secret: old.clone(),
+            validity: "active".into(),
+            path: Some("deploy/.env".into()),
+        },
+    );
+    rig.api.settle().await;
+    rig.drain().await;
+
+    // The key was rotated for real: the workload's Secret holds a new, active key; the exposed
+    // one is inactive; and GitHub's alert is resolved as revoked, naming the execution.
+    let listed = aws
+        .iam()
+        .list_access_keys()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<(String, String)> = listed
+        .access_key_metadata()
+        .iter()
+        .map(|k| {
+            (
+                k.access_key_id().unwrap_or_default().to_owned(),
+                k.status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let new = keys.iter().find(|(id, _)| *id != old).unwrap();
+    assert_eq!(new.1, "Active");
+    assert!(keys.iter().any(|(id, st)| *id == old && st == "Inactive"));
+    let stored: Secret = kube.get("payments", "aws-credentials").unwrap();
+    let data = stored.data.unwrap();
+    assert_eq!(
+        String::from_utf8(data["AWS_ACCESS_KEY_ID"].0.clone()).unwrap(),
+        new.0,
+        "the workload's Secret holds the new key"
+    );
+    let alert = rig.api.alert(OWNER, "app", number);
+    assert_eq!(alert["state"], "resolved");
+    assert_eq!(alert["resolution"], "revoked");
+    let audit = rig.audit().await;
+    let execution = audit
+        .iter()
+        .find(|a| a.kind == "execution.matched")
+        .and_then(|a| a.execution_id.clone())
+        .unwrap();
+    assert!(
+        alert["resolution_comment"]
+            .as_str()
+            .is_some_and(|c| c.contains(&execution)),
+        "{alert}"
+    );
+    let (finding_id, row) = rig.store.execution(&execution).await.unwrap().unwrap();
+    let statuses: Vec<&str> = row.steps.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["applied", "applied", "applied", "applied", "scheduled"]
+    );
+    // The finding came through the webhook, named the key through the REST API's alert.
+    let finding = rig.store.finding(&finding_id).await.unwrap().unwrap();
+    assert_eq!(finding.intake, "github");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_event_firebreak_does_not_act_on_is_acknowledged_and_ignored() {
+    let rig = Rig::start("reviewers: [alice]").await;
+    let body = br#"{"zen": "Keep it logically awesome.", "hook_id": 1}"#;
+    let answer = reqwest::Client::new()
+        .post(&rig.hook_url)
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "ping-1")
+        .header("x-hub-signature-256", sign(SECRET, body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+    let doc: Value = answer.json().await.unwrap();
+    assert!(doc["ignored"].as_str().unwrap().contains("ping"), "{doc}");
+    let kinds: Vec<String> = rig.audit().await.into_iter().map(|a| a.kind).collect();
+    assert_eq!(kinds, ["findings.received"], "only the test's own finding");
 }

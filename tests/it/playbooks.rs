@@ -496,3 +496,27 @@ fn every_action_example_loads_in_a_playbook() {
         }
     }
 }
+
+#[test]
+fn a_step_when_is_cel_checked_at_load_and_skips_the_step_for_findings_it_does_not_hold_for() {
+    let bad = problems(
+        "name: p\nmatch: {class: runtime-threat}\nsteps:\n  - action: notify.webhook\n    with: {url: \"https://example.com/x\"}\n    when: 'finding.source =='\n",
+    );
+    assert!(
+        bad.iter()
+            .any(|p| p.starts_with("inline.yaml:6:11: steps[0].when:")),
+        "{bad:?}"
+    );
+    let loaded = set(
+        "name: p\nmatch: {class: runtime-threat}\nsteps:\n  - action: notify.webhook\n    with: {url: \"https://example.com/x\"}\n    when: 'finding.source == \"github\"'\n  - action: notify.webhook\n    with: {url: \"https://example.com/y\"}\n    when: 'finding.labels[\"no-such-label\"] == \"x\"'\n  - action: notify.webhook\n    with: {url: \"https://example.com/z\"}\n    when: 'finding.source == \"falco\"'\n",
+    );
+    let pb = &loaded.playbooks()[0];
+    let falco = fixtures::finding(FALCO_SHELL);
+    let why = pb.steps[0]
+        .skipped_for(&falco)
+        .expect("not a GitHub finding");
+    assert!(why.contains("is false"), "{why}");
+    let why = pb.steps[1].skipped_for(&falco).expect("fails closed");
+    assert!(why.contains("cannot be evaluated"), "{why}");
+    assert_eq!(pb.steps[2].skipped_for(&falco), None);
+}
