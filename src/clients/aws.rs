@@ -112,7 +112,15 @@ pub struct Aws {
     accounts: Arc<BTreeMap<String, AwsAccountConfig>>,
     /// The configuration per assumed account, built on first use and shared by every clone.
     assumed: Arc<Mutex<HashMap<String, Aws>>>,
+    /// The account these credentials act in (STS `GetCallerIdentity`), asked once and shared
+    /// by every clone; asked again after [`ACCOUNT_TTL`].
+    account: Arc<tokio::sync::Mutex<Option<(String, std::time::Instant)>>>,
 }
+
+/// How long the account the credentials act in is remembered before STS is asked again (a
+/// profile or instance role whose credentials change keeps its account; this bounds how long a
+/// change of account would go unnoticed).
+pub const ACCOUNT_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 impl fmt::Debug for Aws {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -168,7 +176,36 @@ impl Aws {
             identity: Identity::Base,
             accounts: Arc::new(cfg.accounts.clone()),
             assumed: Arc::new(Mutex::new(HashMap::new())),
+            account: Arc::new(tokio::sync::Mutex::new(None)),
         }
+    }
+
+    /// The account these credentials act in: STS `GetCallerIdentity` once per configuration
+    /// (per assumed role) and [`ACCOUNT_TTL`], not once per action. Concurrent first callers
+    /// wait for one answer.
+    ///
+    /// # Errors
+    /// The STS call failed.
+    pub async fn account(
+        &self,
+    ) -> Result<
+        String,
+        aws_sdk_sts::error::SdkError<
+            aws_sdk_sts::operation::get_caller_identity::GetCallerIdentityError,
+        >,
+    > {
+        let mut known = self.account.lock().await;
+        if let Some((account, at)) = known.as_ref()
+            && at.elapsed() < ACCOUNT_TTL
+        {
+            return Ok(account.clone());
+        }
+        let me = self.sts().get_caller_identity().send().await?;
+        let account = me.account().unwrap_or_default().to_owned();
+        if !account.is_empty() {
+            *known = Some((account.clone(), std::time::Instant::now()));
+        }
+        Ok(account)
     }
 
     /// The configuration to act on resources of `account` with: for an account of
@@ -225,6 +262,7 @@ impl Aws {
             },
             accounts: Arc::clone(&self.accounts),
             assumed: Arc::clone(&self.assumed),
+            account: Arc::new(tokio::sync::Mutex::new(None)),
         };
         if let Ok(mut m) = self.assumed.lock() {
             // Two concurrent first uses both build one; the first kept wins, both work.

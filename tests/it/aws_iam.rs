@@ -2337,3 +2337,45 @@ async fn the_iam_actions_act_through_the_role_of_a_configured_account() {
         proxy.seen()
     );
 }
+
+/// Deactivating many exposed keys through the engine costs one read and one write per key: the
+/// account is asked once for the credentials (not twice per key), and apply trusts the plan
+/// made right before it instead of reading the key again.
+#[tokio::test]
+async fn deactivating_many_keys_costs_a_read_and_a_write_per_key_and_one_account_check() {
+    let aws = moto::aws().await;
+    let (proxy, through) = recorded(moto::endpoint()).await;
+    let ctx = ctx(&through);
+    let set = playbook("aws.iam.deactivate-access-key", "{}");
+    let mut findings = Vec::new();
+    let mut exposed = Vec::new();
+    for i in 0..10 {
+        let user = unique(&format!("many-{i}"));
+        let (key_id, _) = user_with_key(&aws, &user).await;
+        findings.push(trufflehog_finding(&user, &key_id));
+        exposed.push((user, key_id));
+    }
+    let before = proxy.seen().len();
+    let report = run(
+        &set,
+        &ctx,
+        &findings,
+        &RunOptions {
+            retry_base: Duration::from_millis(1),
+            ..RunOptions::default()
+        },
+        &|| {},
+    )
+    .await
+    .unwrap();
+    assert!(!report.any_failed(), "{report:#?}");
+    for (user, key_id) in &exposed {
+        assert_eq!(keys(&aws, user).await[key_id], "Inactive");
+    }
+    let ops: Vec<String> = proxy.seen()[before..].to_vec();
+    let count = |op: &str| ops.iter().filter(|o| o.ends_with(op)).count();
+    assert_eq!(count("GetCallerIdentity"), 1, "{ops:#?}");
+    assert_eq!(count("ListAccessKeys"), 10, "{ops:#?}");
+    assert_eq!(count("UpdateAccessKey"), 10, "{ops:#?}");
+    assert_eq!(ops.len(), 21, "{ops:#?}");
+}

@@ -95,17 +95,16 @@ pub(crate) async fn acting_in(
 }
 
 /// Refuses a resource of another account than the one the credentials act in (read with STS
-/// `GetCallerIdentity`, on every call: the account of a role or profile is never assumed or
-/// remembered). A resource that names no account is taken to be in the connected account.
-/// Returns the connected account id.
+/// `GetCallerIdentity`, once per credentials and [`crate::clients::aws::ACCOUNT_TTL`]:
+/// [`Aws::account`]). A resource that names no account is taken to be in the connected
+/// account. Returns the connected account id.
 pub(crate) async fn check_account(aws: &Aws, account: Option<&str>) -> Result<String, ActionError> {
-    let me = aws.sts().get_caller_identity().send().await.map_err(|e| {
+    let connected = aws.account().await.map_err(|e| {
         sdk_error(
             "reading the connected AWS account (sts:GetCallerIdentity)",
             &e,
         )
     })?;
-    let connected = me.account().unwrap_or_default().to_owned();
     if connected.is_empty() {
         return Err(ActionError::Permanent(
             "sts:GetCallerIdentity named no account; refusing to act without knowing where"

@@ -2,6 +2,12 @@
 //!
 //! The key's user comes from the finding, else from IAM (`GetAccessKeyLastUsed`). A key that is
 //! already Inactive is a no-op; rollback sets it Active again, only if it is still Inactive.
+//!
+//! AWS calls per key: `ListAccessKeys` to plan (plus `GetAccessKeyLastUsed` when the finding
+//! names no user) and `UpdateAccessKey` to apply; the account check (`GetCallerIdentity`) is
+//! made once per credentials, not per key. `apply` trusts the plan it is given (the engine
+//! plans right before it applies) instead of reading the key again: the write is idempotent, so
+//! a second apply, or one racing a person who deactivated the key meanwhile, changes nothing.
 
 use aws_sdk_iam::types::StatusType;
 use serde::{Deserialize, Serialize};
@@ -159,40 +165,36 @@ impl Action for AwsIamDeactivateAccessKey {
         Box::pin(async move {
             let key = KeyRef::of(input.finding)?;
             let aws = &key.acting_client(ctx).await?;
-            let live = read(aws, &key).await?;
-            if plan.observed["user"] != json!(live.user) {
-                return Err(ActionError::Drift(format!(
-                    "access key {} now belongs to IAM user {}, planned with {}",
-                    key.access_key_id, live.user, plan.observed["user"]
-                )));
-            }
+            // The engine applies right after planning, so the plan's reading is the live state:
+            // it is not read again (one call per key, not two). Setting a key Inactive is
+            // idempotent; a key deleted since is reported by IAM itself (NoSuchEntity).
+            let planned_user = plan.observed["user"].as_str().unwrap_or_default();
+            let user = if planned_user.is_empty() {
+                read(aws, &key).await?.user
+            } else {
+                planned_user.to_owned()
+            };
             let outcome = |result: &str, undo: Option<Undo>| Outcome {
                 action: self.kind().to_owned(),
                 target: plan.target.clone(),
                 result: result.to_owned(),
                 detail: json!({
-                    "user": live.user,
+                    "user": user,
                     "access_key_id": key.access_key_id,
                     "status": "Inactive",
                 }),
                 undo: undo.and_then(|u| serde_json::to_value(u).ok()),
             };
-            if live.status.as_deref() == Some("Inactive") {
-                // Planned as a no-op, or applied already (a retry after a crash).
+            if plan.noop {
+                // Planned as already Inactive: nothing to do, and nothing of ours to undo.
                 return Ok(outcome("unchanged", None));
             }
-            if plan.noop {
-                return Err(ActionError::Drift(format!(
-                    "access key {} was reactivated since planning",
-                    key.access_key_id
-                )));
-            }
-            set_status(aws, &live.user, &key.access_key_id, StatusType::Inactive).await?;
+            set_status(aws, &user, &key.access_key_id, StatusType::Inactive).await?;
             Ok(outcome(
                 "applied",
                 Some(Undo {
                     account: key.account.clone(),
-                    user: live.user.clone(),
+                    user: user.clone(),
                     access_key_id: key.access_key_id.clone(),
                 }),
             ))
