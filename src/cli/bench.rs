@@ -331,7 +331,11 @@ pub fn ingest(
             .map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_http(listener, router(state), async {
+        let limits = crate::server::HttpLimits {
+            max_connections: concurrency.max(1) * 2,
+            ..crate::server::HttpLimits::from_config(&crate::config::ServerConfig::default())
+        };
+        let server = tokio::spawn(serve_http(listener, router(state), limits, async {
             let _ = stop_rx.await;
         }));
         let client = reqwest::Client::builder()

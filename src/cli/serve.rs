@@ -357,7 +357,13 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
     }
     ready.store(true, Ordering::Release);
 
-    let served = serve_http(listener, app, stopped(rx)).await;
+    let served = serve_http(
+        listener,
+        app,
+        crate::server::HttpLimits::from_config(&config.server),
+        stopped(rx),
+    )
+    .await;
     // HTTP has stopped accepting; the intake writer drains what was acknowledged… (it only acks
     // after commit, so there is nothing unacknowledged to lose) and the worker finishes its round.
     let drained = tokio::time::timeout(SHUTDOWN_BOUND, async {

@@ -168,6 +168,13 @@ pub struct ServerConfig {
     /// Requests per second accepted per token (a token's own `rate_limit` overrides it); more
     /// get 429 with `Retry-After`. 0 = no limit.
     pub rate_limit_per_token: u32,
+    /// Seconds a client has to send a request's headers (also while a kept-alive connection
+    /// waits for the next request); then the connection is closed.
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a request, its body included, may take; then 408.
+    pub request_timeout_seconds: u64,
+    /// Connections served at once; one more is closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -179,6 +186,9 @@ impl Default for ServerConfig {
             queue_capacity: 1024,
             max_batch: 2000,
             rate_limit_per_token: 0,
+            header_read_timeout_seconds: 5,
+            request_timeout_seconds: 30,
+            max_connections: 512,
         }
     }
 }

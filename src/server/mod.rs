@@ -134,21 +134,115 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then finishes in-flight requests.
+/// How the HTTP server protects itself from slow, idle and numerous clients.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// A client must send a request's headers within this (from its first byte, and while a
+    /// kept-alive connection waits for the next request); else the connection is closed.
+    pub header_read_timeout: std::time::Duration,
+    /// A request (its body included) must be handled within this; else 408.
+    pub request_timeout: std::time::Duration,
+    /// Connections served at once; a connection over it is closed at once (its client may
+    /// retry), so the process never runs out of file descriptors.
+    pub max_connections: usize,
+    /// After shutdown is asked, in-flight requests get this long; then the connections are
+    /// dropped, whatever clients do.
+    pub shutdown_timeout: std::time::Duration,
+}
+
+impl HttpLimits {
+    /// The limits of `server` settings.
+    #[must_use]
+    pub fn from_config(server: &ServerConfig) -> Self {
+        Self {
+            header_read_timeout: std::time::Duration::from_secs(
+                server.header_read_timeout_seconds.max(1),
+            ),
+            request_timeout: std::time::Duration::from_secs(server.request_timeout_seconds.max(1)),
+            max_connections: server.max_connections.max(1),
+            shutdown_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, within `limits`: a header read
+/// timeout (slowloris), a per-request timeout (slow bodies), a connection cap; then stops
+/// accepting, lets in-flight requests finish for at most `limits.shutdown_timeout`, and
+/// returns.
 ///
 /// # Errors
-/// The listener failed.
+/// Never in practice: a failed accept (e.g. out of file descriptors) is logged and retried.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, max = limits.max_connections, "too many connections; closing this one");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let router = router.clone();
+                async move {
+                    let req = req.map(axum::body::Body::new);
+                    match tokio::time::timeout(limits.request_timeout, router.oneshot(req)).await {
+                        Ok(answered) => answered,
+                        Err(_) => Ok((
+                            StatusCode::REQUEST_TIMEOUT,
+                            [(header::CONNECTION, HeaderValue::from_static("close"))],
+                            "request not received in time\n",
+                        )
+                            .into_response()),
+                    }
+                }
+            });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(true);
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(limits.shutdown_timeout) => {
+            tracing::warn!("connections still open after the shutdown bound; dropping them");
+        }
+    }
+    Ok(())
 }
 
 /// Which route a counted request belongs to.

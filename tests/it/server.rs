@@ -53,9 +53,15 @@ impl Service {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(serve_http(listener, router(state.clone()), async move {
-            let _ = stopped.await;
-        }));
+        let limits = firebreak::server::HttpLimits::from_config(&cfg.server);
+        tokio::spawn(serve_http(
+            listener,
+            router(state.clone()),
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             base,
             url,
@@ -682,4 +688,140 @@ async fn a_falcosidekick_token_posts_the_real_falco_fixture_and_its_findings_nam
     .await
     .unwrap();
     assert_eq!(mismatched, 0);
+}
+
+/// A raw TCP client that sends `bytes` and then nothing: a slowloris connection.
+async fn silent_client(addr: &str, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s
+}
+
+/// Whether the server closed `s` (EOF or reset) within `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(within, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {} // an answer (408, 400): read on until the close
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_cut_off_and_never_hold_the_service() {
+    let svc = Service::start(|c| {
+        c.server.header_read_timeout_seconds = 1;
+        c.server.request_timeout_seconds = 1;
+        c.server.max_connections = 16;
+    })
+    .await;
+    let addr = svc.base.trim_start_matches("http://").to_owned();
+    // Half-sent headers without a token, as a slowloris attack sends them.
+    let mut slow = Vec::new();
+    for _ in 0..12 {
+        slow.push(silent_client(&addr, b"POST /v1/findings/auto HTTP/1.1\r\nHost: x\r\n").await);
+    }
+    // Over the cap: closed at once.
+    let mut over = Vec::new();
+    for _ in 0..8 {
+        over.push(silent_client(&addr, b"GET /healthz HTTP/1.1\r\n").await);
+    }
+    let mut closed_at_once = 0;
+    for s in &mut over {
+        if closed_within(s, std::time::Duration::from_millis(500)).await {
+            closed_at_once += 1;
+        }
+    }
+    assert!(
+        closed_at_once >= 4,
+        "connections over the cap are closed: {closed_at_once} of 8"
+    );
+    // The health endpoint still answers: the slow connections cannot hold their slots.
+    let health = svc.http.get(format!("{}/healthz", svc.base)).send().await;
+    let ok = match health {
+        Ok(r) => r.status() == StatusCode::OK,
+        Err(_) => false,
+    };
+    let ok = ok || {
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        svc.http
+            .get(format!("{}/healthz", svc.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    };
+    assert!(ok, "/healthz answers while slow clients come and go");
+    for s in &mut slow {
+        assert!(
+            closed_within(s, std::time::Duration::from_secs(5)).await,
+            "a client that never finishes its headers is disconnected"
+        );
+    }
+
+    // A body that stops half-way: 408 after the request timeout, nothing recorded.
+    let body = fixtures::bytes(FALCO_SHELL);
+    let head = format!(
+        "POST /v1/findings/auto HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut half = silent_client(&addr, head.as_bytes()).await;
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        half.write_all(&body[..body.len() / 2]).await.unwrap();
+        let mut answer = vec![0u8; 256];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), half.read(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    let findings: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM findings")
+        .fetch_one(&mut sqlx::SqliteConnection::connect(&svc.url).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(findings, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_within_its_bound_whatever_slow_clients_do() {
+    let cfg = Config::default();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}", dir.path().join("l.db").display()))
+            .await
+            .unwrap(),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (intake, _writer) = Intake::start(
+        Arc::clone(&store),
+        IntakeConfig::from_config(&cfg, Arc::clone(&metrics)),
+        Arc::new(Notify::new()),
+    );
+    let state = AppState::new(intake, store, metrics, &cfg.server);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let limits = firebreak::server::HttpLimits {
+        shutdown_timeout: std::time::Duration::from_secs(1),
+        ..firebreak::server::HttpLimits::from_config(&cfg.server)
+    };
+    let server = tokio::spawn(serve_http(listener, router(state), limits, async move {
+        let _ = stopped.await;
+    }));
+    // Connections that sent a request line and then stall (the header timeout is 5 s).
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        slow.push(silent_client(&addr, b"POST /v1/findings/auto HTTP/1.1\r\n").await);
+    }
+    let _ = stop.send(());
+    let done = tokio::time::timeout(std::time::Duration::from_secs(4), server).await;
+    assert!(
+        matches!(done, Ok(Ok(Ok(())))),
+        "serve_http returns within its shutdown bound: {done:?}"
+    );
 }
