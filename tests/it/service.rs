@@ -30,12 +30,30 @@ impl Service {
             .any(|l| l.contains(text))
     }
 
+    /// Everything the service wrote to stderr so far, for failure messages.
+    pub(crate) fn log_text(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
             .expect("kill");
         assert!(ok.success(), "kill {sig}");
+    }
+}
+
+impl Drop for Service {
+    /// A failed test must not leave a stopped or running service behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -338,8 +356,10 @@ async fn a_stalled_engine_loses_its_lease_and_its_late_writes_are_refused_and_lo
     let started = Instant::now();
     while !applied().await {
         assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "b never finished"
+            started.elapsed() < Duration::from_secs(90),
+            "b never finished\n--- a:\n{}\n--- b:\n{}",
+            a.log_text(),
+            b.log_text()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -564,4 +584,37 @@ async fn without_a_cluster_serve_says_so_and_kubernetes_steps_end_planned_only_n
         .expect("audit");
     assert!(audit.iter().any(|r| r.kind == "step.planned_only"));
     assert!(audit.iter().all(|r| r.kind != "step.failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly_while_slow_clients_hold_connections() {
+    use tokio::io::AsyncWriteExt;
+    let rx = Receiver::start().await;
+    let pbs = playbook_dir(&rx.url("/hook"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut svc = start(dir.path(), pbs.path());
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(&svc.addr)
+            .await
+            .expect("connect");
+        s.write_all(b"POST /v1/findings/auto HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .expect("write");
+        slow.push(s);
+    }
+    svc.signal("-TERM");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = svc.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "serve did not stop after SIGTERM with slow clients connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    drop(slow);
 }
