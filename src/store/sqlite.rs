@@ -1335,10 +1335,13 @@ impl Store for SqliteStore {
     }
 
     async fn audit_verify(&self) -> Result<VerifyReport, StoreError> {
+        // One read transaction: the chain, the findings it lists and the head come from one
+        // snapshot, so records committed while this runs can never look like tampering.
+        let mut snap = self.readers.begin().await?;
         let rows = sqlx::query(
             "SELECT seq, at, kind, finding_id, execution_id, detail, prev_hash, hash FROM audit ORDER BY seq",
         )
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *snap)
         .await?;
         let mut problems = Vec::new();
         let mut expected_prev = GENESIS.to_owned();
@@ -1392,7 +1395,7 @@ impl Store for SqliteStore {
             q.push(")");
             let bodies: HashMap<String, String> = q
                 .build_query_as::<(String, String)>()
-                .fetch_all(&self.readers)
+                .fetch_all(&mut *snap)
                 .await?
                 .into_iter()
                 .collect();
@@ -1410,8 +1413,9 @@ impl Store for SqliteStore {
         }
         let head: Option<String> =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
-                .fetch_optional(&self.readers)
+                .fetch_optional(&mut *snap)
                 .await?;
+        snap.rollback().await?;
         match (head, last) {
             (Some(head), Some((seq, hash))) if head != format!("{seq}:{hash}") => problems.push(format!(
                 "the newest record is {seq}, but the recorded head is {}: records after it were removed or the head was edited",

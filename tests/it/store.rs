@@ -493,6 +493,36 @@ async fn an_intact_audit_chain_verifies() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
+/// `audit verify` on a live store, while another task keeps appending batches (each adds
+/// findings, a record and moves the head): it must never report tampering that did not happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_on_a_live_store_never_reports_tampering_that_did_not_happen() {
+    let (_d, _u, store) = open().await;
+    let store = Arc::new(store);
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            loop {
+                let findings = (0..20).map(|_| copy_of(FALCO_SHELL)).collect();
+                store.record(batch(findings), Duration::ZERO).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    // Verify again and again until the chain has grown by 100 batches under it.
+    let mut verified = 0;
+    loop {
+        let report = store.audit_verify().await.unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        verified += 1;
+        if report.records >= 100 {
+            break;
+        }
+    }
+    writer.abort();
+    assert!(verified > 1, "verified while the chain grew");
+}
+
 #[tokio::test]
 async fn verify_detects_an_edited_record() {
     let (_d, url, store) = chain_of(10).await;
