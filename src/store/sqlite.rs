@@ -74,6 +74,13 @@ const ORPHANED_RUN_AFTER: Duration = Duration::from_secs(15 * 60);
 /// How often the WAL is copied back into the database file, off the commit path.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
+/// Above this many bytes the WAL is truncated (see [`SqliteStore::open_with`]).
+pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long a truncating checkpoint may wait for readers and the writer before it gives up
+/// until the next tick: the longest it can hold up a commit.
+const TRUNCATE_WAIT: Duration = Duration::from_millis(100);
+
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").finish_non_exhaustive()
@@ -143,16 +150,38 @@ impl SqliteStore {
     /// # Errors
     /// Unsupported URL, unopenable file, failed migration.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let opts = options(url)?;
+        Self::open_with(url, WAL_LIMIT_BYTES).await
+    }
+
+    /// [`Self::open`], keeping the write-ahead log near `wal_limit` bytes.
+    ///
+    /// Commits only append to the WAL (and fsync it); copying it back into the database file
+    /// — SQLite's automatic checkpoint, which would otherwise run inside whichever commit
+    /// crosses 1,000 pages — is done every 500 ms by a background task on its own connection
+    /// (`PASSIVE`: it never waits for anyone). A passive checkpoint cannot shrink the file, and
+    /// while readers keep the log in use SQLite never starts it over, so under continuous load
+    /// it would grow without end: once the log holds more than `wal_limit` bytes the task asks
+    /// for a `TRUNCATE` checkpoint, which waits at most 100 ms for readers and writers (the
+    /// longest it can hold up a commit) and otherwise tries again on the next tick.
+    ///
+    /// # Errors
+    /// Unsupported URL, unopenable file, failed migration.
+    pub async fn open_with(url: &str, wal_limit: u64) -> Result<Self, StoreError> {
+        let limit = i64::try_from(wal_limit).unwrap_or(i64::MAX);
+        // When the log does start over, its file is cut back to the limit.
+        let opts = options(url)?.pragma("journal_size_limit", limit.to_string());
         let mut writer = SqliteConnection::connect_with(&opts).await?;
         migrate(&mut writer).await?;
-        // Commits only append to the WAL (and fsync it); copying it back into the database
-        // file — SQLite's automatic checkpoint, which would otherwise run inside whichever
-        // commit crosses 1,000 pages — is done by a background task on its own connection.
         sqlx::query("PRAGMA wal_autocheckpoint = 0")
             .execute(&mut writer)
             .await?;
-        let mut checkpoint_conn = SqliteConnection::connect_with(&opts).await?;
+        let mut checkpoint_conn =
+            SqliteConnection::connect_with(&opts.clone().busy_timeout(TRUNCATE_WAIT)).await?;
+        let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&mut checkpoint_conn)
+            .await?;
+        // WAL frames are a page plus a 24-byte header.
+        let limit_frames = limit / (page + 24).max(1);
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
@@ -162,11 +191,7 @@ impl SqliteStore {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                // PASSIVE never blocks writers or readers; a failure is retried next tick.
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&mut checkpoint_conn)
-                    .await
-                {
+                if let Err(e) = checkpoint(&mut checkpoint_conn, limit_frames).await {
                     tracing::warn!(error = %crate::redact::Scrubbed(&e), "WAL checkpoint failed; retrying");
                 }
             }
@@ -177,6 +202,27 @@ impl SqliteStore {
             checkpointer,
         })
     }
+}
+
+/// One checkpoint tick: copy what it can without waiting; truncate the log when it is over
+/// `limit_frames` frames long.
+async fn checkpoint(conn: &mut SqliteConnection, limit_frames: i64) -> Result<(), sqlx::Error> {
+    // (busy, frames in the log, frames copied)
+    let (_, frames, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(&mut *conn)
+        .await?;
+    if frames > limit_frames {
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *conn)
+            .await?;
+        if busy != 0 {
+            tracing::debug!(
+                frames,
+                "the WAL is over its limit but in use; truncating on the next tick"
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {

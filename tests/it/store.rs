@@ -523,6 +523,49 @@ async fn verify_on_a_live_store_never_reports_tampering_that_did_not_happen() {
     assert!(verified > 1, "verified while the chain grew");
 }
 
+/// Under continuous writes and reads the write-ahead log stays near its limit instead of
+/// growing with everything ever written (readers in the log keep SQLite from starting it over,
+/// so only a truncating checkpoint bounds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_near_its_limit_under_continuous_load() {
+    const LIMIT: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let store = Arc::new(
+        SqliteStore::open_with(&format!("sqlite://{}", path.display()), LIMIT)
+            .await
+            .unwrap(),
+    );
+    let wal = dir.path().join("ledger.db-wal");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.backlog().await.unwrap();
+            }
+        })
+    };
+    let mut written = 0u64;
+    let mut largest = 0u64;
+    // Write 12x the limit's worth of findings.
+    while written < 12 * LIMIT {
+        let findings: Vec<Finding> = (0..50).map(|_| copy_of(FALCO_SHELL)).collect();
+        written += findings
+            .iter()
+            .map(|f| serde_json::to_vec(f).unwrap().len() as u64)
+            .sum::<u64>();
+        store.record(batch(findings), Duration::ZERO).await.unwrap();
+        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.await.unwrap();
+    assert!(
+        largest < 6 * LIMIT,
+        "the WAL reached {largest} bytes after {written} bytes of findings"
+    );
+}
+
 #[tokio::test]
 async fn verify_detects_an_edited_record() {
     let (_d, url, store) = chain_of(10).await;
