@@ -313,10 +313,18 @@ impl<S: Store> Worker<S> {
         let capacity = if opts.run.kill_switch { 0 } else { capacity };
         let set = self.playbooks();
         let mut fresh: Vec<ClaimedExecution> = Vec::new();
-        let found = self
+        let mut found = self
             .store()
             .claim_findings(&opts.owner, opts.lease, opts.batch, opts.scope.as_deref())
             .await?;
+        // The store hands out the most urgent first; match (and lease the executions of) the
+        // batch in that order too, so a critical finding's work is the first to start.
+        found.sort_by(|a, b| {
+            b.finding
+                .severity
+                .cmp(&a.finding.severity)
+                .then(a.received_at.cmp(&b.received_at))
+        });
         let findings = found.len();
         for claimed in found {
             let f = &claimed.finding;

@@ -51,6 +51,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0007_github_decisions",
         include_str!("migrations/sqlite_0007_github_decisions.sql"),
     ),
+    (
+        "0008_urgency",
+        include_str!("migrations/sqlite_0008_urgency.sql"),
+    ),
 ];
 
 /// SQLite-backed [`Store`].
@@ -914,7 +918,7 @@ impl Store for SqliteStore {
                SELECT id FROM findings WHERE state = 'new' \
                AND (scope IS ? OR (? IS NULL AND dry_run = 0 AND received_at < ?)) \
                AND (lease_until IS NULL OR lease_until < ?) \
-               ORDER BY received_at, id LIMIT ?) \
+               ORDER BY urgency DESC, received_at, id LIMIT ?) \
              RETURNING body, received_at",
         )
         .bind(owner)
@@ -1070,7 +1074,7 @@ impl Store for SqliteStore {
                    AND (f.scope IS ? OR (? IS NULL AND f.dry_run = 0 AND f.received_at < ?)) \
                    AND (e.lease_until IS NULL OR e.lease_until < ?) AND (e.wake_at IS NULL OR e.wake_at <= ?) \
                    AND NOT EXISTS (SELECT 1 FROM meta WHERE key = 'flag:kill_switch' AND value = 'on') \
-                   ORDER BY e.created_at, e.id LIMIT ?) \
+                   ORDER BY f.urgency DESC, e.created_at, e.id LIMIT ?) \
                  RETURNING id, finding_id, playbook, state, fence, playbook_rev",
             )
             .bind(owner)

@@ -118,6 +118,56 @@ async fn a_stored_finding_is_matched_applied_once_and_audited_in_order() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
+/// A critical finding posted behind a flood of low-severity ones is acted on first: the
+/// store hands out work most urgent first, then oldest.
+#[tokio::test]
+async fn a_critical_finding_behind_a_flood_of_low_ones_is_acted_on_first() {
+    let rx = Receiver::start().await;
+    let (_d, store) = store().await;
+    // Derived from the real Falco event: only `severity` differs between the flood and the
+    // critical one.
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let mut f = fixtures::finding(FALCO_SHELL);
+        f.severity = firebreak::finding::Severity::Low;
+        flood.push(f);
+    }
+    let mut critical = fixtures::finding(FALCO_SHELL);
+    critical.severity = firebreak::finding::Severity::Critical;
+    for findings in [flood, vec![critical.clone()]] {
+        store
+            .record(
+                IngestBatch {
+                    intake: "test".into(),
+                    findings,
+                    ..IngestBatch::default()
+                },
+                Duration::ZERO,
+            )
+            .await
+            .unwrap();
+    }
+    let w = Worker::new(
+        Arc::clone(&store),
+        playbooks(&notify_playbook(&rx.url("/hook"), "")),
+        ActionCtx::from_config(&Config::default()).unwrap(),
+        WorkerOptions {
+            owner: "w".into(),
+            lease: HOUR,
+            concurrency: 1,
+            ..WorkerOptions::default()
+        },
+    );
+    w.round().await.unwrap();
+    let sent = rx.requests();
+    assert_eq!(sent.len(), 1, "one execution at a time");
+    assert!(
+        sent[0].body.contains(&critical.id.to_string()),
+        "the first action is the critical finding's: {}",
+        sent[0].body
+    );
+}
+
 #[tokio::test]
 async fn the_kill_switch_parks_executions_and_resume_continues_each_once() {
     let rx = Receiver::start().await;
