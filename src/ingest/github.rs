@@ -233,7 +233,7 @@ async fn alert<S: Store>(
                 json!({
                     "accepted": submitted.accepted(),
                     "receipts": submitted.receipts,
-                    "rejected": submitted.rejected.len(),
+                    "rejected": submitted.rejected_total,
                 }),
             )
         }

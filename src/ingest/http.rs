@@ -263,7 +263,10 @@ struct Accepted {
     accepted: usize,
     duplicates: usize,
     receipts: Vec<Receipt>,
+    /// The first rejected records, with where and why.
     rejected: Vec<RejectionView>,
+    /// Every rejected record, listed or not.
+    rejected_total: usize,
 }
 
 /// Every way the route answers other than 202.
@@ -285,8 +288,8 @@ enum IngestError {
     TooLarge(usize),
     /// The body could not be read: 400.
     BadBody,
-    /// Every record was rejected: 422 with the rejections.
-    AllRejected(Vec<RejectionView>),
+    /// Every record was rejected: 422 with the first rejections and their total.
+    AllRejected(Vec<RejectionView>, usize),
     /// The intake queue is full: 429.
     Busy(Duration),
     /// The store failed or the service is stopping: 503, generic, with the request id.
@@ -361,12 +364,13 @@ impl IntoResponse for IngestError {
                 Json(json!({ "error": "the request body could not be read" })),
             )
                 .into_response(),
-            IngestError::AllRejected(rejected) => (
+            IngestError::AllRejected(rejected, total) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Json(json!({
                     "error": "no record in the body could be parsed",
                     "accepted": 0,
                     "rejected": rejected,
+                    "rejected_total": total,
                 })),
             )
                 .into_response(),
@@ -466,7 +470,7 @@ async fn post_findings<S: Store>(
 fn answer(submitted: Submitted) -> Result<(StatusCode, Json<Accepted>), IngestError> {
     let rejected: Vec<RejectionView> = submitted.rejected.iter().map(RejectionView::from).collect();
     if submitted.receipts.is_empty() && !rejected.is_empty() {
-        return Err(IngestError::AllRejected(rejected));
+        return Err(IngestError::AllRejected(rejected, submitted.rejected_total));
     }
     Ok((
         StatusCode::ACCEPTED,
@@ -475,6 +479,7 @@ fn answer(submitted: Submitted) -> Result<(StatusCode, Json<Accepted>), IngestEr
             duplicates: submitted.duplicates(),
             receipts: submitted.receipts,
             rejected,
+            rejected_total: submitted.rejected_total,
         }),
     ))
 }

@@ -63,13 +63,22 @@ impl IntakeConfig {
     }
 }
 
+/// At most this many rejected records of one payload are kept with their reasons (stored and
+/// answered); the rest are counted. A body of half a million broken records costs a count,
+/// not half a million rows and a 100 MB answer.
+pub const REJECTIONS_KEPT: usize = 100;
+
 /// What became of one submitted payload, after its findings committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
     /// One receipt per parsed finding, in input order.
     pub receipts: Vec<Receipt>,
-    /// Records that could not be parsed (recorded in the store too).
+    /// The first [`REJECTIONS_KEPT`] records that could not be parsed (recorded in the store
+    /// too).
     pub rejected: Vec<Rejection>,
+    /// Every record that could not be parsed, including those past the first
+    /// [`REJECTIONS_KEPT`].
+    pub rejected_total: usize,
 }
 
 impl Submitted {
@@ -112,6 +121,8 @@ struct Job {
     findings: Vec<Finding>,
     prepared: Vec<PreparedFinding>,
     rejected: Vec<Rejection>,
+    /// Rejected records past the first [`REJECTIONS_KEPT`]: counted, not kept.
+    rejected_omitted: usize,
     reply: Reply,
 }
 
@@ -119,6 +130,7 @@ struct Job {
 struct Pending {
     findings: usize,
     rejected: Vec<Rejection>,
+    rejected_omitted: usize,
     reply: Reply,
 }
 
@@ -221,7 +233,12 @@ impl Intake {
         intake: String,
         report: ParseReport,
     ) -> Result<Submitted, IntakeError> {
-        let report = report.with_intake(&intake);
+        let mut report = report.with_intake(&intake);
+        let rejected_omitted = report.rejected.len().saturating_sub(REJECTIONS_KEPT);
+        if rejected_omitted > 0 {
+            report.rejected.truncate(REJECTIONS_KEPT);
+            report.rejected.shrink_to_fit();
+        }
         // Encoded here, in the submitting task, so the one writer only binds and commits.
         let prepared = report
             .findings
@@ -235,6 +252,7 @@ impl Intake {
             findings: report.findings,
             prepared,
             rejected: report.rejected,
+            rejected_omitted,
             reply,
         };
         match self.tx.try_send(job) {
@@ -333,14 +351,25 @@ impl<S: Store> Writer<S> {
             pending.push(Pending {
                 findings: job.findings.len(),
                 rejected: job.rejected.clone(),
+                rejected_omitted: job.rejected_omitted,
                 reply: job.reply,
             });
+            batch.rejected_omitted += job.rejected_omitted;
             batch.findings.extend(job.findings);
             batch.prepared.extend(job.prepared);
             batch.rejected.extend(job.rejected);
         }
         let sources: Vec<String> = batch.findings.iter().map(|f| f.source.clone()).collect();
-        let rejected_by: Vec<String> = batch.rejected.iter().map(|r| r.parser.clone()).collect();
+        let mut rejected_by: Vec<(String, usize)> = batch
+            .rejected
+            .iter()
+            .map(|r| (r.parser.clone(), 1))
+            .collect();
+        // Records past the kept ones count on the parser of the last kept one (a payload's
+        // records mostly share one).
+        if let Some(last) = rejected_by.last_mut() {
+            last.1 += batch.rejected_omitted;
+        }
         let total = sources.len();
 
         let started = Instant::now();
@@ -374,17 +403,20 @@ impl<S: Store> Writer<S> {
                 self.metrics.deduplicated(source);
             }
         }
-        for parser in &rejected_by {
-            self.metrics.rejected(parser, 1);
+        for (parser, n) in &rejected_by {
+            self.metrics
+                .rejected(parser, u64::try_from(*n).unwrap_or(u64::MAX));
         }
 
         let mut receipts = receipts.into_iter();
         for p in pending {
             let mine: Vec<Receipt> = receipts.by_ref().take(p.findings).collect();
             // A caller that went away (client disconnected) still had its findings committed.
+            let rejected_total = p.rejected.len() + p.rejected_omitted;
             let _ = p.reply.send(Ok(Submitted {
                 receipts: mine,
                 rejected: p.rejected,
+                rejected_total,
             }));
         }
     }

@@ -82,6 +82,9 @@ pub struct IngestBatch {
     pub findings: Vec<Finding>,
     /// Rejected records.
     pub rejected: Vec<Rejection>,
+    /// Rejected records counted but not kept (past an intake's per-payload limit): audited in
+    /// the count, no row each.
+    pub rejected_omitted: usize,
     /// Only engines claiming with this scope work on these findings (`firebreak run` uses its
     /// own); `None` is the service's shared queue.
     pub scope: Option<String>,

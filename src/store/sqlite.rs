@@ -892,11 +892,18 @@ impl Store for SqliteStore {
             q.build().execute(&mut *tx).await?;
         }
         if !batch.rejected.is_empty() {
+            let mut detail = serde_json::json!({
+                "intake": batch.intake,
+                "records": batch.rejected.len() + batch.rejected_omitted,
+            });
+            if batch.rejected_omitted > 0 {
+                detail["kept"] = batch.rejected.len().into();
+            }
             events.push(Entry::from(&AuditEvent {
                 kind: "input.rejected".into(),
                 finding_id: None,
                 execution_id: None,
-                detail: serde_json::json!({ "intake": batch.intake, "records": batch.rejected.len() }),
+                detail,
             }));
         }
         append_audit_after(&mut tx, head, &events).await?;

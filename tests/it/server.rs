@@ -295,6 +295,38 @@ async fn an_all_garbage_body_gets_422_naming_the_reason_without_echoing_it() {
     assert_eq!(svc.stored().await, 0);
 }
 
+/// A body of a hundred thousand tiny broken records costs a count, not a row and an answer
+/// line each: the first 100 are kept with their reasons, the rest counted, and the service
+/// goes on accepting findings.
+#[tokio::test]
+async fn a_flood_of_broken_records_is_answered_and_stored_as_a_bounded_summary() {
+    let svc = Service::start(|_| {}).await;
+    let records = 100_000;
+    let body = "{}\n".repeat(records).into_bytes();
+    let resp = svc.post("auto", body).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = resp.text().await.unwrap();
+    assert!(text.len() < 64 * 1024, "answer of {} bytes", text.len());
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["rejected_total"], records);
+    assert_eq!(answer["rejected"].as_array().unwrap().len(), 100);
+    assert_eq!(answer["rejected"][99]["index"], 99);
+
+    let mut conn = sqlx::SqliteConnection::connect(&svc.url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 100);
+    let audit = svc.store.audit_list(AuditQuery::default()).await.unwrap();
+    let summary = audit.iter().find(|r| r.kind == "input.rejected").unwrap();
+    assert_eq!(summary.detail["records"], records);
+    assert_eq!(summary.detail["kept"], 100);
+
+    let resp = svc.post("falco", fixtures::bytes(FALCO_SHELL)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+}
+
 #[tokio::test]
 async fn a_bad_record_is_rejected_while_its_good_sibling_is_accepted() {
     let svc = Service::start(|_| {}).await;
