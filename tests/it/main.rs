@@ -33,3 +33,4 @@ mod service;
 mod sqs;
 mod store;
 mod support;
+mod tesla;
