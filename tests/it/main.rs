@@ -10,6 +10,7 @@ mod aws_securityhub;
 mod cli;
 mod config;
 mod crash;
+mod deploy;
 mod engine;
 mod fixtures;
 mod github_actions;
