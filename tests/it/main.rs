@@ -35,3 +35,4 @@ mod sqs;
 mod store;
 mod support;
 mod tesla;
+mod wiring;
