@@ -585,3 +585,35 @@ fn default_yaml_documents_every_config_key() {
         missing.join("\n")
     );
 }
+
+/// config/production.example.yaml loads (the loader of `serve`) with the environment variables
+/// it names set, and is what it says: the tokens limited to their routes, the queue, the other
+/// account's role, GitHub credentials and the security webhook, and no secret in the file.
+#[test]
+fn the_production_example_loads_with_its_secrets_from_the_environment() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.yaml");
+    let env: Vec<(String, String)> = [
+        "FIREBREAK_TOKEN_FALCOSIDEKICK",
+        "FIREBREAK_TOKEN_CI",
+        "FIREBREAK_GITHUB_TOKEN",
+        "FIREBREAK_GITHUB_WEBHOOK_SECRET",
+    ]
+    .iter()
+    .map(|k| ((*k).to_owned(), format!("value-of-{k}")))
+    .chain(std::iter::once((
+        "FIREBREAK_NOTIFY__WEBHOOKS__SECURITY__URL".to_owned(),
+        "https://hooks.example.com/security".to_owned(),
+    )))
+    .collect();
+    let config = load(Some(&path), &env, &[]).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(config.server.tokens.len(), 2);
+    assert_eq!(config.ingest.sqs.len(), 1);
+    assert!(config.aws.accounts.contains_key("210987654321"));
+    assert!(config.github.token.is_some() && config.github.webhook_secret.is_some());
+    assert!(config.notify.webhooks.contains_key("security"));
+    assert_eq!(config.log.format, LogFormat::Json);
+    // Without its secrets it does not start.
+    assert!(load(Some(&path), &[], &[]).is_err());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("value-of-") && !text.contains("token:"));
+}
