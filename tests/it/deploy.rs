@@ -829,6 +829,51 @@ fn check_deployment(
             .any(|vm| Path::new(&vm.mount_path) == ledger_dir),
         "{what}: the ledger's directory is a writable volume"
     );
+    // One replica, replaced by Recreate (the SQLite ledger has a single writer).
+    assert_eq!(d.spec.replicas, Some(1), "{what}");
+    assert_eq!(
+        d.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("Recreate"),
+        "{what}"
+    );
+    // The NetworkPolicy lets in the container port only, and lets out DNS, 443 and 6443.
+    let np = m.network_policy.as_ref().unwrap().spec.as_ref().unwrap();
+    let ports = |rules: Vec<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>| {
+        rules
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let n = match p.port.unwrap() {
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => n,
+                    other => panic!("{what}: named port {other:?}"),
+                };
+                (p.protocol.unwrap(), n)
+            })
+            .collect::<Vec<_>>()
+    };
+    let ingress = ports(
+        np.ingress
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.ports.unwrap())
+            .collect(),
+    );
+    assert_eq!(ingress, [("TCP".to_owned(), port.container_port)], "{what}");
+    let mut egress = ports(
+        np.egress
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.ports.unwrap())
+            .collect(),
+    );
+    egress.sort();
+    let want: Vec<(String, i32)> = [("TCP", 53), ("TCP", 443), ("TCP", 6443), ("UDP", 53)]
+        .iter()
+        .map(|(p, n)| ((*p).to_owned(), *n))
+        .collect();
+    assert_eq!(egress, want, "{what}");
     // NetworkPolicy and PodDisruptionBudget select these pods.
     let labels = d.spec.selector.match_labels.clone();
     assert_eq!(
