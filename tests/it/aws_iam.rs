@@ -144,7 +144,7 @@ pub(crate) async fn sm_holding(aws: Aws, secret_id: &str, key_id: &str, secret: 
 }
 
 /// The user's keys as IAM lists them: id → status.
-async fn keys(aws: &Aws, user: &str) -> BTreeMap<String, String> {
+pub(crate) async fn keys(aws: &Aws, user: &str) -> BTreeMap<String, String> {
     aws.iam()
         .list_access_keys()
         .user_name(user)
@@ -787,7 +787,7 @@ fn template_annotations(api: &KubeApi, name: &str) -> BTreeMap<String, String> {
 }
 
 /// Signs `GetCallerIdentity` with the key; returns the ARN it authenticates as.
-async fn caller(endpoint: &str, key_id: &str, secret: &Redacted<String>) -> String {
+pub(crate) async fn caller(endpoint: &str, key_id: &str, secret: &Redacted<String>) -> String {
     let aws = moto::aws_at(endpoint, key_id, secret.expose()).await;
     aws.sts()
         .get_caller_identity()

@@ -55,7 +55,7 @@ async fn hub_peer(secret: &str) -> (AwsProxy, firebreak::clients::aws::Aws) {
 }
 
 /// The finding as Security Hub has it now: (workflow status, note text, note updated by).
-async fn workflow(
+pub(crate) async fn workflow(
     hub: &aws_sdk_securityhub::Client,
     id: &str,
 ) -> (String, Option<String>, Option<String>) {

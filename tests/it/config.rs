@@ -462,3 +462,158 @@ fn a_token_name_must_be_safe_to_show() {
         "{err}"
     );
 }
+
+/// Every key path of the configuration structs, from their JSON schema: `a.b` for struct
+/// fields, `a[].b` inside lists, `a.*.b` inside maps keyed by the user (accounts, clusters,
+/// webhooks). Optional sections (`github.app`) are walked as if present.
+fn schema_paths() -> Vec<String> {
+    fn walk(node: &serde_json::Value, defs: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        if let Some(r) = node.get("$ref").and_then(|r| r.as_str()) {
+            let name = r.rsplit('/').next().unwrap();
+            return walk(&defs[name], defs, path, out);
+        }
+        for key in ["anyOf", "oneOf", "allOf"] {
+            if let Some(alts) = node.get(key).and_then(|a| a.as_array()) {
+                for alt in alts {
+                    walk(alt, defs, path, out);
+                }
+            }
+        }
+        if let Some(items) = node.get("items") {
+            walk(items, defs, &format!("{path}[]"), out);
+        }
+        if let Some(extra) = node.get("additionalProperties").filter(|v| v.is_object()) {
+            walk(extra, defs, &format!("{path}.*"), out);
+        }
+        if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+            for (key, sub) in props {
+                let p = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                out.push(p.clone());
+                walk(sub, defs, &p, out);
+            }
+        }
+    }
+    let schema = serde_json::to_value(schemars::schema_for!(Config)).unwrap();
+    let mut out = Vec::new();
+    walk(&schema, &schema["$defs"], "", &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// config/default.yaml documents every key: each key of the configuration structs is in it,
+/// set to its default or (inside lists, user-keyed maps and optional sections) in a commented
+/// example under its parent, and every key set there has a comment above it.
+#[test]
+fn default_yaml_documents_every_config_key() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.yaml"))
+        .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // (indent, key, commented) of every line that holds a key, commented out or not.
+    let key_re = regex::Regex::new(r"^(\s*)(#\s*)?(?:-\s+)?(?:#\s*)?([a-z_]+):(\s|$)").unwrap();
+    let keyed: Vec<(usize, String, bool)> = lines
+        .iter()
+        .map(|l| {
+            key_re.captures(l).map_or((0, String::new(), false), |c| {
+                (c[1].len(), c[3].to_owned(), c.get(2).is_some())
+            })
+        })
+        .collect();
+    let defaults: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+
+    let mut missing = Vec::new();
+    for path in schema_paths() {
+        let plain =
+            !path.contains("[]") && !path.contains(".*") && !path.starts_with("github.app.");
+        if plain {
+            // Set in the file, with its default.
+            let mut v = &defaults;
+            for k in path.split('.') {
+                v = v.get(k).unwrap_or(&serde_json::Value::Null);
+            }
+            if v.is_null()
+                && !matches!(
+                    path.as_str(),
+                    "kubernetes.url"
+                        | "github.token_env"
+                        | "github.app"
+                        | "github.webhook_secret_env"
+                )
+            {
+                missing.push(format!("{path}: not set in default.yaml"));
+            }
+        }
+        // Its key appears after its parent section's key, in the file's order.
+        let segments: Vec<&str> = path
+            .split(['.'])
+            .map(|s| s.trim_end_matches("[]"))
+            .filter(|s| *s != "*")
+            .collect();
+        let mut at = 0;
+        for seg in &segments {
+            match keyed[at..].iter().position(|(_, k, _)| k == seg) {
+                Some(i) => at += i + 1,
+                None => {
+                    missing.push(format!("{path}: `{seg}:` not found in order"));
+                    break;
+                }
+            }
+        }
+    }
+    // Every key set (not commented out) has a comment line above it, or is the first key of
+    // a section whose own line is commented.
+    for (i, (_, key, commented)) in keyed.iter().enumerate() {
+        if key.is_empty() || *commented {
+            continue;
+        }
+        let above = lines[..i]
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map_or("", |l| l.trim_start());
+        if !above.starts_with('#') {
+            missing.push(format!("line {}: `{key}:` has no comment above it", i + 1));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "config/default.yaml:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// config/production.example.yaml loads (the loader of `serve`) with the environment variables
+/// it names set, and is what it says: the tokens limited to their routes, the queue, the other
+/// account's role, GitHub credentials and the security webhook, and no secret in the file.
+#[test]
+fn the_production_example_loads_with_its_secrets_from_the_environment() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.yaml");
+    let env: Vec<(String, String)> = [
+        "FIREBREAK_TOKEN_FALCOSIDEKICK",
+        "FIREBREAK_TOKEN_CI",
+        "FIREBREAK_GITHUB_TOKEN",
+        "FIREBREAK_GITHUB_WEBHOOK_SECRET",
+    ]
+    .iter()
+    .map(|k| ((*k).to_owned(), format!("value-of-{k}")))
+    .chain(std::iter::once((
+        "FIREBREAK_NOTIFY__WEBHOOKS__SECURITY__URL".to_owned(),
+        "https://hooks.example.com/security".to_owned(),
+    )))
+    .collect();
+    let config = load(Some(&path), &env, &[]).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(config.server.tokens.len(), 2);
+    assert_eq!(config.ingest.sqs.len(), 1);
+    assert!(config.aws.accounts.contains_key("210987654321"));
+    assert!(config.github.token.is_some() && config.github.webhook_secret.is_some());
+    assert!(config.notify.webhooks.contains_key("security"));
+    assert_eq!(config.log.format, LogFormat::Json);
+    // Without its secrets it does not start.
+    assert!(load(Some(&path), &[], &[]).is_err());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("value-of-") && !text.contains("token:"));
+}

@@ -307,7 +307,7 @@ async fn without_a_cluster_kubernetes_steps_are_planned_only_not_failed() {
     assert!(why.contains("no Kubernetes cluster"), "{why}");
 }
 
-fn policy(api: &KubeApi) -> Option<NetworkPolicy> {
+pub(crate) fn policy(api: &KubeApi) -> Option<NetworkPolicy> {
     api.get::<NetworkPolicy>("default", "firebreak-isolate-kubecon")
 }
 
@@ -798,7 +798,7 @@ fn dashboard_finding() -> Finding {
 }
 
 /// The derived KHV029 report (see [`dashboard_finding`]).
-fn dashboard_report() -> Vec<u8> {
+pub(crate) fn dashboard_report() -> Vec<u8> {
     let mut report: Value =
         serde_json::from_slice(&fixtures::bytes("kube-hunter/kube-hunter-report.json")).unwrap();
     let mut v = report["vulnerabilities"][0].clone();
@@ -821,7 +821,7 @@ const OAUTH: &str = "{auth: {mode: oauth2-proxy, auth_url: \"https://$host/oauth
 /// The Dashboard as its recommended manifest installs it, made insecure: a NodePort Service,
 /// skip-login arguments, an Ingress without auth, and its ServiceAccount bound to
 /// cluster-admin (plus a binding of another ServiceAccount that must stay).
-fn seed_dashboard(api: &KubeApi, secret: &str) {
+pub(crate) fn seed_dashboard(api: &KubeApi, secret: &str) {
     api.seed::<k8s_openapi::api::core::v1::Namespace>(&typed(
         serde_json::json!({"metadata": {"name": DASH}}),
     ));
@@ -875,7 +875,7 @@ fn seed_dashboard(api: &KubeApi, secret: &str) {
     })));
 }
 
-fn dash_service(api: &KubeApi) -> Value {
+pub(crate) fn dash_service(api: &KubeApi) -> Value {
     serde_json::to_value(
         api.get::<k8s_openapi::api::core::v1::Service>(DASH, DASH)
             .unwrap(),
@@ -883,7 +883,7 @@ fn dash_service(api: &KubeApi) -> Value {
     .unwrap()
 }
 
-fn dash_args(api: &KubeApi) -> Vec<String> {
+pub(crate) fn dash_args(api: &KubeApi) -> Vec<String> {
     api.get::<Deployment>(DASH, DASH)
         .unwrap()
         .spec
@@ -904,7 +904,10 @@ fn dash_ingress_annotations(api: &KubeApi) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn binding(api: &KubeApi, name: &str) -> Option<k8s_openapi::api::rbac::v1::ClusterRoleBinding> {
+pub(crate) fn binding(
+    api: &KubeApi,
+    name: &str,
+) -> Option<k8s_openapi::api::rbac::v1::ClusterRoleBinding> {
     api.get("", name)
 }
 

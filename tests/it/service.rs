@@ -415,7 +415,7 @@ async fn a_stalled_engine_loses_its_lease_and_its_late_writes_are_refused_and_lo
 }
 
 /// Starts `serve` on `config` (a YAML file) and `playbooks`, with `env` besides the store URL.
-fn start_configured(
+pub(crate) fn start_configured(
     dir: &std::path::Path,
     config: &std::path::Path,
     playbooks: &std::path::Path,
