@@ -163,6 +163,10 @@ pub struct ServerConfig {
     /// Ingest jobs (one per request) that may wait for the store writer; when full, requests get
     /// 429 with `Retry-After`.
     pub queue_capacity: usize,
+    /// Bytes of parsed findings that may wait for the store writer, all queued requests
+    /// together; past it requests get 429 with `Retry-After` (one request larger than this is
+    /// still taken when the queue is empty).
+    pub queue_bytes: usize,
     /// Most findings written in one store transaction (group commit).
     pub max_batch: usize,
     /// Requests per second accepted per token (a token's own `rate_limit` overrides it); more
@@ -184,6 +188,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1_048_576,
             tokens: Vec::new(),
             queue_capacity: 1024,
+            queue_bytes: 64 * 1024 * 1024,
             max_batch: 2000,
             rate_limit_per_token: 0,
             header_read_timeout_seconds: 5,

@@ -19,7 +19,7 @@ pub mod sqs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -38,6 +38,8 @@ pub const CLI_INTAKE: &str = "cli";
 pub struct IntakeConfig {
     /// Jobs (one per submitted payload) that may wait for the writer (`server.queue_capacity`).
     pub queue_capacity: usize,
+    /// Bytes of encoded findings that may wait for the writer (`server.queue_bytes`).
+    pub queue_bytes: usize,
     /// Most records (findings plus rejected records) merged into one store transaction
     /// (`server.max_batch`); a single larger payload is still written whole, on its own.
     pub max_batch: usize,
@@ -55,6 +57,7 @@ impl IntakeConfig {
     pub fn from_config(cfg: &Config, metrics: Arc<Metrics>) -> Self {
         Self {
             queue_capacity: cfg.server.queue_capacity,
+            queue_bytes: cfg.server.queue_bytes,
             max_batch: cfg.server.max_batch,
             dedup_window: Duration::from_secs(cfg.store.dedup_window_seconds),
             retry_after: Duration::from_secs(1),
@@ -123,6 +126,8 @@ struct Job {
     rejected: Vec<Rejection>,
     /// Rejected records past the first [`REJECTIONS_KEPT`]: counted, not kept.
     rejected_omitted: usize,
+    /// Its share of `server.queue_bytes`, given back once it is committed (or failed).
+    bytes: OwnedSemaphorePermit,
     reply: Reply,
 }
 
@@ -131,6 +136,7 @@ struct Pending {
     findings: usize,
     rejected: Vec<Rejection>,
     rejected_omitted: usize,
+    _bytes: OwnedSemaphorePermit,
     reply: Reply,
 }
 
@@ -141,6 +147,9 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct Intake {
     tx: mpsc::Sender<Job>,
+    /// Bytes of encoded findings queued or being committed, bounded by `server.queue_bytes`.
+    bytes: Arc<Semaphore>,
+    queue_bytes: usize,
     retry_after: Duration,
     metrics: Arc<Metrics>,
 }
@@ -158,8 +167,11 @@ impl Intake {
         wake: Arc<Notify>,
     ) -> (Intake, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+        let queue_bytes = cfg.queue_bytes.clamp(1, Semaphore::MAX_PERMITS);
         let intake = Intake {
             tx,
+            bytes: Arc::new(Semaphore::new(queue_bytes)),
+            queue_bytes,
             retry_after: cfg.retry_after,
             metrics: Arc::clone(&cfg.metrics),
         };
@@ -246,6 +258,20 @@ impl Intake {
             .map(prepare_finding)
             .collect::<Result<Vec<_>, StoreError>>()
             .map_err(|e| IntakeError::Store(Arc::new(e)))?;
+        // Bounded by bytes as well as by requests: one request larger than the whole budget
+        // still goes through, alone, when nothing else waits.
+        let weight = prepared
+            .iter()
+            .map(|p| p.body.len())
+            .sum::<usize>()
+            .clamp(1, self.queue_bytes);
+        let Ok(bytes) = Arc::clone(&self.bytes)
+            .try_acquire_many_owned(u32::try_from(weight).unwrap_or(u32::MAX))
+        else {
+            return Err(IntakeError::Busy {
+                retry_after: self.retry_after,
+            });
+        };
         let (reply, answer) = oneshot::channel();
         let job = Job {
             intake,
@@ -253,6 +279,7 @@ impl Intake {
             prepared,
             rejected: report.rejected,
             rejected_omitted,
+            bytes,
             reply,
         };
         match self.tx.try_send(job) {
@@ -352,6 +379,7 @@ impl<S: Store> Writer<S> {
                 findings: job.findings.len(),
                 rejected: job.rejected.clone(),
                 rejected_omitted: job.rejected_omitted,
+                _bytes: job.bytes,
                 reply: job.reply,
             });
             batch.rejected_omitted += job.rejected_omitted;

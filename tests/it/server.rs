@@ -442,6 +442,45 @@ async fn a_full_queue_answers_429_with_retry_after_and_stores_only_what_it_ackno
     );
 }
 
+/// The queue is bounded by bytes too: with room for one finding's worth of bytes, concurrent
+/// clients get 429 although the queue has room for a thousand requests, and exactly what was
+/// acknowledged is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_full_of_bytes_answers_429_and_stores_only_what_it_acknowledged() {
+    let svc = Arc::new(
+        Service::start(|c| {
+            c.server.queue_capacity = 1024;
+            c.server.queue_bytes = 2048;
+        })
+        .await,
+    );
+    let mut handles = Vec::new();
+    for t in 0..16 {
+        let svc = Arc::clone(&svc);
+        handles.push(tokio::spawn(async move {
+            let (mut accepted, mut busy) = (0_i64, 0_i64);
+            for i in 0..13 {
+                let resp = svc.post("falco", sidekick(&format!("pod-{t}-{i}"))).await;
+                match resp.status() {
+                    StatusCode::ACCEPTED => accepted += 1,
+                    StatusCode::TOO_MANY_REQUESTS => busy += 1,
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            (accepted, busy)
+        }));
+    }
+    let (mut accepted, mut busy) = (0, 0);
+    for h in handles {
+        let (a, b) = h.await.unwrap();
+        accepted += a;
+        busy += b;
+    }
+    assert!(busy >= 1, "no 429 with room for one finding's bytes");
+    assert!(accepted >= 1);
+    assert_eq!(svc.stored().await, accepted);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_a_tokens_rate_limit_get_429_with_retry_after_and_other_tokens_go_on() {
     // One request a second per token by default; `eventbridge` has its own override of 2.
