@@ -30,6 +30,30 @@ impl Service {
             .any(|l| l.contains(text))
     }
 
+    /// Returns once every thread of the service is stopped (after SIGSTOP).
+    async fn wait_stopped(&self) {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let all_stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|dir| {
+                dir.filter_map(Result::ok).all(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                        // The state follows the command name in parentheses.
+                        stat.rsplit_once(") ")
+                            .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+                    })
+                })
+            })
+        };
+        let started = Instant::now();
+        while !all_stopped() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the service did not stop after SIGSTOP"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Everything the service wrote to stderr so far, for failure messages.
     pub(crate) fn log_text(&self) -> String {
         self.log.lock().expect("log").join("\n")
@@ -334,6 +358,9 @@ async fn a_stalled_engine_loses_its_lease_and_its_late_writes_are_refused_and_lo
     .await;
     loop {
         a.signal("-STOP");
+        // kill returns once the signal is sent; a thread may still run (and take the write
+        // lock) until the kernel stops it, so look only once every thread is stopped.
+        a.wait_stopped().await;
         if !write_locked(&url).await {
             break;
         }
