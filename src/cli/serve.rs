@@ -26,7 +26,6 @@ use crate::ingest::{Intake, IntakeConfig};
 use crate::playbook::{LoadError, load_dir};
 use crate::server::{AppState, router, serve_http};
 use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
 use crate::telemetry::metrics::Metrics;
 
 /// How long shutdown waits for in-flight work before exiting anyway.
@@ -142,7 +141,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 async fn run(opts: &ServeOptions, config: &Config) -> Exit {
-    let store = match SqliteStore::open(&config.store.url).await {
+    let store = match crate::store::open(&config.store.url).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
             output::error(

@@ -1,27 +1,104 @@
-//! The SQLite ledger: dedup, leases, executions, steps, flags and the tamper-evident audit chain.
-//! Every test opens a real database file in a temp directory.
+//! The store conformance suite: dedup, leases, executions, steps, flags and the tamper-evident
+//! audit chain. Every test body runs against both backends (`store::sqlite::*` on a real
+//! database file in a temp directory, `store::postgres::*` on a database of its own on the
+//! PostgreSQL server), opened through `firebreak::store::open` as the service opens them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use firebreak::finding::Finding;
-use firebreak::store::sqlite::SqliteStore;
 use firebreak::store::{
-    AuditEvent, AuditQuery, ExecState, IngestBatch, MatchInput, StepRow, Store, StoreError,
+    AnyStore, AuditEvent, AuditQuery, ExecState, IngestBatch, MatchInput, StepRow, Store,
+    StoreError,
 };
 use sqlx::Connection;
 
 use crate::fixtures::{self, FALCO_SHELL, GD_TROJAN};
+use crate::support::pg::TestDb;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn open() -> (tempfile::TempDir, String, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let store = SqliteStore::open(&url).await.unwrap();
-    (dir, url, store)
+/// Which store a test body runs against.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
+
+/// What keeps a test's database alive: its temp directory or its PostgreSQL database.
+#[derive(Debug)]
+struct Ledger {
+    _dir: Option<tempfile::TempDir>,
+    _db: Option<TestDb>,
+}
+
+async fn open(b: Backend) -> (Ledger, String, AnyStore) {
+    let (ledger, url) = match b {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+            (
+                Ledger {
+                    _dir: Some(dir),
+                    _db: None,
+                },
+                url,
+            )
+        }
+        Backend::Postgres => {
+            let db = TestDb::create().await;
+            let url = db.url.clone();
+            (
+                Ledger {
+                    _dir: None,
+                    _db: Some(db),
+                },
+                url,
+            )
+        }
+    };
+    let store = firebreak::store::open(&url).await.unwrap();
+    (ledger, url, store)
+}
+
+/// Runs each named body once per backend: `store::sqlite::NAME` and `store::postgres::NAME`.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Sqlite).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Postgres).await;
+            })*
+        }
+    };
+}
+
+conformance!(
+    a_new_finding_is_stored_and_audited,
+    a_batch_is_audited_once_and_each_finding_finds_its_record,
+    a_storm_of_identical_findings_becomes_one_finding_counted_duplicates_and_one_audit_line,
+    a_zero_window_disables_dedup,
+    rejected_records_are_kept_with_their_reason,
+    leases_give_each_finding_to_one_worker_until_they_expire,
+    a_write_from_a_worker_whose_lease_was_taken_over_is_refused,
+    a_cancelled_execution_refuses_its_holder_and_is_never_claimed_again,
+    executions_steps_and_states_round_trip_and_are_audited,
+    flags_persist_and_are_audited,
+    an_intact_audit_chain_verifies,
+    verify_detects_an_edited_record,
+    verify_detects_a_removed_record,
+    verify_detects_reordered_records,
+    verify_detects_removal_of_the_newest_records,
+    verify_detects_an_edited_or_removed_finding,
+    a_runs_findings_stay_its_own_until_handed_over_or_orphaned,
+);
 
 /// A fresh copy of a real fixture's finding (new id, same fingerprint).
 fn copy_of(rel: &str) -> Finding {
@@ -37,9 +114,8 @@ fn batch(findings: Vec<Finding>) -> IngestBatch {
     }
 }
 
-#[tokio::test]
-async fn a_new_finding_is_stored_and_audited() {
-    let (_d, _u, store) = open().await;
+async fn a_new_finding_is_stored_and_audited(b: Backend) {
+    let (_d, _u, store) = open(b).await;
     let f = copy_of(FALCO_SHELL);
     let receipts = store.record(batch(vec![f.clone()]), HOUR).await.unwrap();
     assert_eq!(receipts.len(), 1);
@@ -59,9 +135,8 @@ async fn a_new_finding_is_stored_and_audited() {
     );
 }
 
-#[tokio::test]
-async fn a_batch_is_audited_once_and_each_finding_finds_its_record() {
-    let (_d, _u, store) = open().await;
+async fn a_batch_is_audited_once_and_each_finding_finds_its_record(b: Backend) {
+    let (_d, _u, store) = open(b).await;
     let findings: Vec<Finding> = (0..3).map(|_| copy_of(FALCO_SHELL)).collect();
     store
         .record(batch(findings.clone()), Duration::ZERO)
@@ -90,9 +165,10 @@ async fn a_batch_is_audited_once_and_each_finding_finds_its_record() {
     }
 }
 
-#[tokio::test]
-async fn a_storm_of_identical_findings_becomes_one_finding_counted_duplicates_and_one_audit_line() {
-    let (_d, _u, store) = open().await;
+async fn a_storm_of_identical_findings_becomes_one_finding_counted_duplicates_and_one_audit_line(
+    b: Backend,
+) {
+    let (_d, _u, store) = open(b).await;
     let first = copy_of(FALCO_SHELL);
     let storm = 20_000;
     let mut all = vec![first.clone()];
@@ -120,9 +196,8 @@ async fn a_storm_of_identical_findings_becomes_one_finding_counted_duplicates_an
     assert_eq!(audit.len(), 2, "received + one storm line: {audit:#?}");
 }
 
-#[tokio::test]
-async fn a_zero_window_disables_dedup() {
-    let (_d, _u, store) = open().await;
+async fn a_zero_window_disables_dedup(b: Backend) {
+    let (_d, _u, store) = open(b).await;
     let receipts = store
         .record(
             batch(vec![copy_of(FALCO_SHELL), copy_of(FALCO_SHELL)]),
@@ -134,9 +209,8 @@ async fn a_zero_window_disables_dedup() {
     assert_ne!(receipts[0].id, receipts[1].id);
 }
 
-#[tokio::test]
-async fn rejected_records_are_kept_with_their_reason() {
-    let (_d, url, store) = open().await;
+async fn rejected_records_are_kept_with_their_reason(b: Backend) {
+    let (_d, url, store) = open(b).await;
     let report = firebreak::finding::parse_input(
         "stdin",
         b"{\"a\":1}\nnot json\n",
@@ -155,11 +229,7 @@ async fn rejected_records_are_kept_with_their_reason() {
         )
         .await
         .unwrap();
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM rejected ORDER BY id")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+    let reasons = read_strings(&url, "SELECT reason FROM rejected ORDER BY id").await;
     assert_eq!(reasons.len(), 2);
     assert!(
         reasons.iter().any(|r| r.contains("invalid JSON")),
@@ -171,9 +241,8 @@ async fn rejected_records_are_kept_with_their_reason() {
     );
 }
 
-#[tokio::test]
-async fn leases_give_each_finding_to_one_worker_until_they_expire() {
-    let (_d, _u, store) = open().await;
+async fn leases_give_each_finding_to_one_worker_until_they_expire(b: Backend) {
+    let (_d, _u, store) = open(b).await;
     let store = Arc::new(store);
     let findings: Vec<Finding> = (0..50).map(|_| copy_of(GD_TROJAN)).collect();
     store.record(batch(findings), Duration::ZERO).await.unwrap();
@@ -209,7 +278,7 @@ async fn leases_give_each_finding_to_one_worker_until_they_expire() {
             .unwrap()
             .is_empty()
     );
-    let (_d2, _u2, fresh) = open().await;
+    let (_d2, _u2, fresh) = open(b).await;
     fresh
         .record(batch(vec![copy_of(GD_TROJAN)]), HOUR)
         .await
@@ -246,9 +315,8 @@ fn matched(playbook: &'static str, state: ExecState, reason: Option<&str>) -> Ma
     }
 }
 
-#[tokio::test]
-async fn a_write_from_a_worker_whose_lease_was_taken_over_is_refused() {
-    let (_d, _u, store) = open().await;
+async fn a_write_from_a_worker_whose_lease_was_taken_over_is_refused(b: Backend) {
+    let (_d, _u, store) = open(b).await;
     let f = copy_of(FALCO_SHELL);
     let fid = f.id.to_string();
     store.record(batch(vec![f]), HOUR).await.unwrap();
@@ -320,9 +388,8 @@ async fn a_write_from_a_worker_whose_lease_was_taken_over_is_refused() {
     assert!(audit.iter().all(|r| r.kind != "execution.parked"));
 }
 
-#[tokio::test]
-async fn a_cancelled_execution_refuses_its_holder_and_is_never_claimed_again() {
-    let (_d, _u, store) = open().await;
+async fn a_cancelled_execution_refuses_its_holder_and_is_never_claimed_again(b: Backend) {
+    let (_d, _u, store) = open(b).await;
     let f = copy_of(FALCO_SHELL);
     let fid = f.id.to_string();
     store.record(batch(vec![f]), HOUR).await.unwrap();
@@ -366,9 +433,8 @@ async fn a_cancelled_execution_refuses_its_holder_and_is_never_claimed_again() {
     );
 }
 
-#[tokio::test]
-async fn executions_steps_and_states_round_trip_and_are_audited() {
-    let (_d, _u, store) = open().await;
+async fn executions_steps_and_states_round_trip_and_are_audited(b: Backend) {
+    let (_d, _u, store) = open(b).await;
     let f = copy_of(FALCO_SHELL);
     let fid = f.id.to_string();
     store.record(batch(vec![f]), HOUR).await.unwrap();
@@ -446,16 +512,15 @@ async fn executions_steps_and_states_round_trip_and_are_audited() {
     );
 }
 
-#[tokio::test]
-async fn flags_persist_and_are_audited() {
-    let (_d, url, store) = open().await;
+async fn flags_persist_and_are_audited(b: Backend) {
+    let (_d, url, store) = open(b).await;
     assert!(!store.flag("kill_switch").await.unwrap());
     store
         .set_flag("kill_switch", true, "cli:alice")
         .await
         .unwrap();
     drop(store);
-    let reopened = SqliteStore::open(&url).await.unwrap();
+    let reopened = firebreak::store::open(&url).await.unwrap();
     assert!(reopened.flag("kill_switch").await.unwrap());
     let audit = reopened.audit_list(AuditQuery::default()).await.unwrap();
     assert_eq!(
@@ -464,8 +529,8 @@ async fn flags_persist_and_are_audited() {
     );
 }
 
-async fn chain_of(n: usize) -> (tempfile::TempDir, String, SqliteStore) {
-    let (d, url, store) = open().await;
+async fn chain_of(b: Backend, n: usize) -> (Ledger, String, AnyStore) {
+    let (d, url, store) = open(b).await;
     for i in 0..n {
         store
             .audit(AuditEvent {
@@ -480,22 +545,38 @@ async fn chain_of(n: usize) -> (tempfile::TempDir, String, SqliteStore) {
     (d, url, store)
 }
 
-async fn tamper(url: &str, sql: &'static str) {
-    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-    sqlx::query(sql).execute(&mut conn).await.unwrap();
+/// Reads one text column straight from the store's database.
+async fn read_strings(url: &str, sql: &'static str) -> Vec<String> {
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
+    }
 }
 
-#[tokio::test]
-async fn an_intact_audit_chain_verifies() {
-    let (_d, _u, store) = chain_of(20).await;
+/// Runs `sql` on the store's database behind its back, as an attacker with database access.
+async fn tamper(url: &str, sql: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    }
+}
+
+async fn an_intact_audit_chain_verifies(b: Backend) {
+    let (_d, _u, store) = chain_of(b, 20).await;
     let report = store.audit_verify().await.unwrap();
     assert_eq!(report.records, 20);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
-#[tokio::test]
-async fn verify_detects_an_edited_record() {
-    let (_d, url, store) = chain_of(10).await;
+async fn verify_detects_an_edited_record(b: Backend) {
+    let (_d, url, store) = chain_of(b, 10).await;
     tamper(&url, "UPDATE audit SET detail = '{\"i\":99}' WHERE seq = 4").await;
     let report = store.audit_verify().await.unwrap();
     assert!(
@@ -508,9 +589,8 @@ async fn verify_detects_an_edited_record() {
     );
 }
 
-#[tokio::test]
-async fn verify_detects_a_removed_record() {
-    let (_d, url, store) = chain_of(10).await;
+async fn verify_detects_a_removed_record(b: Backend) {
+    let (_d, url, store) = chain_of(b, 10).await;
     tamper(&url, "DELETE FROM audit WHERE seq = 5").await;
     let report = store.audit_verify().await.unwrap();
     assert!(
@@ -520,14 +600,11 @@ async fn verify_detects_a_removed_record() {
     );
 }
 
-#[tokio::test]
-async fn verify_detects_reordered_records() {
-    let (_d, url, store) = chain_of(10).await;
-    tamper(
-        &url,
-        "UPDATE audit SET seq = CASE seq WHEN 3 THEN -1 WHEN 7 THEN 3 END WHERE seq IN (3, 7)",
-    )
-    .await;
+async fn verify_detects_reordered_records(b: Backend) {
+    let (_d, url, store) = chain_of(b, 10).await;
+    // Swapped one row at a time: PostgreSQL checks the key after each row.
+    tamper(&url, "UPDATE audit SET seq = -1 WHERE seq = 3").await;
+    tamper(&url, "UPDATE audit SET seq = 3 WHERE seq = 7").await;
     tamper(&url, "UPDATE audit SET seq = 7 WHERE seq = -1").await;
     let report = store.audit_verify().await.unwrap();
     assert!(
@@ -537,9 +614,8 @@ async fn verify_detects_reordered_records() {
     );
 }
 
-#[tokio::test]
-async fn verify_detects_removal_of_the_newest_records() {
-    let (_d, url, store) = chain_of(10).await;
+async fn verify_detects_removal_of_the_newest_records(b: Backend) {
+    let (_d, url, store) = chain_of(b, 10).await;
     tamper(&url, "DELETE FROM audit WHERE seq > 8").await;
     let report = store.audit_verify().await.unwrap();
     assert!(
@@ -552,9 +628,8 @@ async fn verify_detects_removal_of_the_newest_records() {
     );
 }
 
-#[tokio::test]
-async fn verify_detects_an_edited_or_removed_finding() {
-    let (_d, url, store) = open().await;
+async fn verify_detects_an_edited_or_removed_finding(b: Backend) {
+    let (_d, url, store) = open(b).await;
     let findings: Vec<Finding> = (0..3).map(|_| copy_of(FALCO_SHELL)).collect();
     store
         .record(batch(findings.clone()), Duration::ZERO)
@@ -564,17 +639,18 @@ async fn verify_detects_an_edited_or_removed_finding() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 
     let (edited, removed) = (findings[0].id.to_string(), findings[2].id.to_string());
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("UPDATE findings SET body = replace(body, 'Terminal', 'Harmless') WHERE id = ?")
-        .bind(&edited)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM findings WHERE id = ?")
-        .bind(&removed)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    tamper(
+        &url,
+        &format!(
+            "UPDATE findings SET body = replace(body, 'Terminal', 'Harmless') WHERE id = '{edited}'"
+        ),
+    )
+    .await;
+    tamper(
+        &url,
+        &format!("DELETE FROM findings WHERE id = '{removed}'"),
+    )
+    .await;
     let report = store.audit_verify().await.unwrap();
     assert!(
         report
@@ -597,13 +673,29 @@ async fn verify_detects_an_edited_or_removed_finding() {
 
 #[tokio::test]
 async fn an_unsupported_url_is_refused() {
-    let err = SqliteStore::open("postgres://nope").await.unwrap_err();
-    assert!(err.to_string().contains("unsupported store url"), "{err}");
+    let err = firebreak::store::open("mysql://fb:hunter2@db/x")
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("unsupported store url"), "{text}");
+    assert!(
+        !text.contains("hunter2"),
+        "the password is never shown: {text}"
+    );
 }
 
 #[tokio::test]
-async fn a_runs_findings_stay_its_own_until_handed_over_or_orphaned() {
-    let (_d, url, store) = open().await;
+async fn an_unreachable_postgres_error_does_not_show_the_password() {
+    // Nothing listens on port 1.
+    let err = firebreak::store::open("postgres://fb:hunter2@127.0.0.1:1/x")
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+async fn a_runs_findings_stay_its_own_until_handed_over_or_orphaned(b: Backend) {
+    let (_d, url, store) = open(b).await;
     let scoped = |f: Finding, dry_run: bool| IngestBatch {
         intake: "cli:test".into(),
         findings: vec![f],
@@ -635,11 +727,11 @@ async fn a_runs_findings_stay_its_own_until_handed_over_or_orphaned() {
             .is_empty()
     );
     // The run was killed 16 minutes ago: its real finding is adopted, its rehearsal never.
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("UPDATE findings SET received_at = received_at - 960000")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    tamper(
+        &url,
+        "UPDATE findings SET received_at = received_at - 960000",
+    )
+    .await;
     let adopted = store.claim_findings("svc", HOUR, 10, None).await.unwrap();
     assert_eq!(adopted.len(), 1);
     assert_eq!(adopted[0].finding.source, "falco");
