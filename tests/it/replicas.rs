@@ -1,0 +1,185 @@
+//! Several `firebreak serve` replicas on one PostgreSQL database: findings spread over them
+//! over HTTP are each acted on once, the audit chain they all append to verifies, and work a
+//! replica held when it was killed is taken over by another after its lease.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use firebreak::store::{AnyStore, AuditQuery, Store};
+
+use crate::service::{Service, events, playbook_dir, post, start_with};
+use crate::support::pg::TestDb;
+use crate::support::receiver::Receiver;
+
+/// `n` replicas on the database `url`, each with leases of `lease_seconds`.
+fn replicas(n: usize, url: &str, playbooks: &std::path::Path, lease_seconds: u32) -> Vec<Service> {
+    (0..n)
+        .map(|_| {
+            // Each replica gets its own working directory; the ledger is the shared database.
+            let dir = tempfile::tempdir().expect("tempdir");
+            start_with(
+                dir.path(),
+                playbooks,
+                lease_seconds,
+                &[("FIREBREAK_STORE__URL", url)],
+            )
+        })
+        .collect()
+}
+
+/// Waits until `n` executions reached `applied` in the audit trail.
+async fn wait_applied(store: &AnyStore, n: usize, limit: Duration, services: &[Service]) {
+    let start = Instant::now();
+    loop {
+        let audit = store
+            .audit_list(AuditQuery::default())
+            .await
+            .expect("audit");
+        let done = audit
+            .iter()
+            .filter(|a| a.kind == "execution.state" && a.detail["state"] == "applied")
+            .count();
+        if done >= n {
+            return;
+        }
+        if start.elapsed() > limit {
+            let logs: Vec<String> = services.iter().map(Service::log_text).collect();
+            panic!(
+                "only {done}/{n} executions applied; logs:\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every execution applied its one step exactly once, the receiver saw `n` distinct
+/// idempotency keys, and the chain verifies.
+async fn assert_once_each(store: &AnyStore, rx: &Receiver, n: usize) {
+    let audit = store
+        .audit_list(AuditQuery::default())
+        .await
+        .expect("audit");
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| a.kind == "findings.received")
+            .map(|a| a.detail["findings"].as_array().map_or(0, Vec::len))
+            .sum::<usize>(),
+        n,
+        "every acknowledged finding was kept once"
+    );
+    let mut applied: HashMap<String, usize> = HashMap::new();
+    for a in audit.iter().filter(|a| a.kind == "step.applied") {
+        *applied
+            .entry(a.execution_id.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    assert_eq!(applied.len(), n, "every execution applied its step");
+    assert!(
+        applied.values().all(|c| *c == 1),
+        "a step was recorded applied twice"
+    );
+    let keys: HashSet<String> = rx
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), n, "one webhook effect per execution");
+    let report = store.audit_verify().await.expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// `firebreak audit verify` on the database, as an operator runs it.
+fn cli_verify(url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["audit", "verify"])
+        .env_clear()
+        .env("FIREBREAK_STORE__URL", url)
+        .output()
+        .expect("run firebreak audit verify")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_one_database_act_on_each_finding_once_and_the_chain_verifies() {
+    let db = TestDb::create().await;
+    let rx = Receiver::start().await;
+    let pbs = playbook_dir(&rx.url("/hook"));
+    let services = replicas(3, &db.url, pbs.path(), 5);
+    let n = 300;
+    let client = reqwest::Client::new();
+    let began = Instant::now();
+    // Spread over the replicas, several requests in flight at once.
+    let mut posts = tokio::task::JoinSet::new();
+    for (i, body) in events(n).into_iter().enumerate() {
+        let (client, addr) = (client.clone(), services[i % 3].addr.clone());
+        posts.spawn(async move { post(&client, &addr, body).await });
+        if posts.len() >= 12 {
+            let status = posts.join_next().await.expect("post").expect("task");
+            assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+        }
+    }
+    while let Some(status) = posts.join_next().await {
+        assert_eq!(status.expect("task"), reqwest::StatusCode::ACCEPTED);
+    }
+    let ingested = began.elapsed();
+    let store = firebreak::store::open(&db.url).await.expect("store");
+    wait_applied(&store, n, Duration::from_secs(120), &services).await;
+    // Printed for docs/scaling.md; never asserted (STYLE.md: speed is measured, not tested).
+    eprintln!(
+        "{n} findings over 3 replicas: all accepted after {ingested:?}, all applied after {:?}",
+        began.elapsed()
+    );
+    drop(services);
+    assert_once_each(&store, &rx, n).await;
+    let verify = cli_verify(&db.url);
+    assert!(
+        verify.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_while_holding_work_is_taken_over_after_its_lease_and_nothing_runs_twice()
+{
+    let db = TestDb::create().await;
+    let rx = Receiver::start().await;
+    let pbs = playbook_dir(&rx.url("/hook"));
+    let n = 60;
+    // Replica a alone receives and claims; b and c join after it was killed.
+    let mut a = replicas(1, &db.url, pbs.path(), 2).remove(0);
+    let client = reqwest::Client::new();
+    for body in events(n) {
+        assert_eq!(
+            post(&client, &a.addr, body).await,
+            reqwest::StatusCode::ACCEPTED
+        );
+    }
+    let store = firebreak::store::open(&db.url).await.expect("store");
+    // Wait until a holds leases on claimed work, then kill it without warning.
+    let start = Instant::now();
+    loop {
+        let (findings, executions) = store.backlog().await.expect("backlog");
+        if findings < i64::try_from(n).expect("n") || executions > 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "a never claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.child.kill().expect("kill -9");
+    let _ = a.child.wait();
+    let delivered_before = rx.requests().len();
+    eprintln!("delivered before kill -9: {delivered_before}/{n}");
+    assert!(
+        delivered_before < n,
+        "a finished everything before it was killed"
+    );
+
+    let others = replicas(2, &db.url, pbs.path(), 2);
+    wait_applied(&store, n, Duration::from_secs(60), &others).await;
+    drop(others);
+    assert_once_each(&store, &rx, n).await;
+}
