@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use firebreak::finding::Finding;
 use firebreak::store::{
-    AnyStore, AuditEvent, AuditQuery, ExecState, IngestBatch, MatchInput, StepRow, Store,
-    StoreError,
+    Admission, AnyStore, AuditEvent, AuditQuery, ExecState, IngestBatch, Lease, LeaseRequest,
+    MatchInput, StepRow, Store, StoreError,
 };
 use sqlx::Connection;
 
@@ -81,6 +81,8 @@ macro_rules! conformance {
 }
 
 conformance!(
+    writers_on_two_handles_keep_one_verifiable_chain,
+    guards_and_target_locks_hold_across_two_handles_admitting_at_once,
     a_new_finding_is_stored_and_audited,
     a_batch_is_audited_once_and_each_finding_finds_its_record,
     a_storm_of_identical_findings_becomes_one_finding_counted_duplicates_and_one_audit_line,
@@ -735,4 +737,129 @@ async fn a_runs_findings_stay_its_own_until_handed_over_or_orphaned(b: Backend) 
     let adopted = store.claim_findings("svc", HOUR, 10, None).await.unwrap();
     assert_eq!(adopted.len(), 1);
     assert_eq!(adopted[0].finding.source, "falco");
+}
+
+/// A second handle on the same database, as another replica (or process) opens it.
+async fn second_handle(url: &str) -> AnyStore {
+    firebreak::store::open(url).await.unwrap()
+}
+
+async fn writers_on_two_handles_keep_one_verifiable_chain(b: Backend) {
+    let (_d, url, one) = open(b).await;
+    let handles = [Arc::new(one), Arc::new(second_handle(&url).await)];
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8 {
+        let store = Arc::clone(&handles[t % 2]);
+        tasks.spawn(async move {
+            for i in 0..20 {
+                if i % 4 == 0 {
+                    store
+                        .record(batch(vec![copy_of(FALCO_SHELL)]), Duration::ZERO)
+                        .await
+                        .unwrap();
+                } else {
+                    store
+                        .audit(AuditEvent {
+                            kind: "test".into(),
+                            finding_id: None,
+                            execution_id: None,
+                            detail: serde_json::json!({ "writer": t, "i": i }),
+                        })
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let report = handles[1].audit_verify().await.unwrap();
+    assert_eq!(
+        report.records,
+        8 * 20,
+        "every append is one record, none lost"
+    );
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// `n` findings, each matched by `playbook` and leased to `owner`: their leases.
+async fn leased_executions(store: &AnyStore, playbook: &'static str, n: usize) -> Vec<Lease> {
+    let findings: Vec<Finding> = (0..n).map(|_| copy_of(GD_TROJAN)).collect();
+    store.record(batch(findings), Duration::ZERO).await.unwrap();
+    let claimed = store
+        .claim_findings("w", HOUR, u32::try_from(n).unwrap(), None)
+        .await
+        .unwrap();
+    let mut leases = Vec::new();
+    for c in claimed {
+        let rec = store
+            .record_matches(
+                &c.finding.id.to_string(),
+                &[matched(playbook, ExecState::Matched, None)],
+                Some(LeaseRequest {
+                    owner: "w",
+                    duration: HOUR,
+                    max: 1,
+                }),
+            )
+            .await
+            .unwrap();
+        leases.push(rec[0].lease.clone().unwrap());
+    }
+    leases
+}
+
+async fn guards_and_target_locks_hold_across_two_handles_admitting_at_once(b: Backend) {
+    let (_d, url, one) = open(b).await;
+    let leases = leased_executions(&one, "contain", 12).await;
+    let handles = [Arc::new(one), Arc::new(second_handle(&url).await)];
+    // Twelve executions, each on its own target, admitted at once through two handles under a
+    // blast radius of 3 distinct targets per hour: exactly 3 pass.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, lease) in leases.iter().cloned().enumerate() {
+        let store = Arc::clone(&handles[i % 2]);
+        tasks.spawn(async move {
+            let targets = [format!("target-{i}")];
+            store
+                .admit(
+                    &lease,
+                    &Admission {
+                        playbook: "contain",
+                        targets: &targets,
+                        max_targets_per_hour: Some(3),
+                        max_runs_per_hour: None,
+                        cooldown: None,
+                        requires_approval: false,
+                    },
+                )
+                .await
+                .unwrap()
+        });
+    }
+    let mut admitted = 0;
+    while let Some(denial) = tasks.join_next().await {
+        if denial.unwrap().is_none() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3, "the blast radius is never overshot");
+    // All twelve take the lock on one shared resource at once: exactly one holds it.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, lease) in leases.into_iter().enumerate() {
+        let store = Arc::clone(&handles[i % 2]);
+        tasks.spawn(async move {
+            store
+                .lock_targets(&lease, &["shared".to_owned()], HOUR)
+                .await
+                .unwrap()
+        });
+    }
+    let mut holders = 0;
+    while let Some(taken) = tasks.join_next().await {
+        if taken.unwrap() {
+            holders += 1;
+        }
+    }
+    assert_eq!(holders, 1, "one execution at a time holds a target");
 }
