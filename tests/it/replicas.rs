@@ -183,3 +183,88 @@ async fn a_replica_killed_while_holding_work_is_taken_over_after_its_lease_and_n
     drop(others);
     assert_once_each(&store, &rx, n).await;
 }
+
+/// Runs `sql` as the server's superuser on the maintenance database.
+fn admin(sql: &str) {
+    let ok = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-q",
+            "-c",
+            sql,
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("psql");
+    assert!(ok.success(), "{sql}");
+}
+
+async fn ready(client: &reqwest::Client, addr: &str) -> reqwest::StatusCode {
+    client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_refuses_connections_readiness_and_intake_say_503_and_both_recover() {
+    let db = TestDb::create().await;
+    let name = db.url.rsplit('/').next().expect("name").to_owned();
+    let rx = Receiver::start().await;
+    let pbs = playbook_dir(&rx.url("/hook"));
+    let svc = replicas(1, &db.url, pbs.path(), 5).remove(0);
+    let client = reqwest::Client::new();
+    assert_eq!(ready(&client, &svc.addr).await, reqwest::StatusCode::OK);
+
+    // The database goes away for the service: no new connections, existing ones ended.
+    admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    assert_eq!(
+        ready(&client, &svc.addr).await,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE
+    );
+    let mut bodies = events(2).into_iter();
+    assert_eq!(
+        post(&client, &svc.addr, bodies.next().expect("event")).await,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        "nothing is acknowledged that was not stored"
+    );
+
+    // It comes back: the service is ready again and acts on what it accepts, by itself.
+    admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    let start = Instant::now();
+    while ready(&client, &svc.addr).await != reqwest::StatusCode::OK {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not ready again: {}",
+            svc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        post(&client, &svc.addr, bodies.next().expect("event")).await,
+        reqwest::StatusCode::ACCEPTED
+    );
+    let store = firebreak::store::open(&db.url).await.expect("store");
+    wait_applied(
+        &store,
+        1,
+        Duration::from_secs(30),
+        std::slice::from_ref(&svc),
+    )
+    .await;
+    assert_eq!(
+        rx.requests().len(),
+        1,
+        "only the accepted finding was acted on"
+    );
+}
