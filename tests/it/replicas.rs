@@ -101,19 +101,19 @@ fn cli_verify(url: &str) -> std::process::Output {
         .expect("run firebreak audit verify")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_on_one_database_act_on_each_finding_once_and_the_chain_verifies() {
+/// Posts `n` findings spread over `count` replicas on a fresh database and waits until each is
+/// applied: the database, the receiver and (how long accepting, how long until all applied).
+async fn spread(count: usize, n: usize) -> (TestDb, Receiver, Duration, Duration) {
     let db = TestDb::create().await;
     let rx = Receiver::start().await;
     let pbs = playbook_dir(&rx.url("/hook"));
-    let services = replicas(3, &db.url, pbs.path(), 5);
-    let n = 300;
+    let services = replicas(count, &db.url, pbs.path(), 5);
     let client = reqwest::Client::new();
     let began = Instant::now();
     // Spread over the replicas, several requests in flight at once.
     let mut posts = tokio::task::JoinSet::new();
     for (i, body) in events(n).into_iter().enumerate() {
-        let (client, addr) = (client.clone(), services[i % 3].addr.clone());
+        let (client, addr) = (client.clone(), services[i % count].addr.clone());
         posts.spawn(async move { post(&client, &addr, body).await });
         if posts.len() >= 12 {
             let status = posts.join_next().await.expect("post").expect("task");
@@ -125,13 +125,21 @@ async fn three_replicas_on_one_database_act_on_each_finding_once_and_the_chain_v
     }
     let ingested = began.elapsed();
     let store = firebreak::store::open(&db.url).await.expect("store");
-    wait_applied(&store, n, Duration::from_secs(120), &services).await;
+    wait_applied(&store, n, Duration::from_secs(300), &services).await;
+    let applied = began.elapsed();
+    drop(services);
+    (db, rx, ingested, applied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_one_database_act_on_each_finding_once_and_the_chain_verifies() {
+    let n = 300;
+    let (db, rx, ingested, applied) = spread(3, n).await;
     // Printed for docs/scaling.md; never asserted (STYLE.md: speed is measured, not tested).
     eprintln!(
-        "{n} findings over 3 replicas: all accepted after {ingested:?}, all applied after {:?}",
-        began.elapsed()
+        "{n} findings over 3 replicas: all accepted after {ingested:?}, all applied after {applied:?}"
     );
-    drop(services);
+    let store = firebreak::store::open(&db.url).await.expect("store");
     assert_once_each(&store, &rx, n).await;
     let verify = cli_verify(&db.url);
     assert!(
@@ -140,6 +148,20 @@ async fn three_replicas_on_one_database_act_on_each_finding_once_and_the_chain_v
         String::from_utf8_lossy(&verify.stdout),
         String::from_utf8_lossy(&verify.stderr)
     );
+}
+
+/// The measurement behind docs/scaling.md (not run by default): the same load on 1, 2 and 3
+/// replicas. `cargo nextest run --run-ignored only -E 'test(replica_throughput)' --no-capture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn replica_throughput() {
+    let n = 300;
+    for count in 1..=3 {
+        let (_db, _rx, ingested, applied) = spread(count, n).await;
+        eprintln!(
+            "{n} findings over {count} replica(s): all accepted after {ingested:?}, all applied after {applied:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
