@@ -210,7 +210,7 @@ fn insert_rows(remaining: usize) -> usize {
 
 /// The detail of a batch's `findings.received` record, in canonical JSON (keys sorted, as
 /// [`audit_detail`] renders): the intake, and each stored finding's id and body hash in insert
-/// order. Built directly rather than through a `Value`, as it is rendered inside the writer.
+/// order. Built directly rather than through a `Value`, as it is rendered while the write lock is held.
 fn received_detail(
     intake: &str,
     dry_run: bool,
@@ -706,9 +706,9 @@ impl Store for PostgresStore {
         mut batch: IngestBatch,
         dedup_window: Duration,
     ) -> Result<Vec<Receipt>, StoreError> {
-        // Statements per batch, not per finding: with sqlx every statement is a round trip to
-        // the connection's thread, so rows are written with multi-row INSERTs and the audit
-        // chain is extended in memory from one read of its head.
+        // Statements per batch, not per finding: every statement is a round trip to the
+        // server, so rows are written with multi-row INSERTs and the audit chain is extended in
+        // memory from one read of its head.
         let mut tx = self.write().await?;
         let now = db_now(&mut tx).await?;
         let dedup = !dedup_window.is_zero() && !batch.dry_run;
