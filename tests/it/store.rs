@@ -81,6 +81,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    the_kill_switch_and_a_due_timer_hold_across_two_handles,
     writers_on_two_handles_keep_one_verifiable_chain,
     guards_and_target_locks_hold_across_two_handles_admitting_at_once,
     a_new_finding_is_stored_and_audited,
@@ -862,4 +863,46 @@ async fn guards_and_target_locks_hold_across_two_handles_admitting_at_once(b: Ba
         }
     }
     assert_eq!(holders, 1, "one execution at a time holds a target");
+}
+
+async fn the_kill_switch_and_a_due_timer_hold_across_two_handles(b: Backend) {
+    let (_d, url, one) = open(b).await;
+    let lease = leased_executions(&one, "rotate", 1).await.remove(0);
+    // A step scheduled for a time already past: due now, for whichever handle claims first.
+    one.schedule_step(
+        &lease,
+        &StepRow {
+            idx: 1,
+            action: "aws.iam.delete-access-key".into(),
+            status: "scheduled".into(),
+            plan: None,
+            outcome: None,
+            error: None,
+            attempts: 0,
+            due_at: Some(0),
+        },
+    )
+    .await
+    .unwrap();
+    let two = second_handle(&url).await;
+    // The kill switch set through one handle parks the work for every handle.
+    two.set_flag("kill_switch", true, "cli:test").await.unwrap();
+    for h in [&one, &two] {
+        assert!(
+            h.claim_executions("x", HOUR, 10, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    one.set_flag("kill_switch", false, "cli:test")
+        .await
+        .unwrap();
+    // Both claim at once: the timer fires once.
+    let (a, b2) = tokio::join!(
+        one.claim_executions("a", HOUR, 10, None),
+        two.claim_executions("b", HOUR, 10, None)
+    );
+    let claimed = a.unwrap().len() + b2.unwrap().len();
+    assert_eq!(claimed, 1, "a due step is claimed by one handle");
 }
