@@ -304,6 +304,14 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
             }
         })
     });
+    // On PostgreSQL, work another replica stored wakes this engine at once, not at its next poll.
+    let watch = match store.watch(Arc::clone(&wake)).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot LISTEN for other replicas' work; polling for it");
+            None
+        }
+    };
     let worker_task = tokio::spawn({
         let (wake, stop) = (Arc::clone(&wake), stopped(rx.clone()));
         async move { worker.run(wake, stop).await }
@@ -379,6 +387,9 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         }
     })
     .await;
+    if let Some(w) = watch {
+        w.abort();
+    }
     if drained.is_err() {
         tracing::warn!(
             "in-flight work did not finish within {SHUTDOWN_BOUND:?}; leases expire and another run resumes it"

@@ -27,6 +27,22 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
+    /// Wakes `wake` whenever any replica on the same PostgreSQL database commits work
+    /// (`LISTEN`/`NOTIFY`), until the returned task is aborted; `None` for SQLite, where the
+    /// engine's own wake-ups and polling are all there is.
+    ///
+    /// # Errors
+    /// The listening connection cannot be opened.
+    pub async fn watch(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, StoreError> {
+        match self {
+            AnyStore::Sqlite(_) => Ok(None),
+            AnyStore::Postgres(s) => s.watch(wake).await.map(Some),
+        }
+    }
+
     /// The backend's name (`sqlite`, `postgres`), for logs and readiness.
     #[must_use]
     pub fn backend(&self) -> &'static str {

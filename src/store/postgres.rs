@@ -13,6 +13,10 @@
 //!   from a replica's.
 //! - `audit_verify` reads the chain, the finding bodies and the head in one REPEATABLE READ
 //!   snapshot.
+//! - A batch that stores findings, a resume (flag off) and an approval `NOTIFY` the
+//!   `firebreak_work` channel when they commit; [`PostgresStore::watch`] wakes the local engine
+//!   on it. Polling stays the fallback: a notification missed while the listening connection was
+//!   down is found by the next poll.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -20,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 
 use super::{
@@ -43,6 +47,9 @@ const WRITE_LOCK: i64 = 0x0066_6972_6562_726b;
 
 /// The advisory lock held while migrating, so replicas starting together migrate once.
 const MIGRATE_LOCK: i64 = 0x0066_6972_6562_6d67;
+
+/// The channel a replica is woken on when another one commits work (`LISTEN`/`NOTIFY`).
+const WORK_CHANNEL: &str = "firebreak_work";
 
 /// Milliseconds since the Unix epoch on the database's clock.
 const DB_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -72,6 +79,15 @@ fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Sends a wake-up on [`WORK_CHANNEL`], delivered when the transaction commits.
+async fn notify_work(conn: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WORK_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The database's clock, in Unix milliseconds.
@@ -117,6 +133,39 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?;
         Ok(tx)
+    }
+
+    /// Wakes `wake` whenever a replica (this one included) commits work on the database,
+    /// until the returned task is aborted. Returns once the channel is listened to.
+    ///
+    /// # Errors
+    /// The listening connection cannot be opened.
+    pub async fn watch(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(WORK_CHANNEL).await?;
+        let pool = self.pool.clone();
+        Ok(tokio::spawn(async move {
+            loop {
+                // `try_recv` answers `None` when the connection dropped; it reconnects on the
+                // next call. Whatever was missed meanwhile, the engine looks once.
+                match listener.try_recv().await {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::redact::Scrubbed(&e), "LISTEN connection lost; polling until it is back");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if let Ok(mut fresh) = PgListener::connect_with(&pool).await
+                            && fresh.listen(WORK_CHANNEL).await.is_ok()
+                        {
+                            listener = fresh;
+                            wake.notify_one();
+                        }
+                    }
+                }
+            }
+        }))
     }
 
     /// Connects to the database at `url` (`postgres://…` or `postgresql://…`) and migrates it.
@@ -836,6 +885,9 @@ impl Store for PostgresStore {
             }));
         }
         append_audit_after(&mut tx, head, &events).await?;
+        if !fresh.is_empty() {
+            notify_work(&mut tx).await?;
+        }
         tx.commit().await?;
         Ok(receipts)
     }
@@ -1438,6 +1490,9 @@ impl Store for PostgresStore {
             },
         )
         .await?;
+        if !on {
+            notify_work(&mut tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -2097,6 +2152,7 @@ impl Store for PostgresStore {
                 Some(&format!("plan {plan_hash} approved by {by}")),
             )
             .await?;
+            notify_work(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(outcome)
@@ -2261,6 +2317,7 @@ impl Store for PostgresStore {
                 Some(&why),
             )
             .await?;
+            notify_work(&mut tx).await?;
         } else {
             set_state(
                 &mut tx,

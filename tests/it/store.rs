@@ -906,3 +906,23 @@ async fn the_kill_switch_and_a_due_timer_hold_across_two_handles(b: Backend) {
     let claimed = a.unwrap().len() + b2.unwrap().len();
     assert_eq!(claimed, 1, "a due step is claimed by one handle");
 }
+
+#[tokio::test]
+async fn postgres_wakes_a_watching_replica_when_another_stores_findings() {
+    let db = TestDb::create().await;
+    let one = firebreak::store::open(&db.url).await.unwrap();
+    let two = second_handle(&db.url).await;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let watch = one
+        .watch(Arc::clone(&wake))
+        .await
+        .unwrap()
+        .expect("PostgreSQL is watched");
+    two.record(batch(vec![copy_of(FALCO_SHELL)]), HOUR)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), wake.notified())
+        .await
+        .expect("woken by the other handle's commit");
+    watch.abort();
+}
