@@ -290,3 +290,66 @@ async fn while_the_database_refuses_connections_readiness_and_intake_say_503_and
         "only the accepted finding was acted on"
     );
 }
+
+/// `firebreak ARGS` with only `FIREBREAK_STORE__URL` set: (exit code, stdout, stderr).
+fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(args)
+        .env_clear()
+        .env("FIREBREAK_STORE__URL", url)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run firebreak");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_pause_resume_approvals_audit_and_rollback_open_the_postgres_store() {
+    let db = TestDb::create().await;
+    let rx = Receiver::start().await;
+    let pbs = playbook_dir(&rx.url("/hook"));
+    let pbs_path = pbs.path().display().to_string();
+    let finding = crate::fixtures::path(crate::fixtures::FALCO_SHELL)
+        .display()
+        .to_string();
+    let (code, _, err) = cli(
+        &db.url,
+        &["run", "--playbooks", &pbs_path, "--finding", &finding],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        rx.requests().len(),
+        1,
+        "run acted through the PostgreSQL store"
+    );
+    for args in [
+        &["pause", "--reason", "drill"][..],
+        &["resume"],
+        &["approvals", "list"],
+        &["audit", "verify"],
+    ] {
+        let (code, _, err) = cli(&db.url, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    let (code, _, err) = cli(&db.url, &["rollback", "01J0000000000000000000000X"]);
+    assert_ne!(code, 0);
+    assert!(!err.contains("cannot open the store"), "{err}");
+    let store = firebreak::store::open(&db.url).await.expect("store");
+    let kinds: Vec<String> = store
+        .audit_list(AuditQuery::default())
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|a| a.kind)
+        .collect();
+    assert!(kinds.iter().any(|k| k == "findings.received"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "flag.kill_switch").count(),
+        2,
+        "{kinds:?}"
+    );
+}
