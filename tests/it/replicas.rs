@@ -353,3 +353,43 @@ async fn run_pause_resume_approvals_audit_and_rollback_open_the_postgres_store()
         "{kinds:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_spread_over_three_replicas_is_stored_once_and_acted_on_once() {
+    let db = TestDb::create().await;
+    let rx = Receiver::start().await;
+    let pbs = playbook_dir(&rx.url("/hook"));
+    let services = replicas(3, &db.url, pbs.path(), 5);
+    let client = reqwest::Client::new();
+    let copies = 30;
+    let same = events(1).remove(0);
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..copies {
+        let (client, addr, body) = (client.clone(), services[i % 3].addr.clone(), same.clone());
+        posts.spawn(async move { post(&client, &addr, body).await });
+    }
+    while let Some(status) = posts.join_next().await {
+        assert_eq!(status.expect("task"), reqwest::StatusCode::ACCEPTED);
+    }
+    let store = firebreak::store::open(&db.url).await.expect("store");
+    wait_applied(&store, 1, Duration::from_secs(60), &services).await;
+    // Time for a wrongly stored second copy to be acted on too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(services);
+    assert_once_each(&store, &rx, 1).await;
+    let audit = store
+        .audit_list(AuditQuery::default())
+        .await
+        .expect("audit");
+    let original = audit
+        .iter()
+        .find(|a| a.kind == "findings.received")
+        .and_then(|a| a.detail["findings"][0]["id"].as_str())
+        .expect("the stored original")
+        .to_owned();
+    assert_eq!(
+        store.duplicates(&original).await.expect("duplicates"),
+        i64::try_from(copies - 1).expect("copies"),
+        "every other copy was counted on the original"
+    );
+}
