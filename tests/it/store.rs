@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use firebreak::finding::Finding;
 use firebreak::store::{
-    Admission, AnyStore, AuditEvent, AuditQuery, ExecState, IngestBatch, Lease, LeaseRequest,
-    MatchInput, StepRow, Store, StoreError,
+    Admission, AnyStore, ApprovalRequest, AuditEvent, AuditQuery, ExecState, IngestBatch, Lease,
+    LeaseRequest, MatchInput, StepRow, Store, StoreError, Vote, VoteOutcome,
 };
 use sqlx::Connection;
 
@@ -81,6 +81,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    two_reviewers_voting_through_two_handles_at_once_approve_once,
     the_kill_switch_and_a_due_timer_hold_across_two_handles,
     writers_on_two_handles_keep_one_verifiable_chain,
     guards_and_target_locks_hold_across_two_handles_admitting_at_once,
@@ -925,4 +926,60 @@ async fn postgres_wakes_a_watching_replica_when_another_stores_findings() {
         .await
         .expect("woken by the other handle's commit");
     watch.abort();
+}
+
+async fn two_reviewers_voting_through_two_handles_at_once_approve_once(b: Backend) {
+    let (_d, url, one) = open(b).await;
+    let lease = leased_executions(&one, "approve", 1).await.remove(0);
+    let plan = "sha256:plan";
+    one.request_approval(
+        &lease,
+        &ApprovalRequest {
+            plan_hash: plan.into(),
+            plans: serde_json::json!([]),
+            min: 2,
+            reviewers: vec!["alice".into(), "bob".into()],
+            channel: None,
+            expires_at: i64::MAX,
+            merge_approves: false,
+        },
+    )
+    .await
+    .unwrap();
+    let two = second_handle(&url).await;
+    let vote = |by: &str| Vote {
+        by: by.into(),
+        via: "cli".into(),
+        verdict: "approved".into(),
+        at: 1,
+    };
+    let eid = lease.execution_id.as_str();
+    let (alice, bob) = (vote("alice"), vote("bob"));
+    let (a, b2) = tokio::join!(one.vote(eid, plan, &alice), two.vote(eid, plan, &bob));
+    let outcomes = [a.unwrap(), b2.unwrap()];
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == VoteOutcome::Approved)
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&VoteOutcome::Counted {
+            approvals: 1,
+            min: 2
+        }),
+        "{outcomes:?}"
+    );
+    let granted = one
+        .audit_list(AuditQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "approval.granted")
+        .count();
+    assert_eq!(granted, 1);
+    let (_, row) = two.execution(eid).await.unwrap().unwrap();
+    assert_eq!(row.state, ExecState::Matched, "released to apply");
 }
