@@ -983,3 +983,19 @@ async fn two_reviewers_voting_through_two_handles_at_once_approve_once(b: Backen
     let (_, row) = two.execution(eid).await.unwrap().unwrap();
     assert_eq!(row.state, ExecState::Matched, "released to apply");
 }
+
+#[tokio::test]
+async fn postgres_refuses_a_database_migrated_with_other_content() {
+    let db = TestDb::create().await;
+    drop(firebreak::store::open(&db.url).await.unwrap());
+    tamper(
+        &db.url,
+        "UPDATE schema_migrations SET sha256 = 'edited' WHERE name = '0001_init'",
+    )
+    .await;
+    let err = firebreak::store::open(&db.url).await.unwrap_err();
+    assert!(
+        err.to_string().contains("applied with other content"),
+        "{err}"
+    );
+}
