@@ -5,14 +5,14 @@
 use super::{Format, output};
 use crate::config::Config;
 use crate::error::Exit;
-use crate::store::sqlite::SqliteStore;
+use crate::store::AnyStore;
 use crate::store::{AuditQuery, Store};
 
 /// Opens the store named by `store.url` on a fresh runtime and runs `f` with it. Runtime and
 /// open failures are reported here (exit 2), so each command only handles its own work.
 fn with_store<F, Fut>(config: &Config, f: F) -> Exit
 where
-    F: FnOnce(SqliteStore) -> Fut,
+    F: FnOnce(AnyStore) -> Fut,
     Fut: std::future::Future<Output = Exit>,
 {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -26,7 +26,7 @@ where
         }
     };
     rt.block_on(async {
-        match SqliteStore::open(&config.store.url).await {
+        match crate::store::open(&config.store.url).await {
             Ok(store) => f(store).await,
             Err(e) => {
                 output::error(

@@ -222,6 +222,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// The result of `bench ingest`.
 #[derive(Debug, Serialize)]
 pub struct IngestResult {
+    /// The store's backend: `sqlite` or `postgres`.
+    pub store: &'static str,
     /// Requests sent.
     pub requests: usize,
     /// Findings in each request body (JSON lines).
@@ -257,9 +259,11 @@ fn rss_mib() -> Option<f64> {
 }
 
 /// `firebreak bench ingest FILE`: durable HTTP ingest through the real router, intake and a
-/// SQLite store (WAL, `synchronous=FULL`) in a temporary directory, with `concurrency` clients
+/// SQLite store (WAL, `synchronous=FULL`) in a temporary directory (or the store at `store_url`),
+/// with `concurrency` clients
 /// posting one record per request.
 pub fn ingest(
+    store_url: Option<&str>,
     file: &str,
     requests: usize,
     concurrency: usize,
@@ -273,7 +277,6 @@ pub fn ingest(
     use crate::ingest::{Intake, IntakeConfig};
     use crate::redact::Redacted;
     use crate::server::{AppState, router, serve_http};
-    use crate::store::sqlite::SqliteStore;
     use crate::telemetry::metrics::Metrics;
 
     let (source, bytes) = match input::read(file) {
@@ -304,11 +307,16 @@ pub fn ingest(
     let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", ulid::Ulid::new()));
     let result = rt.block_on(async {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let store = Arc::new(
-            SqliteStore::open(&format!("sqlite://{}", dir.join("bench.db").display()))
-                .await
-                .map_err(|e| e.to_string())?,
+        let url = store_url.map_or_else(
+            || format!("sqlite://{}", dir.join("bench.db").display()),
+            str::to_owned,
         );
+        let store = Arc::new(
+            crate::store::open(&url)
+                .await
+                .map_err(|e| crate::redact::scrub(&e.to_string()).into_owned())?,
+        );
+        let backend = store.backend();
         let mut config = Config::default();
         config.server.tokens = vec![crate::config::TokenConfig::plain(
             0,
@@ -401,6 +409,7 @@ pub fn ingest(
             0.0
         };
         Ok::<IngestResult, String>(IngestResult {
+            store: backend,
             requests,
             findings_per_request: per_request.max(1),
             concurrency,

@@ -245,8 +245,13 @@ pub enum BenchCmd {
         format: Format,
     },
     /// Durable HTTP ingest: clients post one record of FILE per request to the real router and
-    /// a SQLite store in a temp directory; reports findings/s, p50/p99 latency and RSS.
+    /// a SQLite store in a temp directory (or `--store-url`); reports findings/s, p50/p99 latency
+    /// and RSS.
     Ingest {
+        /// Store to ingest into instead of a fresh SQLite file (e.g. `postgres://…` of an empty
+        /// database you can throw away).
+        #[arg(long, value_name = "URL")]
+        store_url: Option<String>,
         /// A scanner file; its first record is posted.
         #[arg(value_name = "FILE")]
         file: String,
@@ -564,13 +569,22 @@ fn dispatch(command: Command, config: &Config) -> Exit {
             format,
         }) => bench::parse(&file, records, chunk, iterations, format),
         Command::Bench(BenchCmd::Ingest {
+            store_url,
             file,
             requests,
             concurrency,
             per_request,
             rate,
             format,
-        }) => bench::ingest(&file, requests, concurrency, per_request, rate, format),
+        }) => bench::ingest(
+            store_url.as_deref(),
+            &file,
+            requests,
+            concurrency,
+            per_request,
+            rate,
+            format,
+        ),
         Command::Bench(BenchCmd::Action {
             file,
             findings,

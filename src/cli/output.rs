@@ -527,7 +527,12 @@ pub fn action_bench(r: &super::bench::ActionResult) {
 /// The result of `bench ingest`.
 pub fn ingest_bench(r: &super::bench::IngestResult) {
     outln!(
-        "durable HTTP ingest (SQLite WAL, synchronous=FULL): {} requests of {} finding(s), {} clients\n  {} accepted, {} refused => {:.0} findings/s in {} commits; latency p50 {:.2} ms, p99 {:.2} ms; RSS {} MiB",
+        "durable HTTP ingest ({}): {} requests of {} finding(s), {} clients\n  {} accepted, {} refused => {:.0} findings/s in {} commits; latency p50 {:.2} ms, p99 {:.2} ms; RSS {} MiB",
+        if r.store == "postgres" {
+            "PostgreSQL"
+        } else {
+            "SQLite WAL, synchronous=FULL"
+        },
         r.requests,
         r.findings_per_request,
         r.concurrency,

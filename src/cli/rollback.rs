@@ -8,7 +8,6 @@ use crate::action::ActionCtx;
 use crate::config::Config;
 use crate::engine::rollback::{self, RollbackOptions};
 use crate::error::Exit;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{ExecutionRow, Store};
 
 /// Runs the command. Exit 0 when every reversible step was undone, 1 when an undo failed (or
@@ -24,7 +23,7 @@ pub fn rollback(args: &RollbackArgs, config: &Config) -> Exit {
 
 async fn run(args: &RollbackArgs, config: &Config) -> Exit {
     let url = crate::redact::scrub(&config.store.url).into_owned();
-    let store = match SqliteStore::open(&config.store.url).await {
+    let store = match crate::store::open(&config.store.url).await {
         Ok(s) => s,
         Err(e) => {
             output::error(

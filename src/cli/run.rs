@@ -15,7 +15,6 @@ use crate::finding::{Finding, ParseReport, ParserChoice, Rejection, parse_input}
 use crate::playbook::PlaybookSet;
 use crate::playbook::{LoadError, load_dir};
 use crate::store::IngestBatch;
-use crate::store::sqlite::SqliteStore;
 
 /// The JSON document `run --format json` prints.
 #[derive(Serialize)]
@@ -178,7 +177,7 @@ async fn recorded_run(
     run: RunOptions,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<RunReport, RecordedError> {
-    let store = Arc::new(SqliteStore::open(url).await.map_err(RecordedError::Open)?);
+    let store = Arc::new(crate::store::open(url).await.map_err(RecordedError::Open)?);
     let batch = IngestBatch {
         intake: crate::ingest::CLI_INTAKE.to_owned(),
         findings: parsed.findings.clone(),

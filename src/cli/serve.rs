@@ -26,7 +26,6 @@ use crate::ingest::{Intake, IntakeConfig};
 use crate::playbook::{LoadError, load_dir};
 use crate::server::{AppState, router, serve_http};
 use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
 use crate::telemetry::metrics::Metrics;
 
 /// How long shutdown waits for in-flight work before exiting anyway.
@@ -142,7 +141,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 async fn run(opts: &ServeOptions, config: &Config) -> Exit {
-    let store = match SqliteStore::open(&config.store.url).await {
+    let store = match crate::store::open(&config.store.url).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
             output::error(
@@ -305,6 +304,14 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
             }
         })
     });
+    // On PostgreSQL, work another replica stored wakes this engine at once, not at its next poll.
+    let watch = match store.watch(Arc::clone(&wake)).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot LISTEN for other replicas' work; polling for it");
+            None
+        }
+    };
     let worker_task = tokio::spawn({
         let (wake, stop) = (Arc::clone(&wake), stopped(rx.clone()));
         async move { worker.run(wake, stop).await }
@@ -380,6 +387,9 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
         }
     })
     .await;
+    if let Some(w) = watch {
+        w.abort();
+    }
     if drained.is_err() {
         tracing::warn!(
             "in-flight work did not finish within {SHUTDOWN_BOUND:?}; leases expire and another run resumes it"

@@ -73,7 +73,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` or `sqlite::memory:` (PostgreSQL is not supported yet).
+    /// `sqlite://PATH`, `sqlite::memory:`, or `postgres://USER@HOST/DB` (one database shared by
+    /// several replicas).
     pub url: String,
     /// A finding whose fingerprint was stored less than this many seconds ago is counted on the
     /// original instead of being stored and acted on again (0 = no deduplication).

@@ -2,14 +2,20 @@
 //!
 //! State lives here; channels elsewhere are only wake-up hints. Every write that acknowledges
 //! input (HTTP 202, SQS delete) happens after the transaction holding it committed. The
-//! [`Store`] trait is what the engine and the service use; [`sqlite::SqliteStore`] is the
-//! embedded default and, with `sqlite::memory:`, the ephemeral store of `firebreak run --no-store`.
+//! [`Store`] trait is what the engine and the service use; [`open`] picks the backend from the
+//! store URL: [`sqlite::SqliteStore`] is the embedded default and, with `sqlite::memory:`, the
+//! ephemeral store of `firebreak run --no-store`; [`postgres::PostgresStore`] is shared by
+//! several replicas.
 //!
 //! The audit trail is append-only and hash-chained: each record's hash covers its content and
 //! the previous record's hash, and the head hash is kept separately, so `verify` detects an
 //! edited, removed, inserted or reordered record.
 
+mod any;
+pub mod postgres;
 pub mod sqlite;
+
+pub use any::{AnyStore, open};
 
 use std::future::Future;
 use std::time::Duration;
@@ -40,7 +46,7 @@ pub enum StoreError {
     },
     /// The store URL is not one we can open.
     #[error(
-        "unsupported store url `{}`: expected sqlite://PATH (or sqlite::memory:)",
+        "unsupported store url `{}`: expected sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DB",
         crate::redact::scrub(.0)
     )]
     UnsupportedUrl(String),

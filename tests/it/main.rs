@@ -27,6 +27,7 @@ mod parsers_secrets;
 mod parsers_securityhub;
 mod playbooks;
 mod registry;
+mod replicas;
 mod rollback;
 mod secrets;
 mod server;

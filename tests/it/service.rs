@@ -143,7 +143,7 @@ fn launch(mut cmd: Command) -> Service {
     Service { child, addr, log }
 }
 
-fn playbook_dir(url: &str) -> tempfile::TempDir {
+pub(crate) fn playbook_dir(url: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("notify.yaml"),
@@ -170,7 +170,7 @@ pub(crate) async fn post(
 
 /// Distinct copies of a real Falco event (derived: only `output_fields.k8s.pod.name` changes,
 /// so each is a different pod and not deduplicated).
-fn events(n: usize) -> Vec<Vec<u8>> {
+pub(crate) fn events(n: usize) -> Vec<Vec<u8>> {
     let base: serde_json::Value =
         serde_json::from_slice(&fixtures::bytes(FALCO_SHELL)).expect("fixture");
     (0..n)

@@ -5,5 +5,6 @@ pub mod aws_proxy;
 pub mod github_api;
 pub mod kube_api;
 pub mod moto;
+pub mod pg;
 pub mod receiver;
 pub mod securityhub_shim;
