@@ -231,6 +231,11 @@ async fn a_plan_approved_by_an_allowed_reviewer_on_its_pull_request_is_applied_o
         body.contains("<!-- firebreak:approval execution="),
         "{body}"
     );
+    assert!(body.contains("### Evidence"), "{body}");
+    assert!(
+        body.contains("`firebreak audit list --finding "),
+        "the evidence names where the finding and its trail are: {body}"
+    );
     assert_eq!(pull["user"]["login"], BOT);
     let labels: Vec<&str> = pull["labels"]
         .as_array()
@@ -629,4 +634,22 @@ async fn a_signed_event_firebreak_does_not_act_on_is_acknowledged_and_ignored() 
     assert!(doc["ignored"].as_str().unwrap().contains("ping"), "{doc}");
     let kinds: Vec<String> = rig.audit().await.into_iter().map(|a| a.kind).collect();
     assert_eq!(kinds, ["findings.received"], "only the test's own finding");
+}
+
+/// The approval's evidence links are the ones the scanner gave people: for a real GitHub
+/// secret-scanning event, the repository's page first (not its owner's, not API URLs).
+#[test]
+fn evidence_links_are_the_scanners_pages_for_people_shallowest_first() {
+    let f = crate::fixtures::finding("github/secret_scanning_alert-reopened.json");
+    let links = firebreak::engine::approval::github::evidence_links(&f);
+    assert_eq!(
+        links.first().map(String::as_str),
+        Some("https://github.com/Codertocat/Hello-World"),
+        "{links:?}"
+    );
+    assert!(links.len() <= 3, "{links:?}");
+    assert!(
+        links.iter().all(|l| !l.contains("api.github.com")),
+        "{links:?}"
+    );
 }

@@ -100,8 +100,52 @@ pub fn title(row: &ApprovalRow) -> String {
     format!("Firebreak asks to run {} on {what}", row.playbook)
 }
 
-/// The rendering of a request a reviewer approves: the finding, every resource the plan
-/// changes, each step's plan (summary, changes with before and after, permissions), how to
+/// Most links to the scanner's own pages (an alert, a repository, a console view) listed.
+const EVIDENCE_LINKS: usize = 3;
+
+/// Field names under which scanners put a link for people: GitHub's `html_url`, Security
+/// Hub's `SourceUrl`, Trivy's `PrimaryURL`.
+const LINK_FIELDS: &[&str] = &["html_url", "SourceUrl", "PrimaryURL"];
+
+/// The `https://` links the scanner put in its finding for people (see [`LINK_FIELDS`]),
+/// shallowest first (the alert's or repository's own before its owner's), without
+/// duplicates, credentials in them scrubbed.
+#[must_use]
+pub fn evidence_links(finding: &Finding) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut level: Vec<&serde_json::Value> = vec![&finding.fields];
+    for _depth in 0..8 {
+        let mut next = Vec::new();
+        for v in level {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, item) in map {
+                        if let (true, Some(s)) = (LINK_FIELDS.contains(&k.as_str()), item.as_str())
+                            && s.starts_with("https://")
+                            && !s.contains(char::is_whitespace)
+                        {
+                            let link = crate::redact::scrub(s).into_owned();
+                            if !out.contains(&link) && out.len() < EVIDENCE_LINKS {
+                                out.push(link);
+                            }
+                        }
+                        next.push(item);
+                    }
+                }
+                serde_json::Value::Array(items) => next.extend(items),
+                _ => {}
+            }
+        }
+        if next.is_empty() || out.len() >= EVIDENCE_LINKS {
+            break;
+        }
+        level = next;
+    }
+    out
+}
+
+/// The rendering of a request a reviewer approves: the finding and links to its evidence,
+/// every resource the plan changes, each step's plan (summary, changes with before and after, permissions), how to
 /// approve, and the hash in a hidden marker. Secrets were scrubbed from plans and findings
 /// when they were made; the text is scrubbed once more here.
 #[must_use]
@@ -120,6 +164,14 @@ pub fn render(row: &ApprovalRow, finding: &Finding, note: Option<&str>) -> Strin
         finding.source,
         finding.rule,
         finding.title
+    ));
+    out.push_str("### Evidence\n\n");
+    for link in evidence_links(finding) {
+        out.push_str(&format!("- <{link}>\n"));
+    }
+    out.push_str(&format!(
+        "- the finding and everything done about it: `firebreak audit list --finding {}`\n\n",
+        finding.id
     ));
     out.push_str("### What changes\n\n");
     for t in targets(&row.request.plans) {
