@@ -12,6 +12,7 @@
 //! edited, removed, inserted or reordered record.
 
 mod any;
+mod common;
 pub mod postgres;
 pub mod sqlite;
 

@@ -15,6 +15,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
 
+use super::common::{
+    ROWS_PER_INSERT, corrupt, decode_finding, insert_rows, listed_findings, ms, outcome_json,
+    received_detail,
+};
 use super::{
     Admission, ApprovalRequest, ApprovalRow, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution,
     ClaimedFinding, ExecState, ExecutionRow, GENESIS, GuardDenial, IngestBatch, Lease,
@@ -109,17 +113,6 @@ fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .busy_timeout(Duration::from_secs(10))
         .page_size(PAGE_SIZE)
         .foreign_keys(true))
-}
-
-fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        reason: reason.into(),
-    }
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl SqliteStore {
@@ -255,55 +248,6 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
         tx.commit().await?;
     }
     Ok(())
-}
-
-/// Rows per multi-row INSERT: 12 columns × 400 rows stays well below SQLite's limit of
-/// 32,766 bound variables.
-const ROWS_PER_INSERT: usize = 400;
-
-/// Rows in the next multi-row INSERT of `remaining` rows: one of a few fixed sizes, so the
-/// connection's statement cache holds every shape the ingest path uses (a different row count
-/// would otherwise be a new statement for SQLite to prepare on nearly every batch). 13 columns
-/// × 256 rows stays well below SQLite's limit of 32,766 bound variables.
-fn insert_rows(remaining: usize) -> usize {
-    [256, 64, 16, 4, 1]
-        .into_iter()
-        .find(|&n| n <= remaining)
-        .unwrap_or(remaining)
-}
-
-/// The detail of a batch's `findings.received` record, in canonical JSON (keys sorted, as
-/// [`audit_detail`] renders): the intake, and each stored finding's id and body hash in insert
-/// order. Built directly rather than through a `Value`, as it is rendered inside the writer.
-fn received_detail(
-    intake: &str,
-    dry_run: bool,
-    fresh: &[(&Finding, String, PreparedFinding)],
-) -> Result<String, StoreError> {
-    #[derive(serde::Serialize)]
-    struct Received<'a> {
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        dry_run: bool,
-        findings: Vec<Stored<'a>>,
-        intake: std::borrow::Cow<'a, str>,
-    }
-    #[derive(serde::Serialize)]
-    struct Stored<'a> {
-        id: &'a str,
-        sha256: &'a str,
-    }
-    serde_json::to_string(&Received {
-        dry_run,
-        findings: fresh
-            .iter()
-            .map(|(_, id, p)| Stored {
-                id,
-                sha256: &p.sha256,
-            })
-            .collect(),
-        intake: crate::redact::scrub(intake),
-    })
-    .map_err(|e| corrupt("audit", e.to_string()))
 }
 
 /// A record's place in the chain: `(seq, at, prev_hash, hash)`.
@@ -474,41 +418,6 @@ async fn originals_since(
     Ok(out)
 }
 
-/// The `(seq, id, sha256)` of each finding a `findings.received` record lists; a detail that
-/// does not have that shape is reported.
-fn listed_findings(
-    seq: i64,
-    detail: &str,
-    problems: &mut Vec<String>,
-) -> Vec<(i64, String, String)> {
-    #[derive(serde::Deserialize)]
-    struct Received {
-        findings: Vec<Stored>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        id: String,
-        sha256: String,
-    }
-    match serde_json::from_str::<Received>(detail) {
-        Ok(r) => r
-            .findings
-            .into_iter()
-            .map(|f| (seq, f.id, f.sha256))
-            .collect(),
-        Err(_) => {
-            problems.push(format!(
-                "record {seq}: findings.received does not list its findings"
-            ));
-            Vec::new()
-        }
-    }
-}
-
-fn decode_finding(body: &str) -> Result<Finding, StoreError> {
-    serde_json::from_str(body).map_err(|e| corrupt("findings", e.to_string()))
-}
-
 /// Refuses, inside an open write transaction, a write from a worker whose lease on the
 /// execution is no longer current (another worker claimed it since, or it was cancelled).
 /// Nothing else can move the lease until the transaction ends.
@@ -609,19 +518,6 @@ async fn approval_rows(
         out.push(approval_row(conn, r).await?);
     }
     Ok(out)
-}
-
-/// A step's outcome as stored: scrubbed like every detail, except its `undo` record, which is
-/// kept exactly as the action returned it (rollback must get back what apply saved; actions
-/// keep secrets out of it by construction).
-fn outcome_json(outcome: &Value) -> String {
-    let mut o = outcome.clone();
-    let undo = o.as_object_mut().and_then(|m| m.remove("undo"));
-    crate::redact::scrub_json(&mut o);
-    if let (Some(undo), Some(map)) = (undo, o.as_object_mut()) {
-        map.insert("undo".into(), undo);
-    }
-    crate::action::canonical_json(&o)
 }
 
 /// Upserts a step and appends its audit line, inside an open transaction. A step leaving
