@@ -1,13 +1,22 @@
 //! The multi-replica store: PostgreSQL, shared by every `firebreak serve` replica.
 //!
 //! Same semantics as [`super::sqlite::SqliteStore`], statement for statement where it can be:
-//! - Every write transaction (everything except the two claims) first takes one
-//!   transaction-scoped advisory lock ([`WRITE_LOCK`]), so writes from all replicas are applied
-//!   one after another, as SQLite's single writer applies them: the audit chain is appended in
-//!   order, guards count what committed before them, dedup sees every earlier batch.
+//! - Write transactions run side by side; what must be taken one at a time is:
+//!   - appends to the audit chain: a transaction's audit records are kept in memory and appended
+//!     when it commits, after locking the chain's head row (`meta.audit_head`, `FOR UPDATE`),
+//!     held only for the append and the commit ([`Write`]), so the chain is one sequence;
+//!   - an ingest batch, which takes the head row first, so deduplication sees every batch
+//!     committed before it;
+//!   - a playbook's guards and a target's lock, behind transaction-scoped advisory locks on
+//!     their keys ([`lock_keys`]), so guards count what committed before them;
+//!   - writes about one execution, behind its row (fenced writes, cancel, approvals).
+//!
+//!   Rows are locked `FOR NO KEY UPDATE`, as an `UPDATE` locks them, so a foreign-key check of
+//!   another transaction (`FOR KEY SHARE`: an ingest batch counting a duplicate of a finding
+//!   whose matches are being recorded) never waits for them.
 //! - Claims (`claim_findings`, `claim_executions`) take no advisory lock: they pick rows with
 //!   `FOR UPDATE SKIP LOCKED`, so replicas claiming at once take disjoint rows without waiting.
-//!   A fenced write locks the execution's row (`FOR UPDATE`) before it checks the token, so a
+//!   A fenced write locks the execution's row (`FOR NO KEY UPDATE`) before it checks the token, so a
 //!   claim cannot move the lease under it.
 //! - Lease, lock and audit times come from the database's clock (`clock_timestamp()`), never
 //!   from a replica's.
@@ -50,10 +59,15 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_urgency",
         include_str!("../../migrations/postgres/0002_urgency.sql"),
     ),
+    (
+        "0003_audit_head_row",
+        include_str!("../../migrations/postgres/0003_audit_head_row.sql"),
+    ),
 ];
 
-/// The advisory lock every write transaction holds (`pg_advisory_xact_lock`): ASCII "firebrk".
-const WRITE_LOCK: i64 = 0x0066_6972_6562_726b;
+/// The first key of the transaction-scoped advisory locks ([`lock_keys`]) that serialise the
+/// writes that must see each other (a playbook's guards, a target lock): ASCII "fbk".
+const KEYED_LOCKS: i32 = 0x0066_626b;
 
 /// The advisory lock held while migrating, so replicas starting together migrate once.
 const MIGRATE_LOCK: i64 = 0x0066_6972_6562_6d67;
@@ -124,14 +138,12 @@ impl PostgresStore {
         Ok(steps)
     }
 
-    /// A write transaction: begun, holding [`WRITE_LOCK`] until it commits or rolls back.
-    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITE_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+    /// A write transaction ([`Write`]): its audit records are appended when it commits.
+    async fn write(&self) -> Result<Write, StoreError> {
+        Ok(Write {
+            tx: self.pool.begin().await?,
+            audit: Vec::new(),
+        })
     }
 
     /// Wakes `wake` whenever a replica (this one included) commits work on the database,
@@ -263,79 +275,98 @@ impl From<&AuditEvent> for Entry {
     }
 }
 
-/// Appends an audit record about one execution of one finding, inside an open transaction.
-async fn audit_about(
-    conn: &mut PgConnection,
-    kind: &str,
-    finding_id: &str,
-    execution_id: &str,
-    detail: Value,
-) -> Result<(), StoreError> {
-    let event = AuditEvent {
-        kind: kind.to_owned(),
-        finding_id: Some(finding_id.to_owned()),
-        execution_id: Some(execution_id.to_owned()),
-        detail,
-    };
-    append_audit(conn, &event).await.map(|_| ())
+/// A write transaction. Its audit records are kept in memory and appended when it commits, as
+/// its last statements: appending starts by locking the chain's head row ([`lock_head`]), held
+/// from then until the commit. Writes from every replica therefore run side by side and only
+/// their appends to the one chain are taken one at a time, for three round trips each (lock the
+/// head, insert the records and move the head, commit), not for the whole transaction.
+struct Write {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    audit: Vec<Entry>,
 }
 
-/// Appends one audit record inside an open transaction.
-async fn append_audit(
-    conn: &mut PgConnection,
-    event: &AuditEvent,
-) -> Result<AuditRecord, StoreError> {
-    let entry = Entry::from(event);
-    let (seq, at, prev_hash, hash) = append_audit_many(conn, std::slice::from_ref(&entry))
-        .await?
-        .pop()
-        .ok_or_else(|| corrupt("audit", "appending one record returned none"))?;
-    Ok(AuditRecord {
-        seq,
-        at,
-        kind: entry.kind,
-        finding_id: entry.finding_id,
-        execution_id: entry.execution_id,
-        detail: serde_json::from_str(&entry.detail).unwrap_or(Value::Null),
-        prev_hash,
-        hash,
-    })
-}
-
-/// Appends `entries` in order inside an open transaction: one read of the chain's head, the
-/// hashes computed in memory, multi-row inserts, and one update of the separately kept head.
-/// Returns each record's `(seq, at, prev_hash, hash)`.
-async fn append_audit_many(
-    conn: &mut PgConnection,
-    entries: &[Entry],
-) -> Result<Vec<Link>, StoreError> {
-    if entries.is_empty() {
-        return Ok(Vec::new());
+impl std::ops::Deref for Write {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
     }
-    let head = audit_head(conn).await?;
-    append_audit_after(conn, head, entries).await
 }
 
-/// The newest audit record's `(seq, hash)`, or `(0, genesis)` for an empty chain. Inside a
-/// write transaction ([`PostgresStore::write`]) nobody else can move it until the commit.
-async fn audit_head(conn: &mut PgConnection) -> Result<(i64, String), StoreError> {
-    let head: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(head.unwrap_or_else(|| (0, GENESIS.to_owned())))
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
 }
 
-/// [`append_audit_many`] after a head read earlier in the same transaction.
+impl Write {
+    /// Adds an audit record, appended to the chain when the transaction commits.
+    fn log(&mut self, event: &AuditEvent) {
+        self.audit.push(Entry::from(event));
+    }
+
+    /// Adds an audit record about one execution of one finding.
+    fn about(&mut self, kind: &str, finding_id: &str, execution_id: &str, detail: Value) {
+        self.log(&AuditEvent {
+            kind: kind.to_owned(),
+            finding_id: Some(finding_id.to_owned()),
+            execution_id: Some(execution_id.to_owned()),
+            detail,
+        });
+    }
+
+    /// Appends the transaction's audit records to the chain and commits. Returns each record's
+    /// `(seq, at, prev_hash, hash)`.
+    async fn commit(mut self) -> Result<Vec<Link>, StoreError> {
+        let links = if self.audit.is_empty() {
+            Vec::new()
+        } else {
+            let (head, at) = lock_head(&mut self.tx).await?;
+            append_audit_after(&mut self.tx, head, at, &self.audit).await?
+        };
+        self.tx.commit().await?;
+        Ok(links)
+    }
+}
+
+/// Locks the chain's head row (`meta.audit_head`, kept apart from the chain so that deleting
+/// the newest records is detected) until the transaction ends, and reads it with the
+/// database's clock: `((seq, hash), now)`. `FOR UPDATE` waits for an appender that holds the
+/// row and then reads the head it committed, so every append starts from the newest head.
+async fn lock_head(conn: &mut PgConnection) -> Result<((i64, String), i64), StoreError> {
+    let sql = format!("SELECT value, {DB_NOW_MS} FROM meta WHERE key = 'audit_head' FOR UPDATE");
+    let row: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some((value, now)) = row else {
+        return Err(corrupt(
+            "meta",
+            "the audit chain's head (audit_head) is missing: it was removed",
+        ));
+    };
+    let head = value
+        .split_once(':')
+        .and_then(|(seq, hash)| Some((seq.parse::<i64>().ok()?, hash.to_owned())))
+        .ok_or_else(|| {
+            corrupt(
+                "meta",
+                "the audit chain's head (audit_head) is not SEQ:HASH",
+            )
+        })?;
+    Ok((head, now))
+}
+
+/// Appends `entries` after `head` (locked by [`lock_head`] earlier in the same transaction),
+/// all stamped `at`: the hashes computed in memory, multi-row inserts, the last of them moving
+/// the head in the same statement. Returns each record's `(seq, at, prev_hash, hash)`.
 async fn append_audit_after(
     conn: &mut PgConnection,
     (mut seq, mut prev_hash): (i64, String),
+    at: i64,
     entries: &[Entry],
 ) -> Result<Vec<Link>, StoreError> {
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let at = db_now(conn).await?;
     let mut chain = Vec::with_capacity(entries.len());
     for e in entries {
         seq += 1;
@@ -356,11 +387,16 @@ async fn append_audit_after(
         ));
     }
     let rows: Vec<(&Entry, &Link)> = entries.iter().zip(&chain).collect();
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-            "INSERT INTO audit (seq, at, kind, finding_id, execution_id, detail, prev_hash, hash) ",
-        );
-        q.push_values(chunk, |mut b, (e, (seq, at, prev, hash))| {
+    let chunks: Vec<&[(&Entry, &Link)]> = rows.chunks(ROWS_PER_INSERT).collect();
+    let head = format!("{seq}:{prev_hash}");
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(if last {
+            "WITH appended AS (INSERT INTO audit (seq, at, kind, finding_id, execution_id, detail, prev_hash, hash) "
+        } else {
+            "INSERT INTO audit (seq, at, kind, finding_id, execution_id, detail, prev_hash, hash) "
+        });
+        q.push_values(chunk.iter(), |mut b, (e, (seq, at, prev, hash))| {
             b.push_bind(*seq)
                 .push_bind(*at)
                 .push_bind(e.kind.as_str())
@@ -370,14 +406,32 @@ async fn append_audit_after(
                 .push_bind(prev.as_str())
                 .push_bind(hash.as_str());
         });
+        if last {
+            q.push(") UPDATE meta SET value = ")
+                .push_bind(head.as_str())
+                .push(" WHERE key = 'audit_head'");
+        }
         q.build().execute(&mut *conn).await?;
     }
-    // The head is kept apart from the chain so that deleting the newest records is detected.
-    sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-        .bind(format!("{seq}:{prev_hash}"))
-        .execute(&mut *conn)
-        .await?;
     Ok(chain)
+}
+
+/// Takes, in one order (sorted), the transaction-scoped advisory lock of each key: writes that
+/// must see each other's effects (a playbook's guards, a target's lock) take the same key and
+/// run one after the other, while every other write runs beside them. Taken first in a
+/// transaction, before any row lock, so no two transactions wait on each other in a circle.
+async fn lock_keys(conn: &mut PgConnection, keys: &[String]) -> Result<(), StoreError> {
+    let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(KEYED_LOCKS)
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// For each fingerprint in `findings`, the earliest real (not dry-run) finding stored with it
@@ -411,11 +465,11 @@ async fn originals_since(
 
 /// Refuses, inside an open write transaction, a write from a worker whose lease on the
 /// execution is no longer current (another worker claimed it since, or it was cancelled).
-/// The row stays locked (`FOR UPDATE`), so no claim can move the lease until the transaction
+/// The row stays locked (`FOR NO KEY UPDATE`), so no claim can move the lease until the transaction
 /// ends.
 async fn fenced(conn: &mut PgConnection, lease: &Lease) -> Result<(), StoreError> {
     let current: Option<i64> = sqlx::query_scalar(
-        "SELECT 1::bigint FROM executions WHERE id = $1 AND lease_owner = $2 AND fence = $3 FOR UPDATE",
+        "SELECT 1::bigint FROM executions WHERE id = $1 AND lease_owner = $2 AND fence = $3 FOR NO KEY UPDATE",
     )
     .bind(&lease.execution_id)
     .bind(&lease.owner)
@@ -515,7 +569,7 @@ async fn approval_rows(
 /// Upserts a step and appends its audit line, inside an open transaction. A step leaving
 /// `scheduled` marks its timer fired.
 async fn upsert_step(
-    conn: &mut PgConnection,
+    conn: &mut Write,
     execution_id: &str,
     finding_id: &str,
     step: &StepRow,
@@ -542,7 +596,7 @@ async fn upsert_step(
         .bind(now)
         .bind(i64::try_from(body.len()).unwrap_or(i64::MAX))
         .bind(&body)
-        .execute(&mut *conn)
+        .execute(&mut **conn)
         .await?;
         if let Some(reference) = outcome
             .as_mut()
@@ -581,7 +635,7 @@ async fn upsert_step(
     .bind(i64::from(step.attempts))
     .bind(now)
     .bind(step.due_at)
-    .execute(&mut *conn)
+    .execute(&mut **conn)
     .await?;
     if step.status != "scheduled" {
         sqlx::query(
@@ -590,35 +644,31 @@ async fn upsert_step(
         .bind(now)
         .bind(execution_id)
         .bind(i64::from(step.idx))
-        .execute(&mut *conn)
+        .execute(&mut **conn)
         .await?;
     }
-    append_audit(
-        conn,
-        &AuditEvent {
-            kind: format!("step.{}", step.status),
-            finding_id: Some(finding_id.to_owned()),
-            execution_id: Some(execution_id.to_owned()),
-            detail: serde_json::json!({
-                "step": step.idx,
-                "action": step.action,
-                "plan_hash": plan_hash,
-                "summary": step.plan.as_ref().and_then(|p| p.get("summary")).cloned(),
-                "outcome": step.outcome,
-                "error": step.error,
-                "attempts": step.attempts,
-                "due_at": step.due_at,
-            }),
-        },
-    )
-    .await?;
+    conn.log(&AuditEvent {
+        kind: format!("step.{}", step.status),
+        finding_id: Some(finding_id.to_owned()),
+        execution_id: Some(execution_id.to_owned()),
+        detail: serde_json::json!({
+            "step": step.idx,
+            "action": step.action,
+            "plan_hash": plan_hash,
+            "summary": step.plan.as_ref().and_then(|p| p.get("summary")).cloned(),
+            "outcome": step.outcome,
+            "error": step.error,
+            "attempts": step.attempts,
+            "due_at": step.due_at,
+        }),
+    });
     Ok(())
 }
 
 /// Sets an execution's state (releasing its lease when final) with an audit line, inside an
 /// open transaction.
 async fn set_state(
-    conn: &mut PgConnection,
+    conn: &mut Write,
     execution_id: &str,
     finding_id: &str,
     state: ExecState,
@@ -636,18 +686,14 @@ async fn set_state(
     .bind(release)
     .bind(release)
     .bind(execution_id)
-    .execute(&mut *conn)
+    .execute(&mut **conn)
     .await?;
-    append_audit(
-        conn,
-        &AuditEvent {
-            kind: "execution.state".into(),
-            finding_id: Some(finding_id.to_owned()),
-            execution_id: Some(execution_id.to_owned()),
-            detail: serde_json::json!({ "state": state.as_str(), "reason": reason }),
-        },
-    )
-    .await?;
+    conn.log(&AuditEvent {
+        kind: "execution.state".into(),
+        finding_id: Some(finding_id.to_owned()),
+        execution_id: Some(execution_id.to_owned()),
+        detail: serde_json::json!({ "state": state.as_str(), "reason": reason }),
+    });
     Ok(())
 }
 
@@ -660,8 +706,10 @@ impl Store for PostgresStore {
         // Statements per batch, not per finding: every statement is a round trip to the
         // server, so rows are written with multi-row INSERTs and the audit chain is extended in
         // memory from one read of its head.
+        // An ingest batch takes the chain's head first and keeps it until it commits: batches
+        // are stored one at a time, so deduplication sees every batch committed before it.
         let mut tx = self.write().await?;
-        let now = db_now(&mut tx).await?;
+        let (head, now) = lock_head(&mut tx).await?;
         let dedup = !dedup_window.is_zero() && !batch.dry_run;
         let mut originals = if dedup {
             originals_since(&mut tx, &batch.findings, now - ms(dedup_window)).await?
@@ -670,7 +718,6 @@ impl Store for PostgresStore {
         };
         // The batch's `findings.received` record comes first among its audit records, so its
         // sequence number is known before the findings that point at it are inserted.
-        let head = audit_head(&mut tx).await?;
         let received_seq = head.0 + 1;
         let mut receipts = Vec::with_capacity(batch.findings.len());
         let mut fresh: Vec<(&Finding, String, PreparedFinding)> =
@@ -793,7 +840,7 @@ impl Store for PostgresStore {
                 detail,
             }));
         }
-        append_audit_after(&mut tx, head, &events).await?;
+        append_audit_after(&mut tx, head, now, &events).await?;
         if !fresh.is_empty() {
             notify_work(&mut tx).await?;
         }
@@ -850,6 +897,12 @@ impl Store for PostgresStore {
         lease: Option<LeaseRequest<'_>>,
     ) -> Result<Vec<MatchRecord>, StoreError> {
         let mut tx = self.write().await?;
+        // The finding's row, locked: a worker that claimed it after this one's lease ran out
+        // records its matches after this one's, and sees them.
+        sqlx::query("SELECT 1::bigint FROM findings WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(finding_id)
+            .execute(&mut *tx)
+            .await?;
         let now = db_now(&mut tx).await?;
         let mut ids = Vec::with_capacity(matches.len());
         let mut leased_count = 0usize;
@@ -901,8 +954,7 @@ impl Store for PostgresStore {
             .bind(acts.then_some(m.revision))
             .execute(&mut *tx)
             .await?;
-            audit_about(
-                &mut tx,
+            tx.about(
                 "execution.matched",
                 finding_id,
                 &id,
@@ -912,8 +964,7 @@ impl Store for PostgresStore {
                     "state": m.state.as_str(),
                     "reason": m.reason,
                 }),
-            )
-            .await?;
+            );
             let lease = leased.map(|l| Lease {
                 execution_id: id.clone(),
                 finding_id: finding_id.to_owned(),
@@ -1041,16 +1092,12 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         if unfinished > 0 {
-            append_audit(
-                &mut tx,
-                &AuditEvent {
-                    kind: "run.handed_over".into(),
-                    finding_id: None,
-                    execution_id: None,
-                    detail: serde_json::json!({ "scope": scope, "executions": unfinished }),
-                },
-            )
-            .await?;
+            tx.log(&AuditEvent {
+                kind: "run.handed_over".into(),
+                finding_id: None,
+                execution_id: None,
+                detail: serde_json::json!({ "scope": scope, "executions": unfinished }),
+            });
         }
         tx.commit().await?;
         Ok(unfinished)
@@ -1174,25 +1221,24 @@ impl Store for PostgresStore {
         .fetch_one(&mut *tx)
         .await?;
         release_locks(&mut tx, lease).await?;
-        audit_about(
-            &mut tx,
+        tx.about(
             "execution.parked",
             &lease.finding_id,
             &lease.execution_id,
             serde_json::json!({ "state": state, "reason": reason }),
-        )
-        .await?;
+        );
         tx.commit().await?;
         Ok(())
     }
 
     async fn cancel(&self, execution_id: &str, by: &str, reason: &str) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT finding_id, state FROM executions WHERE id = $1")
-                .bind(execution_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT finding_id, state FROM executions WHERE id = $1 FOR NO KEY UPDATE",
+        )
+        .bind(execution_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some((finding_id, state)) = row else {
             return Ok(false);
         };
@@ -1216,14 +1262,12 @@ impl Store for PostgresStore {
         .bind(execution_id)
         .execute(&mut *tx)
         .await?;
-        audit_about(
-            &mut tx,
+        tx.about(
             "execution.cancelled",
             &finding_id,
             execution_id,
             serde_json::json!({ "by": by, "reason": reason, "state_before": state }),
-        )
-        .await?;
+        );
         let why = format!("cancelled by {by}: {reason}");
         set_state(
             &mut tx,
@@ -1239,9 +1283,23 @@ impl Store for PostgresStore {
 
     async fn audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
         let mut tx = self.write().await?;
-        let rec = append_audit(&mut tx, &event).await?;
-        tx.commit().await?;
-        Ok(rec)
+        tx.log(&event);
+        let entry = Entry::from(&event);
+        let (seq, at, prev_hash, hash) = tx
+            .commit()
+            .await?
+            .pop()
+            .ok_or_else(|| corrupt("audit", "appending one record returned none"))?;
+        Ok(AuditRecord {
+            seq,
+            at,
+            kind: entry.kind,
+            finding_id: entry.finding_id,
+            execution_id: entry.execution_id,
+            detail: serde_json::from_str(&entry.detail).unwrap_or(Value::Null),
+            prev_hash,
+            hash,
+        })
     }
 
     async fn audit_list(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
@@ -1363,7 +1421,7 @@ impl Store for PostgresStore {
                 "the newest record is {seq}, but the recorded head is {}: records after it were removed or the head was edited",
                 head.split(':').next().unwrap_or("?")
             )),
-            (Some(_), None) => problems.push("the audit trail is empty but a head was recorded: records were removed".into()),
+            (Some(head), None) if head != format!("0:{GENESIS}") => problems.push("the audit trail is empty but a head was recorded: records were removed".into()),
             (None, Some(_)) => problems.push("records exist but no head was recorded: the head was removed".into()),
             _ => {}
         }
@@ -1389,16 +1447,12 @@ impl Store for PostgresStore {
             .bind(if on { "on" } else { "off" })
             .execute(&mut *tx)
             .await?;
-        append_audit(
-            &mut tx,
-            &AuditEvent {
-                kind: format!("flag.{name}"),
-                finding_id: None,
-                execution_id: None,
-                detail: serde_json::json!({ "on": on, "by": by }),
-            },
-        )
-        .await?;
+        tx.log(&AuditEvent {
+            kind: format!("flag.{name}"),
+            finding_id: None,
+            execution_id: None,
+            detail: serde_json::json!({ "on": on, "by": by }),
+        });
         if !on {
             notify_work(&mut tx).await?;
         }
@@ -1454,6 +1508,8 @@ impl Store for PostgresStore {
         a: &Admission<'_>,
     ) -> Result<Option<GuardDenial>, StoreError> {
         let mut tx = self.write().await?;
+        // A playbook's guards count what its admissions committed: one at a time per playbook.
+        lock_keys(&mut tx, &[format!("guard:{}", a.playbook)]).await?;
         fenced(&mut tx, lease).await?;
         let (eid, fid) = (lease.execution_id.as_str(), lease.finding_id.as_str());
         let now = db_now(&mut tx).await?;
@@ -1547,19 +1603,14 @@ impl Store for PostgresStore {
                     .await?;
                 }
                 if let (Some(by), false) = (approved, fresh.is_empty()) {
-                    audit_about(
-                        &mut tx,
-                        "guard.waived",
+                    tx.about("guard.waived",
                         fid,
                         eid,
-                        serde_json::json!({ "playbook": a.playbook, "targets": fresh, "approved_by": by }),
-                    )
-                    .await?;
+                        serde_json::json!({ "playbook": a.playbook, "targets": fresh, "approved_by": by }));
                 }
             }
             Some(d) => {
-                audit_about(
-                    &mut tx,
+                tx.about(
                     "guard.denied",
                     fid,
                     eid,
@@ -1569,8 +1620,7 @@ impl Store for PostgresStore {
                         "reason": d.to_string(),
                         "limit": d,
                     }),
-                )
-                .await?;
+                );
             }
         }
         tx.commit().await?;
@@ -1584,6 +1634,8 @@ impl Store for PostgresStore {
         duration: Duration,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
+        let lock_keys_of: Vec<String> = keys.iter().map(|k| format!("target:{k}")).collect();
+        lock_keys(&mut tx, &lock_keys_of).await?;
         fenced(&mut tx, lease).await?;
         let now = db_now(&mut tx).await?;
         for key in keys {
@@ -1794,8 +1846,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         release_locks(&mut tx, lease).await?;
-        audit_about(
-            &mut tx,
+        tx.about(
             "approval.requested",
             finding_id,
             execution_id,
@@ -1807,8 +1858,7 @@ impl Store for PostgresStore {
                 "channel": request.channel,
                 "expires_at": request.expires_at,
             }),
-        )
-        .await?;
+        );
         let reason = format!(
             "approval required: {} approval(s) of plan {} (revision {revision})",
             request.min, request.plan_hash
@@ -1915,8 +1965,7 @@ impl Store for PostgresStore {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(finding_id) = finding {
-            audit_about(
-                &mut tx,
+            tx.about(
                 "approval.published",
                 &finding_id,
                 execution_id,
@@ -1925,8 +1974,7 @@ impl Store for PostgresStore {
                     "pr_number": pr_number,
                     "head_sha": head_sha,
                 }),
-            )
-            .await?;
+            );
         }
         tx.commit().await?;
         Ok(())
@@ -1939,9 +1987,14 @@ impl Store for PostgresStore {
         vote: &Vote,
     ) -> Result<VoteOutcome, StoreError> {
         let mut tx = self.write().await?;
+        // The execution's row first, as every write about one execution takes it: one order.
+        sqlx::query("SELECT 1::bigint FROM executions WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(execution_id)
+            .execute(&mut *tx)
+            .await?;
         let req: Option<(String, i64, String, String)> = sqlx::query_as(
             "SELECT a.plan_hash, a.min_approvals, a.state, e.finding_id FROM approval_requests a \
-             JOIN executions e ON e.id = a.execution_id WHERE a.execution_id = $1",
+             JOIN executions e ON e.id = a.execution_id WHERE a.execution_id = $1 FOR NO KEY UPDATE OF a",
         )
         .bind(execution_id)
         .fetch_optional(&mut *tx)
@@ -1956,28 +2009,23 @@ impl Store for PostgresStore {
             }),
         };
         let Some((current, min, state, finding_id)) = req else {
-            append_audit(&mut tx, &ignored("no approval request", None)).await?;
+            tx.log(&ignored("no approval request", None));
             tx.commit().await?;
             return Ok(VoteOutcome::NotPending);
         };
         if !matches!(state.as_str(), "pending" | "changes_requested") {
-            append_audit(
-                &mut tx,
-                &ignored(&format!("the request is {state}"), Some(finding_id)),
-            )
-            .await?;
+            tx.log(&ignored(
+                &format!("the request is {state}"),
+                Some(finding_id),
+            ));
             tx.commit().await?;
             return Ok(VoteOutcome::NotPending);
         }
         if current != plan_hash {
-            append_audit(
-                &mut tx,
-                &ignored(
-                    &format!("stale: the current plan is {current}"),
-                    Some(finding_id),
-                ),
-            )
-            .await?;
+            tx.log(&ignored(
+                &format!("stale: the current plan is {current}"),
+                Some(finding_id),
+            ));
             tx.commit().await?;
             return Ok(VoteOutcome::Stale { current });
         }
@@ -2024,8 +2072,7 @@ impl Store for PostgresStore {
         .bind(execution_id)
         .execute(&mut *tx)
         .await?;
-        audit_about(
-            &mut tx,
+        tx.about(
             "approval.vote",
             &finding_id,
             execution_id,
@@ -2033,8 +2080,7 @@ impl Store for PostgresStore {
                 "by": vote.by, "via": vote.via, "verdict": vote.verdict,
                 "plan_hash": plan_hash, "approvals": approvals, "min": min,
             }),
-        )
-        .await?;
+        );
         if outcome == VoteOutcome::Approved {
             let by = approvers.join(", ");
             sqlx::query(
@@ -2045,14 +2091,12 @@ impl Store for PostgresStore {
             .bind(execution_id)
             .execute(&mut *tx)
             .await?;
-            audit_about(
-                &mut tx,
+            tx.about(
                 "approval.granted",
                 &finding_id,
                 execution_id,
                 serde_json::json!({ "by": approvers, "plan_hash": plan_hash, "via": vote.via }),
-            )
-            .await?;
+            );
             set_state(
                 &mut tx,
                 execution_id,
@@ -2069,13 +2113,24 @@ impl Store for PostgresStore {
 
     async fn expire_approvals(&self, now: i64) -> Result<Vec<ApprovalRow>, StoreError> {
         let mut tx = self.write().await?;
+        // The executions' rows first, as every write about one execution takes them.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT e.id FROM executions e JOIN approval_requests a ON a.execution_id = e.id \
+             WHERE a.state IN ('pending', 'changes_requested') AND a.expires_at <= $1 \
+             ORDER BY e.id FOR NO KEY UPDATE OF e",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
         let due: Vec<(String, String)> = sqlx::query_as(
             "UPDATE approval_requests SET state = 'expired', updated_at = $1 \
              WHERE state IN ('pending', 'changes_requested') AND expires_at <= $2 \
+               AND execution_id = ANY($3) \
              RETURNING execution_id, (SELECT finding_id FROM executions WHERE id = approval_requests.execution_id)",
         )
         .bind(now)
         .bind(now)
+        .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
         for (execution_id, finding_id) in &due {
@@ -2083,14 +2138,12 @@ impl Store for PostgresStore {
                 .bind(execution_id)
                 .execute(&mut *tx)
                 .await?;
-            audit_about(
-                &mut tx,
+            tx.about(
                 "approval.expired",
                 finding_id,
                 execution_id,
                 serde_json::json!({ "at": now }),
-            )
-            .await?;
+            );
             set_state(
                 &mut tx,
                 execution_id,
@@ -2119,6 +2172,11 @@ impl Store for PostgresStore {
         reason: &str,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
+        // The execution's row first, as every write about one execution takes it: one order.
+        sqlx::query("SELECT 1::bigint FROM executions WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(execution_id)
+            .execute(&mut *tx)
+            .await?;
         let closed: Option<String> = sqlx::query_scalar(
             "UPDATE approval_requests SET state = 'cancelled', updated_at = $1 \
              WHERE execution_id = $2 AND state IN ('pending', 'changes_requested') \
@@ -2135,14 +2193,12 @@ impl Store for PostgresStore {
             .bind(execution_id)
             .execute(&mut *tx)
             .await?;
-        audit_about(
-            &mut tx,
+        tx.about(
             "approval.cancelled",
             &finding_id,
             execution_id,
             serde_json::json!({ "by": by, "via": via, "reason": reason }),
-        )
-        .await?;
+        );
         set_state(
             &mut tx,
             execution_id,
@@ -2185,7 +2241,7 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
         let finding: Option<String> = sqlx::query_scalar(
-            "SELECT finding_id FROM executions WHERE id = $1 AND state = 'pending_approval'",
+            "SELECT finding_id FROM executions WHERE id = $1 AND state = 'pending_approval' FOR NO KEY UPDATE",
         )
         .bind(execution_id)
         .fetch_optional(&mut *tx)
@@ -2193,21 +2249,17 @@ impl Store for PostgresStore {
         let Some(finding_id) = finding else {
             return Ok(false);
         };
-        append_audit(
-            &mut tx,
-            &AuditEvent {
-                kind: if approve {
-                    "approval.granted"
-                } else {
-                    "approval.denied"
-                }
-                .into(),
-                finding_id: Some(finding_id.clone()),
-                execution_id: Some(execution_id.to_owned()),
-                detail: serde_json::json!({ "by": by, "reason": reason, "via": "cli" }),
-            },
-        )
-        .await?;
+        tx.log(&AuditEvent {
+            kind: if approve {
+                "approval.granted"
+            } else {
+                "approval.denied"
+            }
+            .into(),
+            finding_id: Some(finding_id.clone()),
+            execution_id: Some(execution_id.to_owned()),
+            detail: serde_json::json!({ "by": by, "reason": reason, "via": "cli" }),
+        });
         let why = format!(
             "{} by {by}: {reason}",
             if approve { "approved" } else { "denied" }

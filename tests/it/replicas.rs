@@ -101,6 +101,21 @@ fn cli_verify(url: &str) -> std::process::Output {
         .expect("run firebreak audit verify")
 }
 
+/// CPU seconds used so far by every process named `postgres` on the machine.
+fn postgres_cpu_seconds() -> f64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(crate::service::proc_cpu_seconds)
+        .sum()
+}
+
 /// Posts `n` findings spread over `count` replicas on a fresh database and waits until each is
 /// applied: the database, the receiver and (how long accepting, how long until all applied).
 async fn spread(count: usize, n: usize) -> (TestDb, Receiver, Duration, Duration) {
@@ -109,6 +124,7 @@ async fn spread(count: usize, n: usize) -> (TestDb, Receiver, Duration, Duration
     let pbs = playbook_dir(&rx.url("/hook"));
     let services = replicas(count, &db.url, pbs.path(), 5);
     let client = reqwest::Client::new();
+    let pg_cpu_before = postgres_cpu_seconds();
     let began = Instant::now();
     // Spread over the replicas, several requests in flight at once.
     let mut posts = tokio::task::JoinSet::new();
@@ -127,6 +143,16 @@ async fn spread(count: usize, n: usize) -> (TestDb, Receiver, Duration, Duration
     let store = firebreak::store::open(&db.url).await.expect("store");
     wait_applied(&store, n, Duration::from_secs(300), &services).await;
     let applied = began.elapsed();
+    // Where the time went (printed for docs/scaling.md): each replica's CPU, and PostgreSQL's
+    // (every server process on the machine, so other tests running at once are counted too).
+    let replicas_cpu: Vec<String> = services
+        .iter()
+        .map(|s| format!("{:.1}", s.cpu_seconds()))
+        .collect();
+    eprintln!(
+        "{n} findings over {count} replica(s): replica CPU seconds {replicas_cpu:?}, PostgreSQL CPU seconds {:.1}",
+        postgres_cpu_seconds() - pg_cpu_before
+    );
     drop(services);
     (db, rx, ingested, applied)
 }

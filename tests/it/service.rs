@@ -14,6 +14,19 @@ use crate::support::receiver::Receiver;
 
 pub(crate) const TOKEN: &str = "test-token-123";
 
+/// CPU seconds (user and system) process `pid` used so far, from `/proc/PID/stat`; 0 when gone.
+pub(crate) fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
 pub(crate) struct Service {
     pub(crate) child: Child,
     pub(crate) addr: String,
@@ -22,6 +35,11 @@ pub(crate) struct Service {
 }
 
 impl Service {
+    /// CPU seconds the service used so far (user and system), from `/proc`.
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        proc_cpu_seconds(self.child.id())
+    }
+
     pub(crate) fn logged(&self, text: &str) -> bool {
         self.log
             .lock()
