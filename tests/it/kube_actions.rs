@@ -1307,7 +1307,8 @@ fn shipped_playbooks_pair_each_alert_with_its_containment_and_only_where_it_can_
 }
 
 #[tokio::test]
-async fn stop_cryptominer_keeps_evidence_and_scales_the_miners_deployment_to_zero() {
+async fn stop_cryptominer_keeps_evidence_isolates_the_pod_then_scales_the_miners_deployment_to_zero()
+ {
     let api = KubeApi::start().await;
     let d = api.seed(&Deployment {
         metadata: meta("default", "miner", "miner"),
@@ -1350,14 +1351,39 @@ async fn stop_cryptominer_keeps_evidence_and_scales_the_miners_deployment_to_zer
         .iter()
         .find(|e| e.playbook == "stop-cryptominer")
         .unwrap();
-    assert_eq!(stop.steps[0].status, StepStatus::Applied, "{stop:#?}");
+    // Evidence first, then the pod cut off the network, then its Deployment scaled to zero: the
+    // pod stops talking at once, while it terminates.
+    let steps: Vec<(&str, StepStatus)> = stop
+        .steps
+        .iter()
+        .map(|s| (s.action.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        steps[..3],
+        [
+            ("kubernetes.capture-evidence", StepStatus::Applied),
+            ("kubernetes.isolate-pod", StepStatus::Applied),
+            ("kubernetes.scale-to-zero", StepStatus::Applied),
+        ],
+        "{stop:#?}"
+    );
     assert!(
         stop.steps[0].outcome.as_ref().unwrap().detail["evidence"]["sha256"]
             .as_str()
             .unwrap()
             .starts_with("sha256:")
     );
-    assert_eq!(stop.steps[1].status, StepStatus::Applied, "{stop:#?}");
+    // The policy denies all ingress and egress of the pod, and selects the label put on that
+    // pod only (not the workload's `app: miner`): a replica started later is not isolated.
+    let spec = policy(&api).unwrap().spec.unwrap();
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_owned(), "Egress".to_owned()][..])
+    );
+    assert!(spec.ingress.is_none() && spec.egress.is_none());
+    let selects = spec.pod_selector.unwrap().match_labels.unwrap();
+    assert_eq!(selects.keys().collect::<Vec<_>>(), [ISOLATED]);
+    assert_eq!(Some(&selects[ISOLATED]), isolated_label(&api).as_ref());
     assert_eq!(
         api.get::<Deployment>("default", "miner")
             .unwrap()
