@@ -116,7 +116,7 @@ pub(crate) fn owner(kind: &str, api_version: &str, stored: &Value) -> OwnerRefer
     }
 }
 
-fn pod(namespace: &str, name: &str, app: &str, owners: Vec<OwnerReference>) -> Pod {
+pub(crate) fn pod(namespace: &str, name: &str, app: &str, owners: Vec<OwnerReference>) -> Pod {
     let mut m = meta(namespace, name, app);
     m.owner_references = (!owners.is_empty()).then_some(owners);
     Pod {
