@@ -57,7 +57,8 @@ const REVIEWER: &str = "alice";
 const GITOPS: &str = "deploy";
 const DASHBOARD_MANIFEST: &str = "apps/kubernetes-dashboard/service.yaml";
 /// The Dashboard's Service as the cluster runs it (`seed_dashboard`), as a GitOps repository
-/// holds it: the recommended manifest's Service, exposed on a node port.
+/// holds it: the Service of the Dashboard's recommended manifest (v2.7.0) with `type: NodePort`,
+/// its `nodePort` and `externalTrafficPolicy` added, and comments, which the PR must keep.
 const DASHBOARD_SERVICE: &str = "\
 # Kubernetes Dashboard v2.7.0 (recommended.yaml), exposed for the ops team.
 kind: Service
