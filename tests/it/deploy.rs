@@ -168,8 +168,9 @@ fn generated_cluster_role() -> String {
 }
 
 /// The shipped playbooks as a ConfigMap, one key per file, with `namespace_line` (if any) in
-/// its metadata.
-fn generated_playbooks_configmap(namespace_line: &str) -> String {
+/// its metadata. For the Helm chart (`helm`), the `{{` of the playbooks' own (minijinja)
+/// templates is written as `{{ "{{" }}`, which Helm renders back to `{{`.
+fn generated_playbooks_configmap(namespace_line: &str, helm: bool) -> String {
     let mut out = String::from(
         "# Generated from playbooks/*.yaml. Do not edit: tests/it/deploy.rs checks it\n\
          # (FIREBREAK_UPDATE_DEPLOY=1 rewrites it).\n\
@@ -182,6 +183,8 @@ fn generated_playbooks_configmap(namespace_line: &str) -> String {
         for line in text.lines() {
             if line.is_empty() {
                 out.push('\n');
+            } else if helm {
+                out.push_str(&format!("    {}\n", line.replace("{{", "{{ \"{{\" }}")));
             } else {
                 out.push_str(&format!("    {line}\n"));
             }
@@ -218,11 +221,11 @@ fn the_generated_deploy_files_are_current() {
         ),
         (
             "deploy/kustomize/playbooks.yaml",
-            generated_playbooks_configmap(""),
+            generated_playbooks_configmap("", false),
         ),
         (
             "deploy/helm/firebreak/templates/playbooks-configmap.yaml",
-            generated_playbooks_configmap("  namespace: {{ .Release.Namespace }}\n"),
+            generated_playbooks_configmap("  namespace: {{ .Release.Namespace }}\n", true),
         ),
     ];
     let update = std::env::var_os("FIREBREAK_UPDATE_DEPLOY").is_some();
@@ -337,8 +340,9 @@ fn the_kustomize_base_parses_into_the_kubernetes_types_and_patches_in_irsa() {
 // Helm: a renderer of exactly the subset the chart uses.
 
 /// Renders a chart template with `values`: `{{ .Values.a.b }}`, `{{ .Release.Namespace }}`,
-/// `{{ if .Values.x }}` / `{{ if not .Values.x }}` … `{{ end }}`, and `{{-` / `-}}` trimming as
-/// Go templates do. Anything else fails the test: keep the chart within this subset.
+/// `{{ if .Values.x }}` / `{{ if not .Values.x }}` … `{{ end }}`, a string constant
+/// (`{{ "{{" }}`, how text that holds `{{` is written) and `{{-` / `-}}` trimming as Go
+/// templates do. Anything else fails the test: keep the chart within this subset.
 fn render(name: &str, template: &str, values: &Value, namespace: &str) -> String {
     enum Tok {
         Text(String),
@@ -416,6 +420,14 @@ fn render(name: &str, template: &str, values: &Value, namespace: &str) -> String
                         None => truthy(&lookup(cond.trim())),
                     };
                     emitting.push(value);
+                } else if let Some(literal) = a
+                    .strip_prefix('"')
+                    .and_then(|l| l.strip_suffix('"'))
+                    .filter(|l| !l.contains(['"', '\\']))
+                {
+                    if on {
+                        out.push_str(literal);
+                    }
                 } else if a == "end" {
                     emitting
                         .pop()

@@ -10,11 +10,13 @@ use std::time::Duration;
 const HOUR: Duration = Duration::from_secs(3600);
 
 use firebreak::action::{ActionCtx, ActionError, Outcome, StepInput, action};
+use firebreak::clients::github::GitHub;
 use firebreak::clients::kube::Kube;
-use firebreak::config::Config;
+use firebreak::config::{Config, GithubConfig, WebhookEndpoint};
 use firebreak::engine::{RunOptions, RunReport, StepReport, StepStatus, run_in_memory as run};
 use firebreak::finding::Finding;
 use firebreak::playbook::{PlaybookSet, load_str};
+use firebreak::redact::Redacted;
 use k8s_openapi::api::apps::v1::{
     DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec,
 };
@@ -24,7 +26,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use serde_json::Value;
 
 use crate::fixtures::{self, FALCO_K8S_API, FALCO_SHELL};
+use crate::support::github_api::GithubApi;
 use crate::support::kube_api::KubeApi;
+use crate::support::receiver::Receiver;
 
 const PREVIOUS: &str = "firebreak.dev/previous-replicas";
 const ISOLATED: &str = "firebreak.dev/isolated";
@@ -112,7 +116,7 @@ pub(crate) fn owner(kind: &str, api_version: &str, stored: &Value) -> OwnerRefer
     }
 }
 
-fn pod(namespace: &str, name: &str, app: &str, owners: Vec<OwnerReference>) -> Pod {
+pub(crate) fn pod(namespace: &str, name: &str, app: &str, owners: Vec<OwnerReference>) -> Pod {
     let mut m = meta(namespace, name, app);
     m.owner_references = (!owners.is_empty()).then_some(owners);
     Pod {
@@ -1307,7 +1311,8 @@ fn shipped_playbooks_pair_each_alert_with_its_containment_and_only_where_it_can_
 }
 
 #[tokio::test]
-async fn stop_cryptominer_keeps_evidence_and_scales_the_miners_deployment_to_zero() {
+async fn stop_cryptominer_keeps_evidence_isolates_the_pod_then_scales_the_miners_deployment_to_zero()
+ {
     let api = KubeApi::start().await;
     let d = api.seed(&Deployment {
         metadata: meta("default", "miner", "miner"),
@@ -1350,14 +1355,39 @@ async fn stop_cryptominer_keeps_evidence_and_scales_the_miners_deployment_to_zer
         .iter()
         .find(|e| e.playbook == "stop-cryptominer")
         .unwrap();
-    assert_eq!(stop.steps[0].status, StepStatus::Applied, "{stop:#?}");
+    // Evidence first, then the pod cut off the network, then its Deployment scaled to zero: the
+    // pod stops talking at once, while it terminates.
+    let steps: Vec<(&str, StepStatus)> = stop
+        .steps
+        .iter()
+        .map(|s| (s.action.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        steps[..3],
+        [
+            ("kubernetes.capture-evidence", StepStatus::Applied),
+            ("kubernetes.isolate-pod", StepStatus::Applied),
+            ("kubernetes.scale-to-zero", StepStatus::Applied),
+        ],
+        "{stop:#?}"
+    );
     assert!(
         stop.steps[0].outcome.as_ref().unwrap().detail["evidence"]["sha256"]
             .as_str()
             .unwrap()
             .starts_with("sha256:")
     );
-    assert_eq!(stop.steps[1].status, StepStatus::Applied, "{stop:#?}");
+    // The policy denies all ingress and egress of the pod, and selects the label put on that
+    // pod only (not the workload's `app: miner`): a replica started later is not isolated.
+    let spec = policy(&api).unwrap().spec.unwrap();
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_owned(), "Egress".to_owned()][..])
+    );
+    assert!(spec.ingress.is_none() && spec.egress.is_none());
+    let selects = spec.pod_selector.unwrap().match_labels.unwrap();
+    assert_eq!(selects.keys().collect::<Vec<_>>(), [ISOLATED]);
+    assert_eq!(Some(&selects[ISOLATED]), isolated_label(&api).as_ref());
     assert_eq!(
         api.get::<Deployment>("default", "miner")
             .unwrap()
@@ -1365,6 +1395,107 @@ async fn stop_cryptominer_keeps_evidence_and_scales_the_miners_deployment_to_zer
             .replicas,
         Some(0)
     );
+}
+
+/// The security team's webhook, as the shipped playbooks name it (`endpoint: security`).
+fn with_security(mut ctx: ActionCtx, rx: &Receiver) -> ActionCtx {
+    ctx.webhooks = Arc::new(BTreeMap::from([(
+        "security".to_owned(),
+        WebhookEndpoint {
+            url: Redacted::new(rx.url("/security")),
+        },
+    )]));
+    ctx
+}
+
+fn dashboard_steps(report: &RunReport) -> Vec<(String, StepStatus)> {
+    report
+        .executions
+        .iter()
+        .find(|e| e.playbook == "secure-exposed-dashboard")
+        .unwrap()
+        .steps
+        .iter()
+        .map(|s| (s.action.clone(), s.status))
+        .collect()
+}
+
+/// The shipped secure-exposed-dashboard also proposes its fix to the GitOps repository (the
+/// Tesla replay shows that pull request); where that cannot happen, the Dashboard is closed and
+/// the team told all the same: without GitHub access the step is only planned, and with a
+/// repository that does not hold the manifest it fails and nothing is written there.
+#[tokio::test]
+async fn secure_exposed_dashboard_closes_the_dashboard_and_tells_the_team_whatever_becomes_of_its_pull_request()
+ {
+    let actions = [
+        "kubernetes.secure-dashboard",
+        "github.open-pull-request",
+        "notify.webhook",
+    ];
+    let rx = Receiver::start().await;
+
+    // No GitHub access.
+    let api = KubeApi::start().await;
+    seed_dashboard(&api, &fake_secret());
+    let without = with_security(ctx(&api), &rx);
+    let report = run(
+        &shipped(),
+        &without,
+        &[dashboard_finding()],
+        &RunOptions::default(),
+        &|| {},
+    )
+    .await
+    .unwrap();
+    let statuses = [
+        StepStatus::Applied,
+        StepStatus::PlannedOnly,
+        StepStatus::Applied,
+    ];
+    let want: Vec<(String, StepStatus)> = actions
+        .iter()
+        .map(|a| (*a).to_owned())
+        .zip(statuses)
+        .collect();
+    assert_eq!(dashboard_steps(&report), want, "{report:#?}");
+    assert_eq!(dash_service(&api)["spec"]["type"], "ClusterIP");
+    assert_eq!(rx.requests().len(), 1);
+
+    // GitHub access, but the manifests repository does not hold the Service's manifest.
+    let api = KubeApi::start().await;
+    seed_dashboard(&api, &fake_secret());
+    let gh = GithubApi::start().await;
+    gh.add_org("org");
+    gh.create_repo("org", "deploy", "main", &[("README.md", "# deploy\n")]);
+    let github = GitHub::load(&GithubConfig {
+        base_url: gh.base.clone(),
+        token: Some(Redacted::new(gh.user_token("firebreak-bot"))),
+        ..GithubConfig::default()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let with = with_security(ctx(&api), &rx).with_github(github);
+    let report = run(
+        &shipped(),
+        &with,
+        &[dashboard_finding()],
+        &RunOptions::default(),
+        &|| {},
+    )
+    .await
+    .unwrap();
+    let statuses = [StepStatus::Applied, StepStatus::Failed, StepStatus::Applied];
+    let want: Vec<(String, StepStatus)> = actions
+        .iter()
+        .map(|a| (*a).to_owned())
+        .zip(statuses)
+        .collect();
+    assert_eq!(dashboard_steps(&report), want, "{report:#?}");
+    assert_eq!(dash_service(&api)["spec"]["type"], "ClusterIP");
+    assert_eq!(rx.requests().len(), 2);
+    assert!(gh.pulls("org", "deploy").is_empty());
+    assert_eq!(gh.branches("org", "deploy"), ["main"]);
 }
 
 #[tokio::test]

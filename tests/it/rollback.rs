@@ -1,6 +1,7 @@
 //! `firebreak rollback` as a user runs it: a real `firebreak run` of the shipped
-//! stop-cryptominer playbook scales a miner's Deployment to zero in the Kubernetes emulator,
-//! then the rollback restores it, audited, once (again only with `--force`, idempotently).
+//! stop-cryptominer playbook isolates a miner's pod and scales its Deployment to zero in the
+//! Kubernetes emulator, then the rollback restores both, audited, once (again only with
+//! `--force`, idempotently).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,7 +14,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet, Replica
 use serde_json::Value;
 
 use crate::kube_actions::{
-    fake_secret, falco_miner_alert, meta, owner, seed_kubecon, selector, template,
+    fake_secret, falco_miner_alert, meta, owner, policy, seed_kubecon, selector, template,
 };
 use crate::support::kube_api::KubeApi;
 use crate::support::receiver::Receiver;
@@ -142,6 +143,7 @@ async fn scaled_miner() -> Scaled {
     .await;
     assert_eq!(code(&run), 0, "{}\n{}", stdout(&run), stderr(&run));
     assert_eq!(replicas(&api), Some(0), "the run scaled the miner to zero");
+    assert!(policy(&api).is_some(), "the run isolated the miner's pod");
     // The text report names the execution next to its playbook.
     let out = stdout(&run);
     let id = out
@@ -184,11 +186,13 @@ async fn rollback_restores_a_scaled_miner_once_audited_and_again_only_with_force
         "{text}"
     );
     assert!(text.contains("\"previous_replicas\":3"), "{text}");
+    assert!(text.contains("kubernetes.isolate-pod"), "{text}");
     assert!(
         text.contains("kubernetes.capture-evidence") && text.contains("not reversible"),
         "{text}"
     );
     assert_eq!(replicas(&api), Some(0));
+    assert!(policy(&api).is_some());
     assert_eq!(
         api.writes(),
         writes,
@@ -200,33 +204,46 @@ async fn rollback_restores_a_scaled_miner_once_audited_and_again_only_with_force
         "a dry run audits nothing"
     );
 
-    // The real rollback restores the replicas, undoing the last step first.
+    // The real rollback restores the replicas and lifts the isolation, undoing the last step
+    // first.
     let back = firebreak(&config, &["rollback", &id, "--by", "alice"]).await;
     assert_eq!(code(&back), 0, "{}\n{}", stdout(&back), stderr(&back));
     assert_eq!(replicas(&api), Some(3), "replicas restored");
+    assert!(policy(&api).is_none(), "isolation lifted");
     let text = stdout(&back);
     let notify = text.find("notify.webhook").expect("notify step listed");
     let scale = text
         .find("kubernetes.scale-to-zero")
         .expect("scale step listed");
-    assert!(notify < scale, "last step first:\n{text}");
+    let isolate = text
+        .find("kubernetes.isolate-pod")
+        .expect("isolate step listed");
+    assert!(
+        notify < scale && scale < isolate,
+        "last step first:\n{text}"
+    );
     let trail = audit(&config).await;
     let steps: Vec<&Value> = trail
         .iter()
         .filter(|r| r["kind"] == "rollback.step")
         .collect();
-    assert_eq!(steps.len(), 1, "one record per undone step: {steps:#?}");
-    assert_eq!(steps[0]["execution_id"], id.as_str());
-    assert_eq!(steps[0]["detail"]["action"], "kubernetes.scale-to-zero");
-    assert_eq!(steps[0]["detail"]["result"], "ok");
-    assert_eq!(steps[0]["detail"]["by"], "alice");
+    assert_eq!(steps.len(), 2, "one record per undone step: {steps:#?}");
+    for (step, action) in steps
+        .iter()
+        .zip(["kubernetes.scale-to-zero", "kubernetes.isolate-pod"])
+    {
+        assert_eq!(step["execution_id"], id.as_str());
+        assert_eq!(step["detail"]["action"], action);
+        assert_eq!(step["detail"]["result"], "ok");
+        assert_eq!(step["detail"]["by"], "alice");
+    }
     let done: Vec<&Value> = trail
         .iter()
         .filter(|r| r["kind"] == "rollback.done")
         .collect();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["detail"]["by"], "alice");
-    assert_eq!(done[0]["detail"]["undone"], 1);
+    assert_eq!(done[0]["detail"]["undone"], 2);
     assert_eq!(done[0]["detail"]["failed"], 0);
     assert!(done[0]["finding_id"].is_string());
 
@@ -259,6 +276,7 @@ async fn rollback_restores_a_scaled_miner_once_audited_and_again_only_with_force
     assert_eq!(scale["status"], "undone");
     assert_eq!(scale["undo"]["previous_replicas"], 3);
     assert_eq!(replicas(&api), Some(3));
+    assert!(policy(&api).is_none());
     assert_eq!(api.writes(), writes, "a second rollback is a no-op");
 
     let verify = firebreak(&config, &["audit", "verify"]).await;
