@@ -568,7 +568,7 @@ impl Default for PlaybooksConfig {
 
 /// `aws:` section: what every AWS SDK client is built with (see `crate::clients::aws`).
 /// Credentials are never configured here: they come from the SDK's default chain.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AwsConfig {
     /// Region for every AWS client; empty: the SDK's default chain (`AWS_REGION`, profile, …).
@@ -583,6 +583,32 @@ pub struct AwsConfig {
     /// one of these accounts uses credentials from STS `AssumeRole` (with the base
     /// credentials); a resource of any other account is acted on with the base credentials.
     pub accounts: BTreeMap<String, AwsAccountConfig>,
+    /// AWS API requests per second sent with one account's credentials (the base credentials
+    /// count as one account, each account of `accounts` as its own); a request over it waits
+    /// before it is sent. 0 = no limit. An account's own `rate_limit_per_second` overrides it.
+    pub rate_limit_per_second: u32,
+    /// Requests an account may send at once after a quiet spell, before the rate applies (0 is
+    /// taken as 1).
+    pub rate_limit_burst: u32,
+}
+
+/// The default of `aws.rate_limit_per_second` (see config/default.yaml for why).
+pub const AWS_RATE_LIMIT_PER_SECOND: u32 = 10;
+
+/// The default of `aws.rate_limit_burst`.
+pub const AWS_RATE_LIMIT_BURST: u32 = 5;
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            region: String::new(),
+            endpoint_url: String::new(),
+            profile: String::new(),
+            accounts: BTreeMap::new(),
+            rate_limit_per_second: AWS_RATE_LIMIT_PER_SECOND,
+            rate_limit_burst: AWS_RATE_LIMIT_BURST,
+        }
+    }
 }
 
 /// One account Firebreak reaches through a role (`aws.accounts.<account id>`).
@@ -595,6 +621,10 @@ pub struct AwsAccountConfig {
     pub external_id: Option<String>,
     /// The role session name (shown in CloudTrail as who acted).
     pub session_name: String,
+    /// AWS API requests per second for this account; absent: `aws.rate_limit_per_second`.
+    /// 0 = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_second: Option<u32>,
 }
 
 impl Default for AwsAccountConfig {
@@ -603,6 +633,7 @@ impl Default for AwsAccountConfig {
             role_arn: String::new(),
             external_id: None,
             session_name: "firebreak".to_owned(),
+            rate_limit_per_second: None,
         }
     }
 }
