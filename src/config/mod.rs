@@ -154,6 +154,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// Larger request bodies get 413.
     pub max_body_bytes: u64,
+    /// Most records (findings plus rejected records) one request may carry; a request with
+    /// more gets 413 and nothing of it is stored.
+    pub max_records_per_request: usize,
     /// Bearer tokens accepted on `POST /v1/findings/{parser}`, each scoped to the parsers it may
     /// post to (see [`TokenConfig`]). A plain string entry is a token allowed on every parser,
     /// named `token-N` by its position; one comma-separated string
@@ -187,6 +190,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
             max_body_bytes: 1_048_576,
+            max_records_per_request: 10_000,
             tokens: Vec::new(),
             queue_capacity: 1024,
             queue_bytes: 64 * 1024 * 1024,
