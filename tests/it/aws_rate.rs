@@ -289,3 +289,62 @@ async fn a_call_throttled_on_every_attempt_fails_after_five_attempts() {
     assert_eq!(throttle.refused(), 5);
     assert_eq!(throttle.forwarded(), 0);
 }
+
+/// `firebreak serve` counts its waits on `/metrics`: a key deactivation (an account check, a
+/// read and a write) under a limit of one call per second waits at least once, and the page
+/// says so for the base credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exports_the_waits_of_the_base_credentials_on_metrics() {
+    let observer = moto::aws().await;
+    let user = format!("served-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let (key_id, _) = crate::aws_iam::user_with_key(&observer, &user).await;
+
+    let pbs = tempfile::tempdir().unwrap();
+    std::fs::write(
+        pbs.path().join("deactivate.yaml"),
+        "name: deactivate\nmatch: {class: credential-exposure}\nsteps:\n  - action: aws.iam.deactivate-access-key\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let svc = crate::service::start_with(
+        dir.path(),
+        pbs.path(),
+        60,
+        &[
+            ("FIREBREAK_AWS__ENDPOINT_URL", moto::endpoint()),
+            ("FIREBREAK_AWS__REGION", "us-east-1"),
+            ("FIREBREAK_AWS__RATE_LIMIT_PER_SECOND", "1"),
+            ("FIREBREAK_AWS__RATE_LIMIT_BURST", "1"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let line = crate::aws_iam::trufflehog_line(&user, &key_id);
+    assert_eq!(
+        crate::service::post(&client, &svc.addr, line.into_bytes()).await,
+        reqwest::StatusCode::ACCEPTED
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while crate::aws_iam::keys(&observer, &user).await[&key_id] != "Inactive" {
+        assert!(Instant::now() < deadline, "the key was not deactivated");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let page = client
+        .get(format!("http://{}/metrics", svc.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waited: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("firebreak_aws_rate_limited_total{account=\"base\"} "))
+        .unwrap_or_else(|| panic!("no waits of the base account in:\n{page}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(waited >= 1, "{page}");
+}
