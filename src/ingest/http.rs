@@ -7,7 +7,8 @@
 //! limit (429 with `Retry-After`), the body size limit (413), then hands the raw bytes to
 //! [`Intake::submit_allowed`](super::Intake::submit_allowed) with the intake `http:<token-name>`
 //! and the token's scope (on `auto`, a record whose sniffed parser the token may not use is
-//! rejected with a reason), and maps the outcome to a status: 202 after the commit, 422 when
+//! rejected with a reason), and maps the outcome to a status: 202 after the commit, 413 when
+//! the body holds more records than `server.max_records_per_request` (nothing stored), 422 when
 //! every record was rejected, 429 when the queue is full, 503 when the store failed.
 //!
 //! Bodies are taken as bytes, exactly as senders post them (Falco `json_output`, Falcosidekick's
