@@ -14,7 +14,9 @@ For each N and each added round-trip latency (0 ms, then 50 ms) this script:
 2. seeds N IAM users with one active access key each (straight to moto, not counted);
 3. Firebreak: `firebreak run` on N trufflehog findings (each derived from the real trufflehog
    fixture, only the key id, its base64 `Raw` and the account/ARN changed, as the tests do)
-   with a playbook whose one step is `aws.iam.deactivate-access-key`, through the proxy;
+   with a playbook whose one step is `aws.iam.deactivate-access-key`, through the proxy, with
+   its per-account AWS rate limit off (`FIREBREAK_AWS__RATE_LIMIT_PER_SECOND=0`: the default of
+   10 calls/s would bound the run, not measure it; Cloud Custodian has no such limit);
 4. resets moto, seeds again, and runs Cloud Custodian's `remove-keys` (`disable: true`,
    `matched: true`) on the same users through the proxy;
 5. checks that every key ended Inactive and prints seconds, AWS calls, calls per key and the
@@ -186,6 +188,10 @@ def run_firebreak(binary, keys, proxy_url, work, concurrency):
         "FIREBREAK_AWS__REGION": REGION,
         "FIREBREAK_STORE__URL": f"sqlite://{work / 'ledger.db'}",
         "FIREBREAK_ENGINE__CONCURRENCY": str(concurrency),
+        # No per-account AWS rate limit (aws.rate_limit_per_second, 10/s by default): the
+        # comparison measures calls and round trips, and Cloud Custodian has no such limit.
+        # With the default, N keys would take at least about N/5 s whatever else happened.
+        "FIREBREAK_AWS__RATE_LIMIT_PER_SECOND": "0",
     }
     started = time.perf_counter()
     done = subprocess.run(

@@ -198,8 +198,11 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
     // AWS is set up only when something needs it: the credential probe may wait seconds on the
     // EC2 metadata service. (A playbook with AWS steps added by a later reload plans only until
     // the service restarts.)
+    let metrics = Arc::new(Metrics::new());
     let aws = if super::uses_aws(&set) || !sqs_sources.is_empty() {
-        Some(super::aws_clients(config).await)
+        let aws = super::aws_clients(config).await;
+        aws.report_to(Arc::clone(&metrics));
+        Some(aws)
     } else {
         None
     };
@@ -235,7 +238,6 @@ async fn run(opts: &ServeOptions, config: &Config) -> Exit {
     shutdown_signal(tx);
 
     let shared = Arc::new(RwLock::new(Arc::new(set)));
-    let metrics = Arc::new(Metrics::new());
     let wake = Arc::new(Notify::new());
     let (intake, writer) = Intake::start(
         Arc::clone(&store),

@@ -12,6 +12,13 @@
 //! configuration for an account, with credentials from STS `AssumeRole` signed by the base
 //! credentials, built once per account and shared (the SDK caches the assumed credentials and
 //! refreshes them before they expire). An account not configured gets the base credentials.
+//!
+//! Each account has its own API budget (`aws.rate_limit_per_second`, an account's own
+//! `rate_limit_per_second`; see [`super::aws_rate`]): the base credentials are one account,
+//! each account of `aws.accounts` another, and every request signed with an account's
+//! credentials passes its budget, STS `AssumeRole` calls (signed with the base credentials)
+//! included. The SQS intake's calls are the exception: SQS allows far more requests than the
+//! control-plane APIs remediation calls, and intake must not wait behind remediation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -23,11 +30,18 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+
+use super::aws_rate::{AccountBudget, MetricsSlot, RateLimitedHttpClient, sdk_default_http_client};
 use crate::config::{AwsAccountConfig, AwsConfig};
+use crate::telemetry::metrics::Metrics;
 
 /// How long the credential probe may take: the default chain ends with the EC2 metadata
 /// service, which on a machine outside AWS only fails after its own timeouts.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `account` label of the base credentials' budget.
+pub const BASE_ACCOUNT_LABEL: &str = "base";
 
 /// How many times one AWS call is tried (the first try included) when throttled or failing
 /// transiently, before the error reaches the action (which the engine may retry again).
@@ -115,6 +129,15 @@ pub struct Aws {
     /// The account these credentials act in (STS `GetCallerIdentity`), asked once and shared
     /// by every clone; asked again after [`ACCOUNT_TTL`].
     account: Arc<tokio::sync::Mutex<Option<(String, std::time::Instant)>>>,
+    /// The request budget of the account these credentials act in.
+    budget: Arc<AccountBudget>,
+    /// The SDK's default HTTP client without any budget (shared by every account's limited
+    /// client, and used as is by the SQS intake). `None` only if the SDK has no default client.
+    http: Option<SharedHttpClient>,
+    /// `aws.rate_limit_per_second` and `aws.rate_limit_burst`, for the assumed accounts.
+    rate: (u32, u32),
+    /// Where every budget of this configuration reports its waits, once set.
+    metrics: MetricsSlot,
 }
 
 /// How long the account the credentials act in is remembered before STS is asked again (a
@@ -133,6 +156,7 @@ impl fmt::Debug for Aws {
             .field("credentials", &self.credentials)
             .field("identity", &self.identity)
             .field("accounts", &self.accounts.keys().collect::<Vec<_>>())
+            .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +194,18 @@ impl Aws {
         loader = loader.retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
         let sdk = loader.load().await;
         let credentials = probe(&sdk).await;
+        let metrics: MetricsSlot = Arc::default();
+        let rate = (cfg.rate_limit_per_second, cfg.rate_limit_burst);
+        let budget = Arc::new(AccountBudget::new(
+            BASE_ACCOUNT_LABEL,
+            rate.0,
+            rate.1,
+            Arc::clone(&metrics),
+        ));
+        let http = sdk_default_http_client();
+        // Set after loading, so the credential chain itself (instance metadata, SSO) is not
+        // counted; API calls, STS AssumeRole included, are.
+        let sdk = limited(sdk, http.as_ref(), &budget);
         Self {
             sdk,
             credentials,
@@ -177,7 +213,24 @@ impl Aws {
             accounts: Arc::new(cfg.accounts.clone()),
             assumed: Arc::new(Mutex::new(HashMap::new())),
             account: Arc::new(tokio::sync::Mutex::new(None)),
+            budget,
+            http,
+            rate,
+            metrics,
         }
+    }
+
+    /// Reports the waits of every account's budget (this configuration's and the assumed
+    /// accounts', built before or after) as `firebreak_aws_rate_limited_total{account}` in
+    /// `metrics`. Only the first call counts.
+    pub fn report_to(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// How many requests of this configuration's account waited for its rate limit so far.
+    #[must_use]
+    pub fn rate_limited(&self) -> u64 {
+        self.budget.waited()
     }
 
     /// The account these credentials act in: STS `GetCallerIdentity` once per configuration
@@ -246,11 +299,18 @@ impl Aws {
             builder = builder.external_id(id);
         }
         let provider = builder.build().await;
+        let budget = Arc::new(AccountBudget::new(
+            account,
+            role.rate_limit_per_second.unwrap_or(self.rate.0),
+            self.rate.1,
+            Arc::clone(&self.metrics),
+        ));
         let sdk = self
             .sdk
             .to_builder()
             .credentials_provider(SharedCredentialsProvider::new(provider))
             .build();
+        let sdk = limited(sdk, self.http.as_ref(), &budget);
         let aws = Aws {
             sdk,
             // Assuming the role needs the base credentials; whether the role can be assumed
@@ -263,6 +323,10 @@ impl Aws {
             accounts: Arc::clone(&self.accounts),
             assumed: Arc::clone(&self.assumed),
             account: Arc::new(tokio::sync::Mutex::new(None)),
+            budget,
+            http: self.http.clone(),
+            rate: self.rate,
+            metrics: Arc::clone(&self.metrics),
         };
         if let Ok(mut m) = self.assumed.lock() {
             // Two concurrent first uses both build one; the first kept wins, both work.
@@ -307,10 +371,14 @@ impl Aws {
         &self.sdk
     }
 
-    /// An SQS client.
+    /// An SQS client (the intake's): its calls do not pass the account's rate limit.
     #[must_use]
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
-        aws_sdk_sqs::Client::new(&self.sdk)
+        let mut conf = aws_sdk_sqs::config::Builder::from(&self.sdk);
+        if let Some(http) = &self.http {
+            conf = conf.http_client(http.clone());
+        }
+        aws_sdk_sqs::Client::from_conf(conf.build())
     }
 
     /// An IAM client.
@@ -369,6 +437,24 @@ impl Aws {
     pub fn secretsmanager(&self) -> aws_sdk_secretsmanager::Client {
         aws_sdk_secretsmanager::Client::new(&self.sdk)
     }
+}
+
+/// `sdk` with its requests passing `budget` before they are sent through `http` (unchanged when
+/// there is no default HTTP client to wrap, which the enabled SDK features rule out).
+fn limited(
+    sdk: SdkConfig,
+    http: Option<&SharedHttpClient>,
+    budget: &Arc<AccountBudget>,
+) -> SdkConfig {
+    let Some(http) = http else {
+        tracing::warn!(
+            "the AWS SDK has no default HTTP client to rate-limit; AWS calls are not limited"
+        );
+        return sdk;
+    };
+    sdk.to_builder()
+        .http_client(RateLimitedHttpClient::new(http.clone(), Arc::clone(budget)))
+        .build()
 }
 
 /// Asks the configured provider for credentials once, within [`PROBE_TIMEOUT`].

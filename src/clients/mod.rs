@@ -6,5 +6,6 @@
 //! prints credentials.
 
 pub mod aws;
+pub mod aws_rate;
 pub mod github;
 pub mod kube;

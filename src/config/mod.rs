@@ -154,6 +154,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// Larger request bodies get 413.
     pub max_body_bytes: u64,
+    /// Most records (findings plus rejected records) one request may carry; a request with
+    /// more gets 413 and nothing of it is stored.
+    pub max_records_per_request: usize,
     /// Bearer tokens accepted on `POST /v1/findings/{parser}`, each scoped to the parsers it may
     /// post to (see [`TokenConfig`]). A plain string entry is a token allowed on every parser,
     /// named `token-N` by its position; one comma-separated string
@@ -187,6 +190,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
             max_body_bytes: 1_048_576,
+            max_records_per_request: 10_000,
             tokens: Vec::new(),
             queue_capacity: 1024,
             queue_bytes: 64 * 1024 * 1024,
@@ -568,7 +572,7 @@ impl Default for PlaybooksConfig {
 
 /// `aws:` section: what every AWS SDK client is built with (see `crate::clients::aws`).
 /// Credentials are never configured here: they come from the SDK's default chain.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AwsConfig {
     /// Region for every AWS client; empty: the SDK's default chain (`AWS_REGION`, profile, …).
@@ -583,6 +587,32 @@ pub struct AwsConfig {
     /// one of these accounts uses credentials from STS `AssumeRole` (with the base
     /// credentials); a resource of any other account is acted on with the base credentials.
     pub accounts: BTreeMap<String, AwsAccountConfig>,
+    /// AWS API requests per second sent with one account's credentials (the base credentials
+    /// count as one account, each account of `accounts` as its own); a request over it waits
+    /// before it is sent. 0 = no limit. An account's own `rate_limit_per_second` overrides it.
+    pub rate_limit_per_second: u32,
+    /// Requests an account may send at once after a quiet spell, before the rate applies (0 is
+    /// taken as 1).
+    pub rate_limit_burst: u32,
+}
+
+/// The default of `aws.rate_limit_per_second` (see config/default.yaml for why).
+pub const AWS_RATE_LIMIT_PER_SECOND: u32 = 10;
+
+/// The default of `aws.rate_limit_burst`.
+pub const AWS_RATE_LIMIT_BURST: u32 = 5;
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            region: String::new(),
+            endpoint_url: String::new(),
+            profile: String::new(),
+            accounts: BTreeMap::new(),
+            rate_limit_per_second: AWS_RATE_LIMIT_PER_SECOND,
+            rate_limit_burst: AWS_RATE_LIMIT_BURST,
+        }
+    }
 }
 
 /// One account Firebreak reaches through a role (`aws.accounts.<account id>`).
@@ -595,6 +625,10 @@ pub struct AwsAccountConfig {
     pub external_id: Option<String>,
     /// The role session name (shown in CloudTrail as who acted).
     pub session_name: String,
+    /// AWS API requests per second for this account; absent: `aws.rate_limit_per_second`.
+    /// 0 = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_second: Option<u32>,
 }
 
 impl Default for AwsAccountConfig {
@@ -603,6 +637,7 @@ impl Default for AwsAccountConfig {
             role_arn: String::new(),
             external_id: None,
             session_name: "firebreak".to_owned(),
+            rate_limit_per_second: None,
         }
     }
 }

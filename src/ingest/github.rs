@@ -243,6 +243,15 @@ async fn alert<S: Store>(
             Json(json!({"error": "busy; deliver again"})),
         )
             .into_response(),
+        Err(IntakeError::TooManyRecords { records, limit }) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({
+                "error": "too many records in one request (server.max_records_per_request)",
+                "records": records,
+                "max_records_per_request": limit,
+            })),
+        )
+            .into_response(),
         Err(e) => unavailable(&e.to_string()),
     }
 }

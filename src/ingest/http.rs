@@ -7,7 +7,8 @@
 //! limit (429 with `Retry-After`), the body size limit (413), then hands the raw bytes to
 //! [`Intake::submit_allowed`](super::Intake::submit_allowed) with the intake `http:<token-name>`
 //! and the token's scope (on `auto`, a record whose sniffed parser the token may not use is
-//! rejected with a reason), and maps the outcome to a status: 202 after the commit, 422 when
+//! rejected with a reason), and maps the outcome to a status: 202 after the commit, 413 when
+//! the body holds more records than `server.max_records_per_request` (nothing stored), 422 when
 //! every record was rejected, 429 when the queue is full, 503 when the store failed.
 //!
 //! Bodies are taken as bytes, exactly as senders post them (Falco `json_output`, Falcosidekick's
@@ -286,6 +287,8 @@ enum IngestError {
     RateLimited(Duration),
     /// Over `server.max_body_bytes`: 413.
     TooLarge(usize),
+    /// More records than `server.max_records_per_request`: 413 naming the limit and the count.
+    TooManyRecords { records: usize, limit: usize },
     /// The body could not be read: 400.
     BadBody,
     /// Every record was rejected: 422 with the first rejections and their total.
@@ -356,6 +359,19 @@ impl IntoResponse for IngestError {
                 Json(json!({
                     "error": "request body too large",
                     "max_body_bytes": limit,
+                })),
+            )
+                .into_response(),
+            IngestError::TooManyRecords { records, limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({
+                    "error": format!(
+                        "too many records in one request: {records}, over the limit of {limit} \
+                         (server.max_records_per_request); nothing was stored, send them in \
+                         smaller requests"
+                    ),
+                    "records": records,
+                    "max_records_per_request": limit,
                 })),
             )
                 .into_response(),
@@ -452,6 +468,16 @@ async fn post_findings<S: Store>(
         Err(IntakeError::Busy { retry_after }) => {
             tracing::warn!(token = name, source, "intake queue full; answering 429");
             Err(IngestError::Busy(retry_after))
+        }
+        Err(IntakeError::TooManyRecords { records, limit }) => {
+            tracing::warn!(
+                token = name,
+                source,
+                records,
+                limit,
+                "too many records in one request; answering 413"
+            );
+            Err(IngestError::TooManyRecords { records, limit })
         }
         Err(e) => {
             let request_id = ulid::Ulid::new().to_string();

@@ -43,6 +43,9 @@ pub struct IntakeConfig {
     /// Most records (findings plus rejected records) merged into one store transaction
     /// (`server.max_batch`); a single larger payload is still written whole, on its own.
     pub max_batch: usize,
+    /// Most records (findings plus rejected records) one submitted request may carry
+    /// (`server.max_records_per_request`); see [`Intake::submit_allowed`].
+    pub max_records: usize,
     /// Duplicates within this window are counted, not stored (`store.dedup_window_seconds`).
     pub dedup_window: Duration,
     /// What a caller refused with [`IntakeError::Busy`] is told to wait.
@@ -59,6 +62,7 @@ impl IntakeConfig {
             queue_capacity: cfg.server.queue_capacity,
             queue_bytes: cfg.server.queue_bytes,
             max_batch: cfg.server.max_batch,
+            max_records: cfg.server.max_records_per_request,
             dedup_window: Duration::from_secs(cfg.store.dedup_window_seconds),
             retry_after: Duration::from_secs(1),
             metrics,
@@ -107,6 +111,17 @@ pub enum IntakeError {
         /// How long the caller should wait.
         retry_after: Duration,
     },
+    /// The request carries more records than `server.max_records_per_request`. Nothing was
+    /// stored.
+    #[error(
+        "{records} records in one request, over the limit of {limit} (server.max_records_per_request)"
+    )]
+    TooManyRecords {
+        /// Records in the request (findings plus rejected records).
+        records: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The writer is gone (shutting down). Nothing was stored.
     #[error("intake is shutting down")]
     Closed,
@@ -150,6 +165,7 @@ pub struct Intake {
     /// Bytes of encoded findings queued or being committed, bounded by `server.queue_bytes`.
     bytes: Arc<Semaphore>,
     queue_bytes: usize,
+    max_records: usize,
     retry_after: Duration,
     metrics: Arc<Metrics>,
 }
@@ -172,6 +188,7 @@ impl Intake {
             tx,
             bytes: Arc::new(Semaphore::new(queue_bytes)),
             queue_bytes,
+            max_records: cfg.max_records,
             retry_after: cfg.retry_after,
             metrics: Arc::clone(&cfg.metrics),
         };
@@ -213,8 +230,12 @@ impl Intake {
     /// scoped ingest token): a record whose parser is refused is rejected with the reason
     /// `allowed` gives (see [`parse_input_allowed`]).
     ///
+    /// A request is one unit: with more records (findings plus rejected records) than
+    /// `server.max_records_per_request` nothing of it is stored. (The SQS poller, which calls
+    /// [`Intake::submit_parsed`], is not capped: SQS bounds a message's size itself.)
+    ///
     /// # Errors
-    /// As [`Intake::submit`].
+    /// As [`Intake::submit`], and [`IntakeError::TooManyRecords`].
     pub async fn submit_allowed(
         &self,
         intake: String,
@@ -229,6 +250,13 @@ impl Intake {
             });
         }
         let report = parse_input_allowed(&intake, bytes, choice, allowed);
+        let records = report.findings.len() + report.rejected.len();
+        if records > self.max_records {
+            return Err(IntakeError::TooManyRecords {
+                records,
+                limit: self.max_records,
+            });
+        }
         self.submit_parsed(intake, report).await
     }
 

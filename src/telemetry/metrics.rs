@@ -73,6 +73,13 @@ struct OperationLabel {
     operation: String,
 }
 
+/// `{account}`: `base` (the base AWS credentials) or an account id of `aws.accounts`
+/// (configuration, so bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabel {
+    account: String,
+}
+
 /// Firebreak's metric families and the registry that renders them.
 ///
 /// Cheap to share behind an `Arc`; every recording method takes `&self`.
@@ -96,6 +103,7 @@ pub struct Metrics {
     sqs_messages: Family<OutcomeLabel, Counter>,
     sqs_errors: Family<OperationLabel, Counter>,
     leases_lost: Counter,
+    aws_rate_limited: Family<AccountLabel, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -136,6 +144,7 @@ impl Metrics {
         let sqs_messages = Family::<OutcomeLabel, Counter>::default();
         let sqs_errors = Family::<OperationLabel, Counter>::default();
         let leases_lost = Counter::default();
+        let aws_rate_limited = Family::<AccountLabel, Counter>::default();
 
         registry.register(
             "findings_received",
@@ -220,6 +229,12 @@ impl Metrics {
              lease (its refused writes are logged and audited as lease.lost)",
             leases_lost.clone(),
         );
+        registry.register(
+            "aws_rate_limited",
+            "AWS API requests that waited for their account's rate limit (aws.rate_limit_per_second), \
+             by account (base: the base credentials; else an account id of aws.accounts)",
+            aws_rate_limited.clone(),
+        );
 
         registry.register(
             "executions",
@@ -252,6 +267,7 @@ impl Metrics {
             sqs_messages,
             sqs_errors,
             leases_lost,
+            aws_rate_limited,
         }
     }
 
@@ -434,6 +450,26 @@ impl Metrics {
         self.sqs_errors
             .get_or_create(&OperationLabel {
                 operation: operation.to_owned(),
+            })
+            .get()
+    }
+
+    /// An AWS API request of `account` (`base`, or an account id of `aws.accounts`) waited for
+    /// the account's rate limit.
+    pub fn aws_rate_limited(&self, account: &str) {
+        self.aws_rate_limited
+            .get_or_create(&AccountLabel {
+                account: account.to_owned(),
+            })
+            .inc();
+    }
+
+    /// How many AWS API requests of `account` waited for its rate limit so far.
+    #[must_use]
+    pub fn aws_rate_limited_count(&self, account: &str) -> u64 {
+        self.aws_rate_limited
+            .get_or_create(&AccountLabel {
+                account: account.to_owned(),
             })
             .get()
     }

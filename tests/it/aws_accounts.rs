@@ -89,6 +89,7 @@ async fn a_configured_account_is_reached_through_its_assumed_role() {
             role_arn: role_arn.clone(),
             external_id: Some("firebreak-test".to_owned()),
             session_name: "firebreak-it".to_owned(),
+            ..AwsAccountConfig::default()
         },
     )]))
     .await;

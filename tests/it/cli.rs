@@ -108,6 +108,40 @@ fn findings_from_stdin_with_a_bad_line_keep_the_good_ones() {
     assert_eq!(doc["rejected"][0]["source"], "stdin");
 }
 
+/// `server.max_records_per_request` caps HTTP requests, not a file given to `firebreak run`.
+#[test]
+fn run_reads_a_file_of_more_records_than_the_per_request_cap() {
+    let dir = playbook_dir("http://127.0.0.1:9/hook");
+    let pdir = dir.path().to_string_lossy().into_owned();
+    let input = [FALCO_SHELL, FALCO_K8S_API]
+        .iter()
+        .map(|f| {
+            String::from_utf8(fixtures::bytes(f))
+                .expect("utf8")
+                .trim()
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let o = firebreak_with(
+        &[
+            "run",
+            "--playbooks",
+            &pdir,
+            "--finding",
+            "-",
+            "--dry-run",
+            "--format",
+            "json",
+        ],
+        &[("FIREBREAK_SERVER__MAX_RECORDS_PER_REQUEST", "1")],
+        input.as_bytes(),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("stdout is JSON");
+    assert_eq!(doc["findings"].as_array().map(Vec::len), Some(2), "{doc}");
+}
+
 #[test]
 fn binary_empty_missing_and_directory_inputs_get_clear_errors() {
     let bin = firebreak_with(

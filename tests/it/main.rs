@@ -5,6 +5,7 @@ mod aws_accounts;
 mod aws_enforcement;
 mod aws_iam;
 mod aws_peers;
+mod aws_rate;
 mod aws_s3;
 mod aws_securityhub;
 mod cli;

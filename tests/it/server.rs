@@ -300,8 +300,9 @@ async fn an_all_garbage_body_gets_422_naming_the_reason_without_echoing_it() {
 /// goes on accepting findings.
 #[tokio::test]
 async fn a_flood_of_broken_records_is_answered_and_stored_as_a_bounded_summary() {
-    let svc = Service::start(|_| {}).await;
     let records = 100_000;
+    // Exactly at the records cap: taken (one more would be refused whole, see below).
+    let svc = Service::start(|c| c.server.max_records_per_request = records).await;
     let body = "{}\n".repeat(records).into_bytes();
     let resp = svc.post("auto", body).await;
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
@@ -325,6 +326,73 @@ async fn a_flood_of_broken_records_is_answered_and_stored_as_a_bounded_summary()
 
     let resp = svc.post("falco", fixtures::bytes(FALCO_SHELL)).await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
+}
+
+/// `n` copies of the real Falco fixture (one JSON line each; copies of one alert are still
+/// `n` records, deduplicated only once stored).
+fn falco_lines(n: usize) -> Vec<u8> {
+    let line = String::from_utf8(fixtures::bytes(FALCO_SHELL)).unwrap();
+    format!("{}\n", line.trim()).repeat(n).into_bytes()
+}
+
+#[tokio::test]
+async fn a_request_over_the_records_cap_gets_413_naming_limit_and_count_and_stores_nothing() {
+    let svc = Service::start(|c| c.server.max_records_per_request = 3).await;
+
+    let resp = svc.post("falco", falco_lines(4)).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("shell"), "payload echoed: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["max_records_per_request"], 3);
+    assert_eq!(body["records"], 4);
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("max_records_per_request") && error.contains('4') && error.contains('3'),
+        "{error}"
+    );
+
+    // Rejected records count too: two good lines and two broken ones are four records.
+    let good = String::from_utf8(falco_lines(2)).unwrap();
+    let line = good.lines().next().unwrap();
+    let mixed = format!("{good}{}\n{}\n", &line[..line.len() / 2], &line[..10]);
+    let resp = svc.post("falco", mixed.into_bytes()).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json_of(resp).await["records"], 4);
+
+    // Nothing of either request was stored: no finding, no rejected record, no audit line.
+    assert_eq!(svc.stored().await, 0);
+    let mut conn = sqlx::SqliteConnection::connect(&svc.url).await.unwrap();
+    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rejected, 0);
+    let audit = svc.store.audit_list(AuditQuery::default()).await.unwrap();
+    assert!(
+        !audit
+            .iter()
+            .any(|r| r.kind == "findings.received" || r.kind.starts_with("input.")),
+        "{audit:#?}"
+    );
+
+    // At the cap the request is taken.
+    let resp = svc.post("falco", falco_lines(3)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(json_of(resp).await["receipts"].as_array().unwrap().len(), 3);
+    assert_eq!(svc.stored().await, 1);
+}
+
+#[tokio::test]
+async fn by_default_a_request_of_more_than_ten_thousand_records_gets_413() {
+    // The body limit raised so that only the records cap applies.
+    let svc = Service::start(|c| c.server.max_body_bytes = 64 * 1024 * 1024).await;
+    let resp = svc.post("falco", falco_lines(10_001)).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = json_of(resp).await;
+    assert_eq!(body["max_records_per_request"], 10_000);
+    assert_eq!(body["records"], 10_001);
+    assert_eq!(svc.stored().await, 0);
 }
 
 #[tokio::test]

@@ -43,11 +43,17 @@ struct Rig {
 
 impl Rig {
     async fn new() -> Rig {
+        Rig::with(|_| {}).await
+    }
+
+    /// A rig whose intake is configured by `tweak` on the defaults.
+    async fn with(tweak: impl FnOnce(&mut firebreak::config::Config)) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
         let store = Arc::new(SqliteStore::open(&url).await.unwrap());
         let metrics = Arc::new(Metrics::new());
-        let cfg = firebreak::config::Config::default();
+        let mut cfg = firebreak::config::Config::default();
+        tweak(&mut cfg);
         let (intake, _writer) = Intake::start(
             store,
             IntakeConfig::from_config(&cfg, Arc::clone(&metrics)),
@@ -228,6 +234,27 @@ async fn committed_rows(url: &str, sql: &str) -> i64 {
         .fetch_one(&mut conn)
         .await
         .unwrap()
+}
+
+/// `server.max_records_per_request` caps HTTP requests only: an SQS message with more records
+/// is still stored whole and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_message_is_not_capped_by_the_records_per_request_limit() {
+    let rig = Rig::with(|c| c.server.max_records_per_request = 1).await;
+    let queue = rig.queue("not-capped-by-records", &[]).await;
+    // Two real EventBridge GuardDuty events in one body (a JSON array of the two fixtures).
+    let two: Vec<serde_json::Value> = [GD_TOR_IAM, GD_BACKDOOR]
+        .iter()
+        .map(|f| serde_json::from_slice(&fixtures::bytes(f)).unwrap())
+        .collect();
+    rig.send(&queue, serde_json::to_vec(&two).unwrap()).await;
+    let running = rig.poll(&queue, |_| {});
+    until("the message is deleted", || async {
+        rig.metrics.sqs_message_count("deleted") == 1
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(rig.count("SELECT COUNT(*) FROM findings").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
