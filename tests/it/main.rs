@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod crash;
 mod deploy;
+mod docs;
 mod engine;
 mod fixtures;
 mod github_actions;
