@@ -135,6 +135,9 @@ fn constants(schema: &Value) -> Option<Vec<(String, String)>> {
 
 /// A short type for a property.
 fn type_of(schema: &Value, defs: &Map<String, Value>) -> String {
+    if let Some(c) = schema.get("const").and_then(Value::as_str) {
+        return format!("`{c}`");
+    }
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
         let name = def_name(r);
         return match defs.get(name) {
@@ -410,6 +413,7 @@ fn parsers_page(current: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
