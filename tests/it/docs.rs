@@ -111,3 +111,239 @@ fn the_action_reference_documents_every_parameter_each_action_accepts() {
         );
     }
 }
+
+/// Every test a page cites (in backticks) as `module::name`, or `module::backend::name` for a
+/// store conformance test, as its path components.
+fn citations(text: &str) -> Vec<Vec<String>> {
+    let word = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|quoted| quoted.split("::").map(str::to_owned).collect::<Vec<_>>())
+        .filter(|parts| (2..=3).contains(&parts.len()) && parts.iter().all(|p| word(p)))
+        .collect()
+}
+
+/// Whether `tests/it/{module}.rs` defines the test the path names.
+fn is_test(parts: &[String]) -> bool {
+    let Ok(source) = std::fs::read_to_string(repo(&format!("tests/it/{}.rs", parts[0]))) else {
+        return false;
+    };
+    let name = &parts[parts.len() - 1];
+    if parts.len() == 3 {
+        // `conformance!(…)` runs each listed body once per backend module.
+        return ["sqlite", "postgres"].contains(&parts[1].as_str())
+            && source
+                .split_once("conformance!(")
+                .is_some_and(|(_, list)| list.contains(&format!("\n    {name},\n")));
+    }
+    source
+        .split_once(&format!("fn {name}()"))
+        .is_some_and(|(before, _)| {
+            let before = before.trim_end();
+            let before = before.strip_suffix("async").unwrap_or(before).trim_end();
+            // An attribute closes right before it: #[test], #[tokio::test], #[tokio::test(…)].
+            before.ends_with(']')
+        })
+}
+
+#[test]
+fn every_test_the_docs_cite_exists() {
+    let mut cited = 0;
+    for page in ["docs/operations.md", "docs/security-model.md"] {
+        let found = citations(&read(page));
+        assert!(found.len() >= 5, "{page}: only {} citations", found.len());
+        for parts in found {
+            assert!(
+                is_test(&parts),
+                "{page} cites `{}`, which is not a test in tests/it/{}.rs",
+                parts.join("::"),
+                parts[0]
+            );
+            cited += 1;
+        }
+    }
+    assert!(cited > 40, "{cited}");
+}
+
+#[test]
+fn every_claim_of_the_security_model_names_a_test() {
+    // A claim is one list item (a line starting `- ` and the lines continuing it).
+    let text = read("docs/security-model.md");
+    let mut items: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("- ") {
+            items.push(rest.to_owned());
+        } else if line.starts_with("  ") && !items.is_empty() {
+            let last = items.len() - 1;
+            items[last].push_str(line);
+        } else if line.trim().is_empty() || line.starts_with('#') {
+            items.push(String::new());
+        }
+    }
+    let claims: Vec<&String> = items.iter().filter(|i| !i.is_empty()).collect();
+    assert!(claims.len() >= 20, "{}", claims.len());
+    for claim in claims {
+        assert!(!citations(claim).is_empty(), "no test named for: {claim}");
+    }
+}
+
+/// The metric families `/metrics` serves, each with its type, as the registry renders them. A
+/// family with labels is rendered once it has a sample, so one is recorded in each; the count
+/// of families registered in the source makes sure none is left out.
+fn exported_metrics() -> Vec<(String, String)> {
+    let m = firebreak::telemetry::metrics::Metrics::new();
+    m.received("falco", 1);
+    m.rejected("falco", 1);
+    m.deduplicated("falco");
+    m.http_request("/v1/findings/{parser}", 202);
+    m.commit(1, 0.01, true);
+    m.set_queue_depth(1);
+    m.set_executions(&[("pending_approval".to_owned(), 1)]);
+    m.matched("stop-cryptominer");
+    m.step("notify.webhook", "applied");
+    m.finding_to_action(0.5);
+    m.guard_drop("kill_switch");
+    m.lease_lost();
+    m.playbook_reload("swapped");
+    m.sqs_messages("received", 1);
+    m.sqs_error("receive");
+    let page = m.render();
+    let families: Vec<(String, String)> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').unwrap();
+            (name.to_owned(), kind.to_owned())
+        })
+        .collect();
+    let registered = read("src/telemetry/metrics.rs")
+        .matches("registry.register(")
+        .count();
+    assert_eq!(
+        families.len(),
+        registered,
+        "a new metric family: record a sample of it here, and document it in docs/operations.md"
+    );
+    families
+}
+
+#[test]
+fn the_operations_page_names_every_exported_metric_and_only_those() {
+    let exported = exported_metrics();
+    assert!(exported.len() >= 15, "{exported:?}");
+    // The names a scrape shows: counters with `_total`, histograms with their series.
+    let mut known = Vec::new();
+    let mut documented_as = Vec::new();
+    for (name, kind) in &exported {
+        match kind.as_str() {
+            "counter" => {
+                known.push(format!("{name}_total"));
+                documented_as.push(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["", "_bucket", "_count", "_sum"] {
+                    known.push(format!("{name}{suffix}"));
+                }
+                documented_as.push(name.clone());
+            }
+            _ => {
+                known.push(name.clone());
+                documented_as.push(name.clone());
+            }
+        }
+    }
+    let page = read("docs/operations.md");
+    for name in &documented_as {
+        assert!(
+            page.contains(&format!("| `{name}` |")),
+            "docs/operations.md does not document `{name}`"
+        );
+    }
+    let mut named = 0;
+    for (i, _) in page.match_indices("firebreak_") {
+        // A metric name starts a word (`…_by_firebreak_serve` is a test's name).
+        if page[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        let word: String = page[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if word == "firebreak_" {
+            continue; // the prefix itself
+        }
+        assert!(
+            known.contains(&word),
+            "docs/operations.md names `{word}`, which the service does not export"
+        );
+        named += 1;
+    }
+    assert!(named >= documented_as.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_copied_with_vacuum_into_while_serving_verifies() {
+    use sqlx::Connection;
+
+    let rx = crate::support::receiver::Receiver::start().await;
+    let playbooks = crate::service::playbook_dir(&rx.url("/hook"));
+    let dir = tempfile::tempdir().unwrap();
+    let svc = crate::service::start_with(dir.path(), playbooks.path(), 60, &[]);
+    let client = reqwest::Client::new();
+    let mut events = crate::service::events(40).into_iter();
+    for body in events.by_ref().take(20) {
+        assert_eq!(
+            crate::service::post(&client, &svc.addr, body).await,
+            reqwest::StatusCode::ACCEPTED
+        );
+    }
+    // Keep posting while the copy is taken: the service keeps writing to its WAL.
+    let addr = svc.addr.clone();
+    let rest: Vec<Vec<u8>> = events.collect();
+    let posting = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        for body in rest {
+            assert_eq!(
+                crate::service::post(&client, &addr, body).await,
+                reqwest::StatusCode::ACCEPTED
+            );
+        }
+    });
+    let copy = dir.path().join("backup.db");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&ledger).await.unwrap();
+    sqlx::query("VACUUM INTO ?")
+        .bind(copy.display().to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    posting.await.unwrap();
+
+    let verify = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["audit", "verify", "--format", "json"])
+        .env_clear()
+        .env(
+            "FIREBREAK_STORE__URL",
+            format!("sqlite://{}", copy.display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(verify.status.code(), Some(0), "{verify:?}");
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    // The copy holds at least the audit records of the first 20 findings, acknowledged before.
+    assert!(
+        report["records"].as_u64().is_some_and(|n| n >= 20),
+        "{report}"
+    );
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+}
