@@ -303,6 +303,80 @@ fn playbooks_page() -> String {
     out
 }
 
+/// The real finding each action's example step is planned against for its page: a fixture
+/// of `tests/fixtures/findings` (embedded, so the command needs no checkout) and, for a file
+/// with several findings, the class of the one to take. `kubernetes.secure-dashboard` has none:
+/// no fixture holds an exposed-dashboard finding.
+const EXAMPLE_FINDINGS: &[(&str, &str, &[u8], Option<Class>)] = {
+    const FALCO: &[u8] =
+        include_bytes!("../../tests/fixtures/findings/falco/terminal-shell-in-container.json");
+    const S3: &[u8] = include_bytes!(
+        "../../tests/fixtures/findings/securityhub/asff-afsbp-s3-8-bucket-block-public-access.json"
+    );
+    const TRUFFLEHOG: &[u8] = include_bytes!(
+        "../../tests/fixtures/findings/trufflehog/trufflehog-v3-git-aws-canary.jsonl"
+    );
+    const GUARDDUTY: &[u8] = include_bytes!(
+        "../../tests/fixtures/findings/guardduty/eventbridge-guardduty-finding-iam-toripcaller.json"
+    );
+    const GITHUB: &[u8] =
+        include_bytes!("../../tests/fixtures/findings/github/secret_scanning_alert-reopened.json");
+    const F: &str = "falco/terminal-shell-in-container.json";
+    const SH: &str = "securityhub/asff-afsbp-s3-8-bucket-block-public-access.json";
+    const TH: &str = "trufflehog/trufflehog-v3-git-aws-canary.jsonl";
+    const GD: &str = "guardduty/eventbridge-guardduty-finding-iam-toripcaller.json";
+    const GH: &str = "github/secret_scanning_alert-reopened.json";
+    &[
+        ("notify.webhook", F, FALCO, None),
+        ("kubernetes.scale-to-zero", F, FALCO, None),
+        ("kubernetes.isolate-pod", F, FALCO, None),
+        ("kubernetes.capture-evidence", F, FALCO, None),
+        ("kubernetes.delete-pod", F, FALCO, None),
+        ("kubernetes.label", F, FALCO, None),
+        ("kubernetes.annotate", F, FALCO, None),
+        ("kubernetes.cordon-node", F, FALCO, None),
+        ("aws.s3.block-public-access", SH, S3, None),
+        ("aws.securityhub.update-finding", SH, S3, None),
+        ("aws.iam.deactivate-access-key", TH, TRUFFLEHOG, None),
+        ("aws.iam.rotate-access-key", TH, TRUFFLEHOG, None),
+        ("aws.iam.delete-access-key", TH, TRUFFLEHOG, None),
+        ("aws.iam.quarantine-user", GD, GUARDDUTY, None),
+        ("github.open-pull-request", F, FALCO, None),
+        ("github.resolve-secret-alert", GH, GITHUB, None),
+    ]
+};
+
+/// What the example step of `action` plans for its real finding with no client at all (no
+/// cluster, no AWS credentials, no GitHub access, no configured webhook): the summary that
+/// `firebreak playbooks test` prints then, or the refusal.
+fn offline_plan(
+    rt: &tokio::runtime::Runtime,
+    ctx: &crate::action::ActionCtx,
+    action: &dyn crate::action::Action,
+) -> Option<(&'static str, String)> {
+    let (_, file, bytes, class) = EXAMPLE_FINDINGS
+        .iter()
+        .find(|(kind, ..)| *kind == action.kind())?;
+    let report = crate::finding::parse_input(file, bytes, crate::finding::ParserChoice::Auto);
+    let finding = report
+        .findings
+        .iter()
+        .find(|f| class.is_none_or(|c| f.class == c))?;
+    let params: Value = serde_saphyr::from_str(action.example()).ok()?;
+    let input = crate::action::StepInput {
+        finding,
+        playbook: "example",
+        step: 0,
+        params: &params,
+        execution: None,
+    };
+    let text = match rt.block_on(action.plan(ctx, input)) {
+        Ok(plan) => plan.summary,
+        Err(e) => format!("refused: {e}"),
+    };
+    Some((file, text))
+}
+
 fn actions_page() -> String {
     let mut out = String::from(HEADER);
     out.push_str(
@@ -326,6 +400,14 @@ fn actions_page() -> String {
             if a.reversible() { "yes" } else { "no" }
         );
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok();
+    let config = crate::config::load(None, &[], &[]).ok();
+    let ctx = config
+        .as_ref()
+        .and_then(|c| crate::action::ActionCtx::from_config(c).ok());
     for a in ACTIONS {
         let _ = write!(out, "\n## {}\n\n{}\n\n", a.kind(), cell(a.summary()));
         let _ = write!(
@@ -352,7 +434,20 @@ fn actions_page() -> String {
         for line in a.example().lines() {
             let _ = writeln!(out, "      {line}");
         }
-        out.push_str("```\n\n### Permissions\n\n");
+        out.push_str("```\n\n");
+        if let (Some(rt), Some(ctx)) = (&rt, &ctx)
+            && let Some((file, plan)) = offline_plan(rt, ctx, *a)
+        {
+            let _ = write!(
+                out,
+                "### Its plan, without access\n\nWhat `firebreak playbooks test` prints for this \
+                 step on the real finding `tests/fixtures/findings/{file}` when Firebreak has no \
+                 access to the system it acts on (no cluster, no AWS credentials, no GitHub \
+                 access, no configured webhook). With access, the plan also lists each change \
+                 with its value before and after.\n\n```text\n{plan}\n```\n\n"
+            );
+        }
+        out.push_str("### Permissions\n\n");
         if a.permissions().is_empty() {
             out.push_str("None.\n");
         } else {

@@ -83,6 +83,32 @@ fn docs_generate_refuses_a_parsers_page_without_its_markers() {
 }
 
 #[test]
+fn the_action_reference_shows_what_each_action_plans_on_a_real_finding_without_access() {
+    // Every action but one (no fixture holds an exposed dashboard) shows the plan it makes for
+    // its example step on a real finding, and that plan says it read nothing.
+    let page = read("docs/actions.md");
+    for a in firebreak::action::ACTIONS {
+        let start = page.find(&format!("\n## {}\n", a.kind())).unwrap();
+        let section = &page[start + 1..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        let plan = section
+            .split_once("### Its plan, without access")
+            .map(|(_, rest)| rest);
+        if a.kind() == "kubernetes.secure-dashboard" {
+            assert!(plan.is_none(), "a new fixture? show its plan");
+            continue;
+        }
+        let plan = plan.unwrap_or_else(|| panic!("{}: no plan shown", a.kind()));
+        assert!(
+            plan.contains("NOT CONNECTED") || plan.contains("NOT CONFIGURED"),
+            "{}: {plan}",
+            a.kind()
+        );
+        assert!(plan.contains("tests/fixtures/findings/"), "{}", a.kind());
+    }
+}
+
+#[test]
 fn the_action_reference_documents_every_parameter_each_action_accepts() {
     // The parameter tables come from the types `validate` reads: a key the page lists is
     // accepted, and an unknown key is refused, for every action.
