@@ -440,11 +440,11 @@ fn actions_page() -> String {
         {
             let _ = write!(
                 out,
-                "### Its plan, without access\n\nWhat `firebreak playbooks test` prints for this \
-                 step on the real finding `tests/fixtures/findings/{file}` when Firebreak has no \
+                "### Its plan, without access\n\nThe plan summary `firebreak playbooks test` \
+                 prints for this step on the real finding `tests/fixtures/findings/{file}` when Firebreak has no \
                  access to the system it acts on (no cluster, no AWS credentials, no GitHub \
-                 access, no configured webhook). With access, the plan also lists each change \
-                 with its value before and after.\n\n```text\n{plan}\n```\n\n"
+                 access, no configured webhook). With access, the plan reads the live state first \
+                 and lists the changes it would make.\n\n```text\n{plan}\n```\n\n"
             );
         }
         out.push_str("### Permissions\n\n");
