@@ -439,6 +439,9 @@ pub trait Action: Send + Sync {
     fn permissions(&self) -> &'static [Permission];
     /// An example `with:` block in YAML (docs and the registry test use it).
     fn example(&self) -> &'static str;
+    /// The JSON Schema of the `with:` parameters, from the type `validate` reads them into
+    /// (the action reference, `docs/actions.md`, is generated from it).
+    fn params_schema(&self) -> schemars::Schema;
     /// Checks `with:` parameters at load time; every problem is returned.
     fn validate(&self, params: &Value) -> Vec<ParamProblem>;
     /// Works out what `apply` would do. Reads only; never writes.

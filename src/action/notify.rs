@@ -22,7 +22,7 @@ pub struct NotifyWebhook;
 const USER_AGENT: &str = concat!("firebreak/", env!("CARGO_PKG_VERSION"));
 
 /// `with:` parameters of `notify.webhook`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct WebhookParams {
     /// A literal `http`/`https` URL.
@@ -37,7 +37,7 @@ struct WebhookParams {
 }
 
 /// A part of the notification body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum Include {
     /// The finding summary (`finding`).
@@ -236,6 +236,10 @@ impl Action for NotifyWebhook {
 
     fn example(&self) -> &'static str {
         "endpoint: secops        # a name under notify.webhooks, or url: https://…\ninclude: [finding, plan]\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(WebhookParams)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

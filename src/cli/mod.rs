@@ -4,6 +4,7 @@
 mod audit;
 mod bench;
 mod catalog;
+pub mod docs;
 mod findings;
 pub mod input;
 pub mod output;
@@ -136,6 +137,24 @@ pub enum Command {
     /// Measure throughput of the hot paths with real input (use a release build).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Generate the reference pages from the code (playbooks, actions, parser tables).
+    #[command(subcommand)]
+    Docs(DocsCmd),
+}
+
+/// `firebreak docs …`.
+#[derive(Debug, Subcommand)]
+pub enum DocsCmd {
+    /// Write docs/playbooks.md and docs/actions.md, and the generated tables of
+    /// docs/parsers.md, from the playbook schema and the action and parser registries.
+    Generate {
+        /// The docs directory (it must hold parsers.md).
+        #[arg(long, value_name = "DIR", default_value = "docs")]
+        out: PathBuf,
+        /// Write nothing; exit 1 naming every page that differs from what would be written.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 /// `firebreak approvals …`.
@@ -561,6 +580,7 @@ fn dispatch(command: Command, config: &Config) -> Exit {
         Command::Cancel { execution, reason } => audit::cancel(config, &execution, &reason),
         Command::Pause { reason } => audit::kill_switch(config, true, reason),
         Command::Resume { reason } => audit::kill_switch(config, false, reason),
+        Command::Docs(DocsCmd::Generate { out, check }) => docs::generate(&out, check),
         Command::Bench(BenchCmd::Parse {
             file,
             records,

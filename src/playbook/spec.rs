@@ -202,7 +202,7 @@ pub struct ExcludeSpec {
 }
 
 /// `guards:` — limits enforced by the engine, per playbook, over a rolling hour. They are
-/// checked atomically in the store, so every replica and `firebreak run --store` share them.
+/// checked atomically in the store, so every replica and `firebreak run` (unless `--no-store`) share them.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuardsSpec {
@@ -276,9 +276,9 @@ pub struct GithubApproval {
     #[serde(default = "one")]
     #[schemars(with = "u32", range(min = 1))]
     pub min: Spanned<u32>,
-    /// Cancel when not approved within this time.
+    /// Cancel when not approved within this time (`30s`, `10m`, `24h`, `1d`).
     #[serde(default = "day")]
-    #[schemars(with = "String")]
+    #[schemars(with = "String", extend("default" = "24h"))]
     pub expires: DurationSpec,
     /// Merging the pull request counts as an approval by whoever merged it (who must be an
     /// allowed reviewer); otherwise a merge without the approvals cancels, like a close.

@@ -12,6 +12,7 @@ mod cli;
 mod config;
 mod crash;
 mod deploy;
+mod docs;
 mod engine;
 mod fixtures;
 mod github_actions;

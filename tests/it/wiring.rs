@@ -1,5 +1,6 @@
-//! docs/wiring.md, checked: its Falcosidekick settings deliver a real Falcosidekick payload that
-//! `firebreak serve` accepts, its EventBridge pattern matches the real GuardDuty and Security
+//! docs/wiring.md, checked: its Falcosidekick and Trivy Operator settings deliver real payloads
+//! that `firebreak serve` accepts, its CI jobs post real Prowler and gitleaks reports with
+//! their scoped tokens, its EventBridge pattern matches the real GuardDuty and Security
 //! Hub events (which the parsers read), its queue policy and configuration blocks are valid, and
 //! the permissions and events it lists are what the code uses.
 
@@ -8,7 +9,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::fixtures;
-use crate::service::{TOKEN, start_with};
+use crate::service::{TOKEN, start_configured, start_with};
 
 fn guide() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/wiring.md")).unwrap()
@@ -127,6 +128,8 @@ fn the_queue_policy_and_every_configuration_block_of_the_guide_are_valid() {
     let configs = blocks("firebreak-config");
     let env: Vec<(String, String)> = [
         "FIREBREAK_TOKEN_FALCOSIDEKICK",
+        "FIREBREAK_TOKEN_CI_PROWLER",
+        "FIREBREAK_TOKEN_CI_GITLEAKS",
         "FIREBREAK_GITHUB_TOKEN",
         "FIREBREAK_GITHUB_WEBHOOK_SECRET",
     ]
@@ -202,4 +205,163 @@ fn the_guide_lists_the_sqs_permissions_the_poller_uses_and_the_github_app_events
         assert!(events_line.contains(&format!("`{event}`")), "{event}");
         assert!(text.contains(&format!("`{event}`")), "{event}");
     }
+}
+
+/// `KEY=value` lines of a guide block.
+fn env_block(name: &str) -> Vec<(String, String)> {
+    blocks(name)[0]
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trivy_operator_as_the_guide_sets_it_delivers_its_reports_to_firebreak() {
+    let env = env_block("trivy-operator");
+    let get = |k: &str| &env.iter().find(|(n, _)| n == k).unwrap().1;
+    let path = get("OPERATOR_WEBHOOK_BROADCAST_URL")
+        .strip_prefix("http://firebreak.firebreak.svc:8080")
+        .unwrap()
+        .to_owned();
+    assert_eq!(get("OPERATOR_SEND_DELETED_REPORTS"), "false");
+
+    let dir = tempfile::tempdir().unwrap();
+    let playbooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+    let svc = start_with(dir.path(), &playbooks, 60, &[]);
+    let client = reqwest::Client::new();
+    let post = |body: Vec<u8>| {
+        // The operator's custom headers: `key:value,key:value`.
+        let mut request = client.post(format!("http://{}{path}", svc.addr));
+        for header in get("OPERATOR_WEBHOOK_BROADCAST_CUSTOM_HEADERS").split(',') {
+            let (k, v) = header.split_once(':').unwrap();
+            request = request.header(k, v.replace("$(FIREBREAK_TOKEN)", TOKEN));
+        }
+        request
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    // The real report objects (fixtures/SOURCES.md), each as the operator posts one.
+    for rel in [
+        "trivy-operator/vulnerabilityreport.json",
+        "trivy-operator/configauditreport.json",
+        "trivy-operator/exposedsecretreport.json",
+    ] {
+        let answer = post(fixtures::bytes(rel)).await.unwrap();
+        assert_eq!(answer.status().as_u16(), 202, "{rel}");
+    }
+    // With deleted reports sent, the operator wraps each report: nothing reads that.
+    let report: Value =
+        serde_json::from_slice(&fixtures::bytes("trivy-operator/vulnerabilityreport.json"))
+            .unwrap();
+    let wrapped = serde_json::json!({"verb": "update", "operatorObject": report});
+    let answer = post(serde_json::to_vec(&wrapped).unwrap()).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 422);
+}
+
+/// The `curl` line of a CI block: its route, its header (with `token` for the variable) and the
+/// report file it posts.
+fn curl_of(block: &str, token: &str) -> (String, (String, String), String) {
+    let line = block.lines().find(|l| l.starts_with("curl ")).unwrap();
+    let url = line.rsplit(' ').next().unwrap();
+    let route = url
+        .strip_prefix("https://firebreak.example.com")
+        .unwrap()
+        .to_owned();
+    let header = line.split('"').nth(1).unwrap();
+    let (k, v) = header.split_once(": ").unwrap();
+    let file = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('@'))
+        .unwrap()
+        .to_owned();
+    (
+        route,
+        (k.to_owned(), v.replace("${FIREBREAK_TOKEN}", token)),
+        file,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ci_jobs_of_the_guide_post_real_prowler_and_gitleaks_reports_with_their_own_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    // The guide's token configuration, as the service loads it.
+    let config_block = blocks("firebreak-config")
+        .into_iter()
+        .find(|b| b.contains("ci-prowler"))
+        .unwrap();
+    let config = dir.path().join("firebreak.yaml");
+    std::fs::write(&config, config_block).unwrap();
+    let (prowler_token, gitleaks_token) = ("prowler-ci-token-41d7", "gitleaks-ci-token-8c02");
+    let playbooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+    let svc = start_configured(
+        dir.path(),
+        &config,
+        &playbooks,
+        &[
+            ("FIREBREAK_TOKEN_CI_PROWLER", prowler_token),
+            ("FIREBREAK_TOKEN_CI_GITLEAKS", gitleaks_token),
+            // Dry-run: the shipped playbooks only plan what these findings match.
+            ("FIREBREAK_ENGINE__DRY_RUN", "true"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let post = |route: &str, header: &(String, String), body: Vec<u8>| {
+        client
+            .post(format!("http://{}{route}", svc.addr))
+            .header(&header.0, &header.1)
+            .body(body)
+            .send()
+    };
+    // Each job's report file is the scanner's real output (fixtures/SOURCES.md).
+    for (name, token, fixture, other_route) in [
+        (
+            "prowler-ci",
+            prowler_token,
+            "prowler/prowler-5-example-output-aws.ocsf.json",
+            "/v1/findings/gitleaks",
+        ),
+        (
+            "gitleaks-ci",
+            gitleaks_token,
+            "gitleaks/gitleaks-v8-report-aws-access-token.json",
+            "/v1/findings/prowler",
+        ),
+    ] {
+        let block = &blocks(name)[0];
+        let (route, header, file) = curl_of(block, token);
+        // The scanner command writes the file the curl line posts.
+        let scan = block.lines().next().unwrap();
+        match name {
+            "prowler-ci" => {
+                assert!(scan.contains("--output-formats json-ocsf"), "{scan}");
+                assert_eq!(file, "out/prowler.ocsf.json");
+                assert!(fixture.ends_with(".ocsf.json"));
+            }
+            _ => {
+                assert!(scan.contains(&format!("--report-path {file}")), "{scan}");
+            }
+        }
+        let answer = post(&route, &header, fixtures::bytes(fixture))
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 202, "{name}");
+        // The job's token may post to its own route only.
+        let answer = post(other_route, &header, fixtures::bytes(fixture))
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 403, "{name} on {other_route}");
+        // A report with no findings (the real report with its array emptied) is accepted too.
+        let mut empty: Value = serde_json::from_slice(&fixtures::bytes(fixture)).unwrap();
+        empty.as_array_mut().unwrap().clear();
+        let answer = post(&route, &header, serde_json::to_vec(&empty).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 202, "{name}: an empty report");
+    }
+    assert!(!svc.log_text().contains(prowler_token));
+    assert!(!svc.log_text().contains(gitleaks_token));
 }

@@ -44,7 +44,7 @@ use crate::finding::{Finding, ResourceRef};
 pub struct AwsS3BlockPublicAccess;
 
 /// `with:` parameters: none.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {}
 
@@ -699,6 +699,10 @@ impl Action for AwsS3BlockPublicAccess {
 
     fn example(&self) -> &'static str {
         "{}                       # no parameters: the bucket comes from the finding\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

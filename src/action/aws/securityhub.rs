@@ -40,7 +40,7 @@ pub struct AwsSecurityHubUpdateFinding;
 pub const UPDATED_BY: &str = "firebreak";
 
 /// The workflow statuses this action sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 enum Status {
     /// The resource owner was told; the finding stays open.
@@ -59,7 +59,7 @@ impl Status {
 }
 
 /// `with:` parameters.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// The workflow status to set.
@@ -222,6 +222,10 @@ impl Action for AwsSecurityHubUpdateFinding {
     fn example(&self) -> &'static str {
         "status: NOTIFIED          # or RESOLVED\n\
          note: \"Public access blocked; owner asked to review.\"   # optional\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

@@ -39,7 +39,7 @@ pub struct GithubOpenPullRequest;
 /// Longest title GitHub shows whole; longer titles are cut.
 const MAX_TITLE: usize = 200;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// `owner/name` (template).
@@ -878,6 +878,10 @@ impl Action for GithubOpenPullRequest {
          set: { spec.replicas: 0 }\n\
          remove: [\"spec.template.spec.hostNetwork\"]\n\
          labels: [firebreak]\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

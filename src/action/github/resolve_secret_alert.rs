@@ -26,7 +26,7 @@ pub struct GithubResolveSecretAlert;
 /// The resolution set.
 const REVOKED: &str = "revoked";
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// The resolution comment; absent: one naming the playbook and the finding.
@@ -171,6 +171,10 @@ impl Action for GithubResolveSecretAlert {
 
     fn example(&self) -> &'static str {
         "{}                       # the alert comes from the finding; `comment:` overrides the note\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

@@ -27,7 +27,7 @@ pub const CORDONED: &str = "firebreak.dev/cordoned";
 pub struct KubernetesCordonNode;
 
 /// `with:` parameters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// The node to cordon; by default the node of the finding's pod.
@@ -164,6 +164,10 @@ impl Action for KubernetesCordonNode {
 
     fn example(&self) -> &'static str {
         "# node: ip-10-0-1-23.ec2.internal   # default: the node the finding's pod runs on\n{}\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

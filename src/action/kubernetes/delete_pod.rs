@@ -35,7 +35,7 @@ const GUARDED_OWNERS: &[&str] = &["DaemonSet", "StatefulSet"];
 const OWNER_KINDS: &[&str] = &["DaemonSet", "StatefulSet", "ReplicaSet", "Job", "Node"];
 
 /// `with:` parameters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// Seconds the pod gets to stop; the pod's own `terminationGracePeriodSeconds` when unset,
@@ -130,6 +130,10 @@ impl Action for KubernetesDeletePod {
 
     fn example(&self) -> &'static str {
         "grace_period_seconds: 0   # kill at once; leave out for the pod's own grace period\nallow_owner_kinds: []     # DaemonSet / StatefulSet pods are refused unless named here\nevidence: {tail_lines: 1000, limit_bytes: 1048576}\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

@@ -48,7 +48,7 @@ const MAX_LIMIT_BYTES: i64 = 10 * 1024 * 1024;
 const MAX_EVENTS: usize = 1_000;
 
 /// `with:` parameters (shared with `kubernetes.delete-pod`, which captures first).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EvidenceParams {
     /// Lines of log kept per container (the newest).
@@ -368,6 +368,10 @@ impl Action for KubernetesCaptureEvidence {
 
     fn example(&self) -> &'static str {
         "tail_lines: 500          # newest log lines kept per container\nlimit_bytes: 262144      # and at most this many bytes\nprevious_logs: false     # also the previous (restarted) instance's log\nmax_events: 100\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(EvidenceParams)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

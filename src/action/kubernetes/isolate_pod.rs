@@ -40,7 +40,7 @@ const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "firebreak");
 pub struct KubernetesIsolatePod;
 
 /// `with:` parameters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// Egress still allowed to these CIDRs (an evidence store, a forensics host).
@@ -261,6 +261,10 @@ impl Action for KubernetesIsolatePod {
 
     fn example(&self) -> &'static str {
         "# optional, for forensics; without them all ingress and egress is denied\nallow_egress_cidrs: [10.0.42.0/24]\nallow_namespaces: [forensics]\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

@@ -46,7 +46,7 @@ pub struct KubernetesLabel;
 pub struct KubernetesAnnotate;
 
 /// `with:` parameters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// Keys to set, with their values.
@@ -435,6 +435,10 @@ macro_rules! metadata_action {
 
             fn example(&self) -> &'static str {
                 $example
+            }
+
+            fn params_schema(&self) -> schemars::Schema {
+                schemars::schema_for!(Params)
             }
 
             fn validate(&self, params: &Value) -> Vec<ParamProblem> {

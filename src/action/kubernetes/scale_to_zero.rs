@@ -30,7 +30,7 @@ pub const PREVIOUS_REPLICAS: &str = "firebreak.dev/previous-replicas";
 pub struct KubernetesScaleToZero;
 
 /// `with:` parameters: none.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {}
 
@@ -357,6 +357,10 @@ impl Action for KubernetesScaleToZero {
 
     fn example(&self) -> &'static str {
         "{}                       # no parameters: the pod comes from the finding\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

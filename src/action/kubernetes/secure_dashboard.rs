@@ -72,7 +72,7 @@ const NGINX: &str = "nginx.ingress.kubernetes.io/";
 pub struct KubernetesSecureDashboard;
 
 /// How the Ingress authenticates.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "mode", deny_unknown_fields)]
 enum Auth {
     /// oauth2-proxy (or any external auth service) through ingress-nginx's auth-url.
@@ -123,7 +123,7 @@ impl Auth {
 }
 
 /// `with:` parameters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// The console's namespace (default: the finding's, else `kubernetes-dashboard`).
@@ -986,6 +986,10 @@ impl Action for KubernetesSecureDashboard {
 
     fn example(&self) -> &'static str {
         "# namespace/service/deployment default to the finding's, else kubernetes-dashboard\nnamespace: kubernetes-dashboard\nauth:\n  mode: oauth2-proxy\n  auth_url: https://$host/oauth2/auth\n  auth_signin: https://$host/oauth2/start?rd=$escaped_request_uri\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

@@ -25,7 +25,7 @@ use crate::action::{
 pub struct AwsIamDeactivateAccessKey;
 
 /// `with:` parameters: none.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {}
 
@@ -129,6 +129,10 @@ impl Action for AwsIamDeactivateAccessKey {
 
     fn example(&self) -> &'static str {
         "{}                       # no parameters: the access key comes from the finding\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

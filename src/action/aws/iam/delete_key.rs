@@ -22,7 +22,7 @@ use crate::clients::aws::Aws;
 pub struct AwsIamDeleteAccessKey;
 
 /// `with:` parameters: none.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {}
 
@@ -70,6 +70,10 @@ impl Action for AwsIamDeleteAccessKey {
 
     fn example(&self) -> &'static str {
         "{}                       # no parameters; run it with `after: 24h` behind the rotation\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

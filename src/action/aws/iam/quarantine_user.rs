@@ -52,7 +52,9 @@ const AT_APPLY: &str = "(the time of apply)";
 pub struct AwsIamQuarantineUser;
 
 /// How the quarantine denies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 enum Mode {
     /// Deny temporary credentials issued before the policy was written.
@@ -181,7 +183,7 @@ fn cutoff(statement: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 /// `with:` parameters.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// `deny-all` (default) or `revoke-sessions`.
@@ -431,6 +433,10 @@ impl Action for AwsIamQuarantineUser {
     fn example(&self) -> &'static str {
         "mode: deny-all           # or revoke-sessions: deny only sessions issued before now\n\
          require_inactive_key: false   # true: refuse while the finding's access key is Active\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {

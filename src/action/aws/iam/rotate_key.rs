@@ -104,7 +104,7 @@ const PAIRS: &[(&str, &str)] = &[
 pub struct AwsIamRotateAccessKey;
 
 /// `with:` parameters.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Params {
     /// Where to look for the key's consumers (at least one).
@@ -115,17 +115,20 @@ struct Params {
     delete_new_key_on_rollback: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Deliver {
+    /// Kubernetes Secrets that hold the key (`{}`: wherever the finding found it, else every
+    /// namespace).
     #[serde(default)]
     kubernetes_secret: Option<KubeScope>,
+    /// A Secrets Manager secret, used only if it holds the key.
     #[serde(default)]
     secrets_manager: Option<SecretsManagerTarget>,
 }
 
 /// Kubernetes Secrets holding the key: found by searching, narrowed by these constraints.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct KubeScope {
     /// Only Secrets in this namespace.
@@ -146,9 +149,10 @@ struct KubeScope {
 }
 
 /// A Secrets Manager secret; its value is JSON with `AccessKeyId` and `SecretAccessKey`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretsManagerTarget {
+    /// The secret's name or ARN.
     secret_id: String,
 }
 
@@ -1532,6 +1536,10 @@ impl Action for AwsIamRotateAccessKey {
          AWS_SECRET_ACCESS_KEY\n  #   roll_workloads: true\n  # secrets_manager: {secret_id: \
          payments/aws-credentials}   # only if it holds the key\ndelete_new_key_on_rollback: \
          false\n"
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(Params)
     }
 
     fn validate(&self, params: &Value) -> Vec<ParamProblem> {
