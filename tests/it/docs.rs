@@ -238,6 +238,7 @@ fn exported_metrics() -> Vec<(String, String)> {
     m.playbook_reload("swapped");
     m.sqs_messages("received", 1);
     m.sqs_error("receive");
+    m.aws_rate_limited("base");
     let page = m.render();
     let families: Vec<(String, String)> = page
         .lines()
