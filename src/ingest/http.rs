@@ -9,7 +9,8 @@
 //! and the token's scope (on `auto`, a record whose sniffed parser the token may not use is
 //! rejected with a reason), and maps the outcome to a status: 202 after the commit, 413 when
 //! the body holds more records than `server.max_records_per_request` (nothing stored), 422 when
-//! every record was rejected, 429 when the queue is full, 503 when the store failed.
+//! every record was rejected, 429 when the queue is full, 503 with `Retry-After: 5` when the store
+//! failed.
 //!
 //! Bodies are taken as bytes, exactly as senders post them (Falco `json_output`, Falcosidekick's
 //! webhook, an EventBridge API destination, JSON lines): what they mean is
@@ -299,6 +300,11 @@ enum IngestError {
     Unavailable { request_id: String },
 }
 
+/// What a 503 (the store failed, or the service is stopping) asks senders to wait before they
+/// post again: long enough for a database failover or restart not to be hammered, short enough
+/// that a finding waits seconds, not minutes.
+const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 fn retry_after(status: StatusCode, wait: Duration, message: &str) -> Response {
     let secs = wait.as_secs().max(1);
     let mut resp = (
@@ -393,14 +399,21 @@ impl IntoResponse for IngestError {
             IngestError::Busy(wait) => {
                 retry_after(StatusCode::TOO_MANY_REQUESTS, wait, "intake queue is full")
             }
-            IngestError::Unavailable { request_id } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "error": "findings could not be stored; nothing was accepted, retry later",
-                    "request_id": request_id,
-                })),
-            )
-                .into_response(),
+            IngestError::Unavailable { request_id } => {
+                let secs = UNAVAILABLE_RETRY_AFTER.as_secs();
+                let mut resp = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({
+                        "error": "findings could not be stored; nothing was accepted, retry later",
+                        "request_id": request_id,
+                        "retry_after_seconds": secs,
+                    })),
+                )
+                    .into_response();
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                resp
+            }
         }
     }
 }

@@ -281,10 +281,25 @@ async fn while_the_database_refuses_connections_readiness_and_intake_say_503_and
         reqwest::StatusCode::SERVICE_UNAVAILABLE
     );
     let mut bodies = events(2).into_iter();
+    let refused = client
+        .post(format!("http://{}/v1/findings/auto", svc.addr))
+        .bearer_auth(crate::service::TOKEN)
+        .body(bodies.next().expect("event"))
+        .send()
+        .await
+        .expect("post");
     assert_eq!(
-        post(&client, &svc.addr, bodies.next().expect("event")).await,
+        refused.status(),
         reqwest::StatusCode::SERVICE_UNAVAILABLE,
         "nothing is acknowledged that was not stored"
+    );
+    assert_eq!(
+        refused
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+        Some("5"),
+        "senders are told when to post again"
     );
 
     // It comes back: the service is ready again and acts on what it accepts, by itself.
