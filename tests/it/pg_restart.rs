@@ -176,7 +176,9 @@ async fn postgresql_restarted_during_load_intake_backs_off_nothing_accepted_is_l
         "while PostgreSQL is down",
     )
     .await;
-    // Down for about 3 s, long enough for the client to be refused.
+    // Down for at least 3 s, long enough for the client to be refused. (In practice longer:
+    // while the server is down each `/readyz` and intake request waits out the store pool's
+    // 10 s acquire timeout before answering 503, and the replicas are polled one after the other.)
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(stopped.elapsed())).await;
     let refused_during_outage = seen.lock().expect("seen").unavailable.len();
     assert!(
