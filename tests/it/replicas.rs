@@ -13,7 +13,12 @@ use crate::support::pg::TestDb;
 use crate::support::receiver::Receiver;
 
 /// `n` replicas on the database `url`, each with leases of `lease_seconds`.
-fn replicas(n: usize, url: &str, playbooks: &std::path::Path, lease_seconds: u32) -> Vec<Service> {
+pub(crate) fn replicas(
+    n: usize,
+    url: &str,
+    playbooks: &std::path::Path,
+    lease_seconds: u32,
+) -> Vec<Service> {
     (0..n)
         .map(|_| {
             // Each replica gets its own working directory; the ledger is the shared database.
@@ -29,7 +34,12 @@ fn replicas(n: usize, url: &str, playbooks: &std::path::Path, lease_seconds: u32
 }
 
 /// Waits until `n` executions reached `applied` in the audit trail.
-async fn wait_applied(store: &AnyStore, n: usize, limit: Duration, services: &[Service]) {
+pub(crate) async fn wait_applied(
+    store: &AnyStore,
+    n: usize,
+    limit: Duration,
+    services: &[Service],
+) {
     let start = Instant::now();
     loop {
         // The backlog is two counts; the audit trail is read once the backlog is empty.
@@ -62,7 +72,7 @@ async fn wait_applied(store: &AnyStore, n: usize, limit: Duration, services: &[S
 
 /// Every execution applied its one step exactly once, the receiver saw `n` distinct
 /// idempotency keys, and the chain verifies.
-async fn assert_once_each(store: &AnyStore, rx: &Receiver, n: usize) {
+pub(crate) async fn assert_once_each(store: &AnyStore, rx: &Receiver, n: usize) {
     let audit = store
         .audit_list(AuditQuery::default())
         .await
@@ -98,7 +108,7 @@ async fn assert_once_each(store: &AnyStore, rx: &Receiver, n: usize) {
 }
 
 /// `firebreak audit verify` on the database, as an operator runs it.
-fn cli_verify(url: &str) -> std::process::Output {
+pub(crate) fn cli_verify(url: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_firebreak"))
         .args(["audit", "verify"])
         .env_clear()
@@ -282,7 +292,7 @@ fn admin(sql: &str) {
     assert!(ok.success(), "{sql}");
 }
 
-async fn ready(client: &reqwest::Client, addr: &str) -> reqwest::StatusCode {
+pub(crate) async fn ready(client: &reqwest::Client, addr: &str) -> reqwest::StatusCode {
     client
         .get(format!("http://{addr}/readyz"))
         .send()
