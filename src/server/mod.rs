@@ -279,6 +279,9 @@ async fn healthz() -> &'static str {
 }
 
 /// `GET /readyz`: the store answers, the intake writer runs and the service said it is ready.
+/// How long `/readyz` waits for the store to answer a ping.
+const READINESS_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
 async fn readyz<S: Store>(State(state): State<AppState<S>>) -> Response {
     let not_ready = |reason: &str| {
         (
@@ -293,9 +296,18 @@ async fn readyz<S: Store>(State(state): State<AppState<S>>) -> Response {
     if !state.intake.is_running() {
         return not_ready("intake writer stopped");
     }
-    if let Err(e) = state.store.ping().await {
-        tracing::warn!(error = %e, "readiness: store ping failed");
-        return not_ready("store unavailable");
+    // Bounded well below a probe's usual timeout: a database that does not answer (its pool
+    // waits up to 10 s for a connection) makes this 503, not a timed-out probe.
+    match tokio::time::timeout(READINESS_PING_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: store ping failed");
+            return not_ready("store unavailable");
+        }
+        Err(_) => {
+            tracing::warn!("readiness: store ping did not answer in time");
+            return not_ready("store unavailable");
+        }
     }
     (StatusCode::OK, axum::Json(json!({ "ready": true }))).into_response()
 }
