@@ -27,6 +27,7 @@ mod parsers;
 mod parsers_k8s;
 mod parsers_secrets;
 mod parsers_securityhub;
+mod pgpass;
 mod playbooks;
 mod registry;
 mod replicas;
