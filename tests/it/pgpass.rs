@@ -145,3 +145,30 @@ fn missing_or_empty_password_file_is_named_and_nothing_is_sent() {
         "it connected without a password"
     );
 }
+
+#[test]
+fn pgpassword_from_the_environment_is_sent_and_the_password_file_wins_over_it() {
+    let peer = PgAuthPeer::start();
+    let url = format!("postgres://firebreak@{}/firebreak", peer.addr);
+    let o = audit_verify(&[("FIREBREAK_STORE__URL", &url), ("PGPASSWORD", SECRET)]);
+    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
+    assert_eq!(peer.passwords().last().map(String::as_str), Some(SECRET));
+    assert!(!printed(&o).contains(SECRET), "{}", printed(&o));
+
+    let peer = PgAuthPeer::start();
+    let url = format!("postgres://firebreak@{}/firebreak", peer.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(&dir, &format!("file-{SECRET}\n"));
+    let o = audit_verify(&[
+        ("FIREBREAK_STORE__URL", &url),
+        ("FIREBREAK_STORE__PASSWORD_FILE", &file),
+        ("PGPASSWORD", SECRET),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", printed(&o));
+    let passwords = peer.passwords();
+    assert!(!passwords.is_empty());
+    assert!(
+        passwords.iter().all(|p| *p == format!("file-{SECRET}")),
+        "{passwords:?}"
+    );
+}
