@@ -26,7 +26,9 @@ where
         }
     };
     rt.block_on(async {
-        match crate::store::open(&config.store.url).await {
+        match crate::store::open_with(&config.store.url, config.store.password_file.as_deref())
+            .await
+        {
             Ok(store) => f(store).await,
             Err(e) => {
                 output::error(

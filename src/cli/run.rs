@@ -177,7 +177,15 @@ async fn recorded_run(
     run: RunOptions,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<RunReport, RecordedError> {
-    let store = Arc::new(crate::store::open(url).await.map_err(RecordedError::Open)?);
+    // The configured password file belongs to the configured store, not to `--no-store`'s.
+    let password_file = (url == config.store.url)
+        .then_some(config.store.password_file.as_deref())
+        .flatten();
+    let store = Arc::new(
+        crate::store::open_with(url, password_file)
+            .await
+            .map_err(RecordedError::Open)?,
+    );
     let batch = IngestBatch {
         intake: crate::ingest::CLI_INTAKE.to_owned(),
         findings: parsed.findings.clone(),

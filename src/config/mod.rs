@@ -76,6 +76,9 @@ pub struct StoreConfig {
     /// `sqlite://PATH`, `sqlite::memory:`, or `postgres://USER@HOST/DB` (one database shared by
     /// several replicas).
     pub url: String,
+    /// A file whose content (one trailing newline removed) is the password for a
+    /// `postgres://` URL that carries none, e.g. a mounted Kubernetes Secret.
+    pub password_file: Option<std::path::PathBuf>,
     /// A finding whose fingerprint was stored less than this many seconds ago is counted on the
     /// original instead of being stored and acted on again (0 = no deduplication).
     pub dedup_window_seconds: u64,
@@ -85,6 +88,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://firebreak.db".to_owned(),
+            password_file: None,
             dedup_window_seconds: 3600,
         }
     }
@@ -737,6 +741,32 @@ pub struct GithubAppConfig {
 /// Checks `github:` and reads the secrets it names from `env`: a token or an App (not both), an
 /// App with its ids and one source of its key, each named variable set and not empty, and a
 /// base URL that is an http(s) URL. Messages name keys and variables, never values.
+/// `store.password_file` only with a `postgres://` URL that holds no password of its own.
+fn check_store(store: &StoreConfig) -> Option<Diagnostic> {
+    store.password_file.as_ref()?;
+    let url = store.url.as_str();
+    let problem = |message: &str, hint: &str| {
+        Some(
+            Diagnostic::file("<config>", message.to_owned())
+                .path("store.password_file")
+                .hint(hint.to_owned()),
+        )
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        problem(
+            "store.password_file is set but store.url is not a postgres:// URL",
+            "remove store.password_file (only PostgreSQL takes a password)",
+        )
+    } else if crate::store::url_has_password(url) {
+        problem(
+            "store.url already holds a password and store.password_file is set: which one is meant?",
+            "keep one: remove the password from store.url, or remove store.password_file",
+        )
+    } else {
+        None
+    }
+}
+
 fn resolve_github(github: &mut GithubConfig, env: &[(String, String)]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let problem = |key: &str, message: String, hint: Option<&str>| {
@@ -1015,6 +1045,7 @@ pub fn load(
     })?;
     let mut diagnostics = resolve_tokens(&mut cfg.server, env);
     diagnostics.extend(resolve_github(&mut cfg.github, env));
+    diagnostics.extend(check_store(&cfg.store));
     if diagnostics.is_empty() {
         Ok(cfg)
     } else {

@@ -2,6 +2,7 @@
 //! or the PostgreSQL backend behind the same [`Store`] trait. Nothing outside `store/` names a
 //! backend type.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -15,6 +16,7 @@ use super::{
     StoreError, VerifyReport, Vote, VoteOutcome,
 };
 use crate::finding::Finding;
+use crate::redact::Redacted;
 
 /// The store a URL names: `sqlite://PATH` or `sqlite::memory:` (embedded), or
 /// `postgres://…` / `postgresql://…` (shared by several replicas).
@@ -59,13 +61,84 @@ impl AnyStore {
 /// An unsupported URL, an unreachable database, a failed migration. The error's text never
 /// holds the URL's password ([`StoreError`] scrubs it).
 pub async fn open(url: &str) -> Result<AnyStore, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(AnyStore::Postgres(PostgresStore::open(url).await?))
+    open_with(url, None).await
+}
+
+/// Opens (and migrates) the store `url` names, with the PostgreSQL password read from
+/// `password_file` (`store.password_file`) when one is given: the file's content, one trailing
+/// newline removed, set on the connection options (never written into the URL). Every command
+/// that opens the configured store comes through here.
+///
+/// # Errors
+/// As [`open`]; also a password file with a URL that is not `postgres://` or that already holds
+/// a password, and a password file that cannot be read or is empty (the error names the file,
+/// never its content).
+pub async fn open_with(url: &str, password_file: Option<&Path>) -> Result<AnyStore, StoreError> {
+    let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let password = match password_file {
+        None => None,
+        Some(path) if !is_postgres => {
+            return Err(StoreError::PasswordFile {
+                path: path.to_owned(),
+                reason: "store.password_file is only for a postgres:// store.url".to_owned(),
+            });
+        }
+        Some(path) if url_has_password(url) => {
+            return Err(StoreError::PasswordFile {
+                path: path.to_owned(),
+                reason: "store.url already holds a password; keep one of the two".to_owned(),
+            });
+        }
+        Some(path) => Some(read_password(path)?),
+    };
+    if is_postgres {
+        Ok(AnyStore::Postgres(
+            PostgresStore::open(url, password.as_ref().map(|p| p.expose().as_str())).await?,
+        ))
     } else if url.starts_with("sqlite:") {
         Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }
+}
+
+/// Whether a `postgres://` URL carries a password: `USER:PASSWORD@` before the host, or a
+/// `password=` query parameter.
+#[must_use]
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, query) = match rest.find(['/', '?', '#']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let in_userinfo = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let in_query = query.split_once('?').is_some_and(|(_, q)| {
+        q.split(['&', '#'])
+            .any(|kv| kv.split('=').next() == Some("password"))
+    });
+    in_userinfo || in_query
+}
+
+/// The password in `path`: its content without one trailing newline (`\n` or `\r\n`).
+fn read_password(path: &Path) -> Result<Redacted<String>, StoreError> {
+    let fail = |reason: String| StoreError::PasswordFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut text =
+        std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(fail("it is empty".to_owned()));
+    }
+    Ok(Redacted::new(text))
 }
 
 macro_rules! delegate {

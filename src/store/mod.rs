@@ -16,7 +16,7 @@ mod common;
 pub mod postgres;
 pub mod sqlite;
 
-pub use any::{AnyStore, open};
+pub use any::{AnyStore, open, open_with, url_has_password};
 
 use std::future::Future;
 use std::time::Duration;
@@ -60,6 +60,15 @@ pub enum StoreError {
     LeaseLost {
         /// The execution.
         execution_id: String,
+    },
+    /// `store.password_file` cannot be used: unreadable, empty, or beside a URL that cannot
+    /// take it. Names the file, never its content.
+    #[error("store.password_file {}: {reason}", .path.display())]
+    PasswordFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// A migration failed.
     #[error("migration {name} failed: {}", crate::redact::Scrubbed(.source))]

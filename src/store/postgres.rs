@@ -179,16 +179,21 @@ impl PostgresStore {
         }))
     }
 
-    /// Connects to the database at `url` (`postgres://…` or `postgresql://…`) and migrates it.
+    /// Connects to the database at `url` (`postgres://…` or `postgresql://…`), with `password`
+    /// (from `store.password_file`) when given, and migrates it.
     ///
     /// # Errors
     /// Unsupported URL, unreachable server, failed migration.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, password: Option<&str>) -> Result<Self, StoreError> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         }
         let opts = PgConnectOptions::from_str(url)
             .map_err(|_| StoreError::UnsupportedUrl(url.to_owned()))?;
+        let opts = match password {
+            Some(p) => opts.password(p),
+            None => opts,
+        };
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))

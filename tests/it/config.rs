@@ -539,6 +539,7 @@ fn default_yaml_documents_every_config_key() {
                 && !matches!(
                     path.as_str(),
                     "kubernetes.url"
+                        | "store.password_file"
                         | "github.token_env"
                         | "github.app"
                         | "github.webhook_secret_env"

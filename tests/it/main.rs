@@ -28,6 +28,7 @@ mod parsers_k8s;
 mod parsers_secrets;
 mod parsers_securityhub;
 mod pg_restart;
+mod pgpass;
 mod playbooks;
 mod registry;
 mod replicas;

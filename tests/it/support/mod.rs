@@ -6,5 +6,6 @@ pub mod github_api;
 pub mod kube_api;
 pub mod moto;
 pub mod pg;
+pub mod pg_auth;
 pub mod receiver;
 pub mod securityhub_shim;
