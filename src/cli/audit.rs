@@ -26,20 +26,9 @@ where
         }
     };
     rt.block_on(async {
-        match crate::store::open_with(&config.store.url, config.store.password_file.as_deref())
-            .await
-        {
+        match super::open_store(config).await {
             Ok(store) => f(store).await,
-            Err(e) => {
-                output::error(
-                    &format!(
-                        "cannot open the store {}: {e}",
-                        crate::redact::scrub(&config.store.url)
-                    ),
-                    Some("set store.url (or FIREBREAK_STORE__URL)"),
-                );
-                Exit::Usage
-            }
+            Err(code) => code,
         }
     })
 }

@@ -486,6 +486,23 @@ pub fn main(cli: Cli) -> ExitCode {
 
 /// The multi-threaded Tokio runtime a command runs on; when it cannot start, the error is
 /// printed and the command exits 2.
+/// Opens the configured store (`store.url`, `store.password_file`); on failure says why on
+/// stderr, the URL scrubbed, and answers the usage exit code.
+async fn open_store(config: &Config) -> Result<crate::store::AnyStore, Exit> {
+    crate::store::open_with(&config.store.url, config.store.password_file.as_deref())
+        .await
+        .map_err(|e| {
+            output::error(
+                &format!(
+                    "cannot open the store {}: {e}",
+                    crate::redact::scrub(&config.store.url)
+                ),
+                Some("set store.url (or FIREBREAK_STORE__URL)"),
+            );
+            Exit::Usage
+        })
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

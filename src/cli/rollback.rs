@@ -23,19 +23,10 @@ pub fn rollback(args: &RollbackArgs, config: &Config) -> Exit {
 
 async fn run(args: &RollbackArgs, config: &Config) -> Exit {
     let url = crate::redact::scrub(&config.store.url).into_owned();
-    let store =
-        match crate::store::open_with(&config.store.url, config.store.password_file.as_deref())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                output::error(
-                    &format!("cannot open the store {url}: {e}"),
-                    Some("set store.url (or FIREBREAK_STORE__URL)"),
-                );
-                return Exit::Usage;
-            }
-        };
+    let store = match super::open_store(config).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let (finding_id, execution) = match store.execution(&args.execution).await {
         Ok(Some(x)) => x,
         Ok(None) => {

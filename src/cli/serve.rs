@@ -141,22 +141,10 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 async fn run(opts: &ServeOptions, config: &Config) -> Exit {
-    let store =
-        match crate::store::open_with(&config.store.url, config.store.password_file.as_deref())
-            .await
-        {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                output::error(
-                    &format!(
-                        "cannot open the store {}: {e}",
-                        crate::redact::scrub(&config.store.url)
-                    ),
-                    Some("set store.url (or FIREBREAK_STORE__URL)"),
-                );
-                return Exit::Usage;
-            }
-        };
+    let store = match super::open_store(config).await {
+        Ok(s) => Arc::new(s),
+        Err(code) => return code,
+    };
     let dir = opts
         .playbooks
         .clone()

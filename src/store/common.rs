@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{PreparedFinding, StoreError};
+use super::{AuditEvent, PreparedFinding, StepRow, StoreError};
 use crate::finding::Finding;
 
 /// Rows per multi-row INSERT: 12 columns × 400 rows stays well below SQLite's limit of 32,766
@@ -118,4 +118,29 @@ pub(super) fn received_detail(
         intake: crate::redact::scrub(intake),
     })
     .map_err(|e| corrupt("audit", e.to_string()))
+}
+
+/// The audit record of a step saved in state `step.status` (`step.planned`, `step.applied`, …),
+/// the same on every backend.
+pub(super) fn step_event(
+    execution_id: &str,
+    finding_id: &str,
+    step: &StepRow,
+    plan_hash: Option<&str>,
+) -> AuditEvent {
+    AuditEvent {
+        kind: format!("step.{}", step.status),
+        finding_id: Some(finding_id.to_owned()),
+        execution_id: Some(execution_id.to_owned()),
+        detail: serde_json::json!({
+            "step": step.idx,
+            "action": step.action,
+            "plan_hash": plan_hash,
+            "summary": step.plan.as_ref().and_then(|p| p.get("summary")).cloned(),
+            "outcome": step.outcome,
+            "error": step.error,
+            "attempts": step.attempts,
+            "due_at": step.due_at,
+        }),
+    }
 }

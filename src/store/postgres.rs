@@ -38,7 +38,7 @@ use sqlx::{PgConnection, Row};
 
 use super::common::{
     ROWS_PER_INSERT, corrupt, decode_finding, insert_rows, listed_findings, ms, outcome_json,
-    received_detail,
+    received_detail, step_event,
 };
 use super::{
     Admission, ApprovalRequest, ApprovalRow, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution,
@@ -652,21 +652,12 @@ async fn upsert_step(
         .execute(&mut **conn)
         .await?;
     }
-    conn.log(&AuditEvent {
-        kind: format!("step.{}", step.status),
-        finding_id: Some(finding_id.to_owned()),
-        execution_id: Some(execution_id.to_owned()),
-        detail: serde_json::json!({
-            "step": step.idx,
-            "action": step.action,
-            "plan_hash": plan_hash,
-            "summary": step.plan.as_ref().and_then(|p| p.get("summary")).cloned(),
-            "outcome": step.outcome,
-            "error": step.error,
-            "attempts": step.attempts,
-            "due_at": step.due_at,
-        }),
-    });
+    conn.log(&step_event(
+        execution_id,
+        finding_id,
+        step,
+        plan_hash.as_deref(),
+    ));
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 
 use super::common::{
     ROWS_PER_INSERT, corrupt, decode_finding, insert_rows, listed_findings, ms, outcome_json,
-    received_detail,
+    received_detail, step_event,
 };
 use super::{
     Admission, ApprovalRequest, ApprovalRow, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution,
@@ -603,21 +603,7 @@ async fn upsert_step(
     }
     append_audit(
         conn,
-        &AuditEvent {
-            kind: format!("step.{}", step.status),
-            finding_id: Some(finding_id.to_owned()),
-            execution_id: Some(execution_id.to_owned()),
-            detail: serde_json::json!({
-                "step": step.idx,
-                "action": step.action,
-                "plan_hash": plan_hash,
-                "summary": step.plan.as_ref().and_then(|p| p.get("summary")).cloned(),
-                "outcome": step.outcome,
-                "error": step.error,
-                "attempts": step.attempts,
-                "due_at": step.due_at,
-            }),
-        },
+        &step_event(execution_id, finding_id, step, plan_hash.as_deref()),
     )
     .await?;
     Ok(())
