@@ -349,6 +349,21 @@ const EXAMPLE_FINDINGS: &[(&str, &str, &[u8], Option<Class>)] = {
 /// What the example step of `action` plans for its real finding with no client at all (no
 /// cluster, no AWS credentials, no GitHub access, no configured webhook): the summary that
 /// `firebreak playbooks test` prints then, or the refusal.
+/// AWS's documentation example access key id, shown in place of the fixture's.
+const EXAMPLE_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
+
+/// `text` with every AWS access key id (`AKIA`/`ASIA` and 16 more) replaced by
+/// [`EXAMPLE_KEY_ID`]: a key id is not a secret, but a published page should not carry one that
+/// looks live, even the public test key of a fixture.
+fn example_key_ids(text: &str) -> String {
+    static KEY_ID: std::sync::LazyLock<Option<regex::Regex>> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b").ok());
+    match KEY_ID.as_ref() {
+        Some(re) => re.replace_all(text, EXAMPLE_KEY_ID).into_owned(),
+        None => text.to_owned(),
+    }
+}
+
 fn offline_plan(
     rt: &tokio::runtime::Runtime,
     ctx: &crate::action::ActionCtx,
@@ -438,13 +453,15 @@ fn actions_page() -> String {
         if let (Some(rt), Some(ctx)) = (&rt, &ctx)
             && let Some((file, plan)) = offline_plan(rt, ctx, *a)
         {
+            let plan = example_key_ids(&plan);
             let _ = write!(
                 out,
                 "### Its plan, without access\n\nThe plan summary `firebreak playbooks test` \
                  prints for this step on the real finding `tests/fixtures/findings/{file}` when Firebreak has no \
                  access to the system it acts on (no cluster, no AWS credentials, no GitHub \
-                 access, no configured webhook). With access, the plan reads the live state first \
-                 and lists the changes it would make.\n\n```text\n{plan}\n```\n\n"
+                 access, no configured webhook), with any access key id shown as AWS's \
+                 documentation example `{EXAMPLE_KEY_ID}`. With access, the plan reads the live state \
+                 first and lists the changes it would make.\n\n```text\n{plan}\n```\n\n"
             );
         }
         out.push_str("### Permissions\n\n");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{AuditEvent, PreparedFinding, StepRow, StoreError};
+use super::{AuditEvent, AuditRecord, PreparedFinding, StepRow, StoreError, audit_detail};
 use crate::finding::Finding;
 
 /// Rows per multi-row INSERT: 12 columns × 400 rows stays well below SQLite's limit of 32,766
@@ -142,5 +142,41 @@ pub(super) fn step_event(
             "attempts": step.attempts,
             "due_at": step.due_at,
         }),
+    }
+}
+
+/// An appended record's `(seq, at, prev_hash, hash)`.
+pub(super) type Link = (i64, i64, String, String);
+
+/// An audit record about to be appended: its detail already scrubbed and rendered.
+pub(super) struct Entry {
+    pub(super) kind: String,
+    pub(super) finding_id: Option<String>,
+    pub(super) execution_id: Option<String>,
+    pub(super) detail: String,
+}
+
+impl From<&AuditEvent> for Entry {
+    fn from(e: &AuditEvent) -> Self {
+        Entry {
+            kind: e.kind.clone(),
+            finding_id: e.finding_id.clone(),
+            execution_id: e.execution_id.clone(),
+            detail: audit_detail(&e.detail),
+        }
+    }
+}
+
+/// The record `entry` became once appended as `link`.
+pub(super) fn audit_record(entry: Entry, (seq, at, prev_hash, hash): Link) -> AuditRecord {
+    AuditRecord {
+        seq,
+        at,
+        kind: entry.kind,
+        finding_id: entry.finding_id,
+        execution_id: entry.execution_id,
+        detail: serde_json::from_str(&entry.detail).unwrap_or(Value::Null),
+        prev_hash,
+        hash,
     }
 }

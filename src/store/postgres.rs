@@ -37,8 +37,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 
 use super::common::{
-    ROWS_PER_INSERT, corrupt, decode_finding, insert_rows, listed_findings, ms, outcome_json,
-    received_detail, step_event,
+    Entry, Link, ROWS_PER_INSERT, audit_record, corrupt, decode_finding, insert_rows,
+    listed_findings, ms, outcome_json, received_detail, step_event,
 };
 use super::{
     Admission, ApprovalRequest, ApprovalRow, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution,
@@ -256,28 +256,6 @@ async fn migrate_locked(conn: &mut PgConnection) -> Result<(), StoreError> {
         tx.commit().await?;
     }
     Ok(())
-}
-
-/// A record's place in the chain: `(seq, at, prev_hash, hash)`.
-type Link = (i64, i64, String, String);
-
-/// An audit record about to be appended: its detail already scrubbed and rendered.
-struct Entry {
-    kind: String,
-    finding_id: Option<String>,
-    execution_id: Option<String>,
-    detail: String,
-}
-
-impl From<&AuditEvent> for Entry {
-    fn from(e: &AuditEvent) -> Self {
-        Entry {
-            kind: e.kind.clone(),
-            finding_id: e.finding_id.clone(),
-            execution_id: e.execution_id.clone(),
-            detail: audit_detail(&e.detail),
-        }
-    }
 }
 
 /// A write transaction. Its audit records are kept in memory and appended when it commits, as
@@ -1286,16 +1264,7 @@ impl Store for PostgresStore {
             .await?
             .pop()
             .ok_or_else(|| corrupt("audit", "appending one record returned none"))?;
-        Ok(AuditRecord {
-            seq,
-            at,
-            kind: entry.kind,
-            finding_id: entry.finding_id,
-            execution_id: entry.execution_id,
-            detail: serde_json::from_str(&entry.detail).unwrap_or(Value::Null),
-            prev_hash,
-            hash,
-        })
+        Ok(audit_record(entry, (seq, at, prev_hash, hash)))
     }
 
     async fn audit_list(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {

@@ -16,8 +16,8 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
 
 use super::common::{
-    ROWS_PER_INSERT, corrupt, decode_finding, insert_rows, listed_findings, ms, outcome_json,
-    received_detail, step_event,
+    Entry, Link, ROWS_PER_INSERT, audit_record, corrupt, decode_finding, insert_rows,
+    listed_findings, ms, outcome_json, received_detail, step_event,
 };
 use super::{
     Admission, ApprovalRequest, ApprovalRow, AuditEvent, AuditQuery, AuditRecord, ClaimedExecution,
@@ -250,28 +250,6 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A record's place in the chain: `(seq, at, prev_hash, hash)`.
-type Link = (i64, i64, String, String);
-
-/// An audit record about to be appended: its detail already scrubbed and rendered.
-struct Entry {
-    kind: String,
-    finding_id: Option<String>,
-    execution_id: Option<String>,
-    detail: String,
-}
-
-impl From<&AuditEvent> for Entry {
-    fn from(e: &AuditEvent) -> Self {
-        Entry {
-            kind: e.kind.clone(),
-            finding_id: e.finding_id.clone(),
-            execution_id: e.execution_id.clone(),
-            detail: audit_detail(&e.detail),
-        }
-    }
-}
-
 /// Appends an audit record about one execution of one finding, inside an open transaction.
 async fn audit_about(
     conn: &mut SqliteConnection,
@@ -299,16 +277,7 @@ async fn append_audit(
         .await?
         .pop()
         .ok_or_else(|| corrupt("audit", "appending one record returned none"))?;
-    Ok(AuditRecord {
-        seq,
-        at,
-        kind: entry.kind,
-        finding_id: entry.finding_id,
-        execution_id: entry.execution_id,
-        detail: serde_json::from_str(&entry.detail).unwrap_or(Value::Null),
-        prev_hash,
-        hash,
-    })
+    Ok(audit_record(entry, (seq, at, prev_hash, hash)))
 }
 
 /// Appends `entries` in order inside an open transaction: one read of the chain's head, the

@@ -126,12 +126,17 @@ pub(crate) fn pod(namespace: &str, name: &str, app: &str, owners: Vec<OwnerRefer
     }
 }
 
-/// The Deployment → ReplicaSet → Pod chain behind the Falco finding's pod
-/// `openfaas-fn/falco-pod-delete-7dc9f5fbb8-gbfk7`.
-fn seed_deployment_chain(api: &KubeApi, replicas: i32) {
-    let (ns, app) = ("openfaas-fn", "falco-pod-delete");
+/// Seeds Deployment `app` in `namespace` at `replicas` and its ReplicaSet `rs_name`; returns
+/// the owner reference a pod of that ReplicaSet carries.
+pub(crate) fn seed_workload(
+    api: &KubeApi,
+    namespace: &str,
+    app: &str,
+    rs_name: &str,
+    replicas: i32,
+) -> Vec<OwnerReference> {
     let d = api.seed(&Deployment {
-        metadata: meta(ns, app, app),
+        metadata: meta(namespace, app, app),
         spec: DeploymentSpec {
             replicas: Some(replicas),
             selector: selector(app),
@@ -140,7 +145,7 @@ fn seed_deployment_chain(api: &KubeApi, replicas: i32) {
         },
         ..Deployment::default()
     });
-    let mut rs_meta = meta(ns, "falco-pod-delete-7dc9f5fbb8", app);
+    let mut rs_meta = meta(namespace, rs_name, app);
     rs_meta.owner_references = Some(vec![owner("Deployment", "apps/v1", &d)]);
     let rs = api.seed(&ReplicaSet {
         metadata: rs_meta,
@@ -152,12 +157,15 @@ fn seed_deployment_chain(api: &KubeApi, replicas: i32) {
         },
         ..ReplicaSet::default()
     });
-    api.seed(&pod(
-        ns,
-        "falco-pod-delete-7dc9f5fbb8-gbfk7",
-        app,
-        vec![owner("ReplicaSet", "apps/v1", &rs)],
-    ));
+    vec![owner("ReplicaSet", "apps/v1", &rs)]
+}
+
+/// The Deployment → ReplicaSet → Pod chain behind the Falco finding's pod
+/// `openfaas-fn/falco-pod-delete-7dc9f5fbb8-gbfk7`.
+fn seed_deployment_chain(api: &KubeApi, replicas: i32) {
+    let (ns, app) = ("openfaas-fn", "falco-pod-delete");
+    let owners = seed_workload(api, ns, app, "falco-pod-delete-7dc9f5fbb8", replicas);
+    api.seed(&pod(ns, "falco-pod-delete-7dc9f5fbb8-gbfk7", app, owners));
 }
 
 fn deployment(api: &KubeApi) -> Deployment {
@@ -1314,33 +1322,8 @@ fn shipped_playbooks_pair_each_alert_with_its_containment_and_only_where_it_can_
 async fn stop_cryptominer_keeps_evidence_isolates_the_pod_then_scales_the_miners_deployment_to_zero()
  {
     let api = KubeApi::start().await;
-    let d = api.seed(&Deployment {
-        metadata: meta("default", "miner", "miner"),
-        spec: DeploymentSpec {
-            replicas: Some(3),
-            selector: selector("miner"),
-            template: template("miner"),
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
-    });
-    let mut rs_meta = meta("default", "miner-5d8f", "miner");
-    rs_meta.owner_references = Some(vec![owner("Deployment", "apps/v1", &d)]);
-    let rs = api.seed(&ReplicaSet {
-        metadata: rs_meta,
-        spec: ReplicaSetSpec {
-            replicas: Some(3),
-            selector: selector("miner"),
-            template: Some(template("miner")),
-            ..ReplicaSetSpec::default()
-        },
-        ..ReplicaSet::default()
-    });
-    seed_kubecon(
-        &api,
-        vec![owner("ReplicaSet", "apps/v1", &rs)],
-        &fake_secret(),
-    );
+    let owners = seed_workload(&api, "default", "miner", "miner-5d8f", 3);
+    seed_kubecon(&api, owners, &fake_secret());
     let ctx = ctx(&api);
     let set = shipped();
     let opts = RunOptions {

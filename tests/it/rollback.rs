@@ -10,12 +10,10 @@ use std::time::Duration;
 use firebreak::store::Store;
 use firebreak::store::sqlite::SqliteStore;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
-use crate::kube_actions::{
-    fake_secret, falco_miner_alert, meta, owner, policy, seed_kubecon, selector, template,
-};
+use crate::kube_actions::{fake_secret, falco_miner_alert, policy, seed_kubecon, seed_workload};
 use crate::support::kube_api::KubeApi;
 use crate::support::receiver::Receiver;
 
@@ -54,33 +52,8 @@ fn stderr(o: &Output) -> String {
 /// The miner of the Falco finding: `default/kubecon`, owned by ReplicaSet `miner-5d8f` of
 /// Deployment `miner` at 3 replicas (as in the stop-cryptominer engine test).
 fn seed_miner(api: &KubeApi) {
-    let d = api.seed(&Deployment {
-        metadata: meta("default", "miner", "miner"),
-        spec: DeploymentSpec {
-            replicas: Some(3),
-            selector: selector("miner"),
-            template: template("miner"),
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
-    });
-    let mut rs_meta = meta("default", "miner-5d8f", "miner");
-    rs_meta.owner_references = Some(vec![owner("Deployment", "apps/v1", &d)]);
-    let rs = api.seed(&ReplicaSet {
-        metadata: rs_meta,
-        spec: ReplicaSetSpec {
-            replicas: Some(3),
-            selector: selector("miner"),
-            template: Some(template("miner")),
-            ..ReplicaSetSpec::default()
-        },
-        ..ReplicaSet::default()
-    });
-    seed_kubecon(
-        api,
-        vec![owner("ReplicaSet", "apps/v1", &rs)],
-        &fake_secret(),
-    );
+    let owners = seed_workload(api, "default", "miner", "miner-5d8f", 3);
+    seed_kubecon(api, owners, &fake_secret());
 }
 
 fn replicas(api: &KubeApi) -> Option<i32> {

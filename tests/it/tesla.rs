@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Value, json};
@@ -34,8 +34,8 @@ use crate::aws_s3::{MOTO_ACCOUNT, bucket_name, pab, s3_8_record, seed_public_buc
 use crate::aws_securityhub::workflow;
 use crate::fixtures::{self, FALCO_SHELL};
 use crate::kube_actions::{
-    binding, dash_args, dash_service, dashboard_report, fake_secret, falco_miner_alert, meta,
-    owner, pod, policy, seed_dashboard, seed_kubecon, selector, template,
+    binding, dash_args, dash_service, dashboard_report, fake_secret, falco_miner_alert, pod,
+    policy, seed_dashboard, seed_kubecon, seed_workload,
 };
 use crate::service::{Service, TOKEN, start_configured};
 use crate::support::aws_proxy::AwsProxy;
@@ -114,34 +114,8 @@ fn miner_alert() -> Vec<u8> {
 /// The miner's Deployment → ReplicaSet → Pod chain, and the shell's pod `default/kubecon` (the
 /// real Falco alert's) on its own.
 fn seed_miner(api: &KubeApi) {
-    let d = api.seed(&Deployment {
-        metadata: meta("default", "miner", "miner"),
-        spec: DeploymentSpec {
-            replicas: Some(3),
-            selector: selector("miner"),
-            template: template("miner"),
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
-    });
-    let mut rs_meta = meta("default", "miner-5d8f", "miner");
-    rs_meta.owner_references = Some(vec![owner("Deployment", "apps/v1", &d)]);
-    let rs = api.seed(&ReplicaSet {
-        metadata: rs_meta,
-        spec: ReplicaSetSpec {
-            replicas: Some(3),
-            selector: selector("miner"),
-            template: Some(template("miner")),
-            ..ReplicaSetSpec::default()
-        },
-        ..ReplicaSet::default()
-    });
-    api.seed(&pod(
-        "default",
-        MINER_POD,
-        "miner",
-        vec![owner("ReplicaSet", "apps/v1", &rs)],
-    ));
+    let owners = seed_workload(api, "default", "miner", "miner-5d8f", 3);
+    api.seed(&pod("default", MINER_POD, "miner", owners));
     seed_kubecon(api, vec![], &fake_secret());
 }
 
